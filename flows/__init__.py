@@ -1,0 +1,1 @@
+"""Prefect flows: they only wire nuclei's steps into tasks and report what happened."""

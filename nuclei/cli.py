@@ -1,0 +1,99 @@
+"""The `nuclei` command: train, segment, query, evaluate, demo.
+
+    nuclei train DATA_DIR --out models --epochs 100
+    nuclei segment INPUT... --model MODEL_DIR --store results.zarr
+    nuclei query results.zarr list | show ID | stats | export --labels OUT_DIR
+    nuclei evaluate results.zarr --truth LABELS_DIR --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from nuclei.errors import NucleiError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _quiet_environment() -> None:
+    """Defaults for an offline, one-machine run (no telemetry; TensorFlow's CUDA chatter off)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flows.train import train
+
+    params = {k: v for k, v in vars(args).items() if k in _TRAIN_OPTIONS and v is not None}
+    model_dir = train(data_dir=args.data_dir, out_dir=args.out, **params)
+    print(model_dir)
+    return 0
+
+
+_TRAIN_OPTIONS = {
+    "name": (str, "model directory name under --out"),
+    "architecture": (str, "unet or mobilenet_unet"),
+    "depth": (int, "U-Net levels"),
+    "base_filters": (int, "filters at the first level"),
+    "epochs": (int, "at most this many epochs (early stopping may end sooner)"),
+    "batch_size": (int, "images per batch"),
+    "steps_per_epoch": (int, "batches per epoch"),
+    "val_fraction": (float, "share of images kept for validation"),
+    "seed": (int, "split and augmentation seed"),
+    "patience": (int, "early-stopping patience in epochs"),
+    "learning_rate": (float, "Adam learning rate"),
+    "crop_size": (int, "training crop size in pixels"),
+    "max_images": (int, "use only the first N images"),
+    "on_error": (str, "raise or skip bad files"),
+}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a U-Net and export it to ONNX (needs nuclei[train])")
+    parser.add_argument("data_dir", help="dataset folder: stage1_train/, train|test/inputs|masks, or images/+labels/")
+    parser.add_argument("--out", default="models", help="parent folder of the model directory")
+    for name, (kind, text) in _TRAIN_OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--no-instance-channel", dest="instance_channel", action="store_false", default=None,
+                        help="predict the mask only (no nucleus cores)")
+    parser.set_defaults(handler=_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nuclei", description="Batch nuclei segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    for add in _EXTRA_COMMANDS:
+        add(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_environment()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except NucleiError as exc:
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""One typed configuration per stage; the same fields are the Prefect flow parameters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Version knobs in one place.
+ONNX_OPSET = 17  # tf2onnx 1.17 supports <= 18
+STORE_FORMAT_VERSION = 1  # bump when the store layout changes; readers refuse other versions
+MODEL_FORMAT_VERSION = 1
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class TrainConfig(BaseModel):
+    """How to train: data, architecture, optimisation. Written into the model directory as config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = Field(description="dataset folder (kaggle, seed or paired layout)")
+    out_dir: str = Field("models", description="the model directory is created as OUT_DIR/NAME")
+    name: str = Field("unet", pattern=r"^[A-Za-z0-9._-]+$", description="model directory name")
+    architecture: Literal["unet", "mobilenet_unet"] = "unet"
+    depth: int = Field(4, ge=2, le=6, description="U-Net levels; inputs are padded to 2**depth")
+    base_filters: int = Field(16, ge=4, le=128, description="filters at the first level, doubled per level")
+    instance_channel: bool = Field(True, description="also predict nucleus cores, to split touching nuclei")
+    encoder_weights: str | None = Field(None, description="local .weights.h5 for the MobileNetV2 encoder")
+    epochs: int = Field(100, ge=1, le=10000)
+    batch_size: int = Field(16, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: one crop per training image")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 12345
+    patience: int = Field(10, ge=1, description="early stopping on val_loss, best weights restored")
+    learning_rate: float = Field(1e-3, gt=0.0)
+    crop_size: int = Field(256, ge=16, description="random training crops, a multiple of the pad multiple")
+    augment: bool = Field(True, description="flips, 90-degree rotations, intensity changes")
+    max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @model_validator(mode="after")
+    def _crop_fits_network(self) -> TrainConfig:
+        if self.crop_size % self.pad_multiple:
+            raise ValueError(f"crop_size {self.crop_size} must be a multiple of {self.pad_multiple}")
+        return self
+
+    @property
+    def pad_multiple(self) -> int:
+        """Input height and width must be multiples of this (one per pooling level)."""
+        return 32 if self.architecture == "mobilenet_unet" else 2**self.depth
+
+    @property
+    def channels(self) -> list[str]:
+        return ["foreground", "core"] if self.instance_channel else ["foreground"]

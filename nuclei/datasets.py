@@ -1,0 +1,210 @@
+"""Labelled datasets in the layouts labs have, loaded to one in-memory form.
+
+Layouts (detected from the folder):
+- kaggle: ``stage1_train/<id>/images/<id>.png`` with one binary PNG per nucleus in ``<id>/masks/``;
+- seed:   ``train|test/inputs`` and ``train|test/masks``, one binary mask per image, paired by file name;
+- paired: ``images/`` and ``labels/`` (instance label images), paired by file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from nuclei.errors import InputError
+from nuclei.images import IMAGE_SUFFIXES, binary_to_labels, read_image, read_labels, read_raw
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["kaggle", "seed", "paired"]
+OnError = Literal["raise", "skip"]
+
+
+@dataclass
+class Sample:
+    """One labelled image: float32 RGB in [0, 1] and uint16/uint32 instance labels of the same size."""
+
+    id: str
+    image: np.ndarray
+    labels: np.ndarray
+    image_path: Path
+    subset: str = "train"
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The 0/1 nucleus mask."""
+        return (self.labels > 0).astype(np.uint8)
+
+
+@dataclass
+class Dataset:
+    """Samples plus the files that were skipped, each with its reason."""
+
+    root: Path
+    layout: Layout
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[InputError] = field(default_factory=list)
+
+    def subset(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.subset == name]
+
+    def fingerprint(self) -> str:
+        """A hash of ids, sizes and label contents: says whether two trainings saw the same data."""
+        digest = hashlib.sha256()
+        for s in sorted(self.samples, key=lambda s: s.id):
+            digest.update(f"{s.subset}/{s.id}:{s.image.shape}".encode())
+            digest.update(np.ascontiguousarray(s.labels).tobytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Where one sample's files are, before reading them."""
+
+    id: str
+    image: Path
+    read_labels: Callable[[], np.ndarray]
+    subset: str = "train"
+
+
+def detect_layout(root: Path) -> Layout:
+    """Tell the layout from the folder names; an error says which layouts were looked for."""
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return "paired"
+    if (root / "train" / "inputs").is_dir() and (root / "train" / "masks").is_dir():
+        return "seed"
+    if _kaggle_root(root) is not None:
+        return "kaggle"
+    raise InputError(
+        root, "no known dataset layout: expected images/ + labels/, train/inputs + train/masks, "
+        "or stage1_train/<id>/images + masks/"
+    )
+
+
+def load_dataset(root: str | Path, on_error: OnError = "raise", progress: bool = True) -> Dataset:
+    """Load every labelled image under ``root``; with ``on_error="skip"`` bad files are skipped and reported."""
+    root = Path(root)
+    layout = detect_layout(root)
+    dataset = Dataset(root=root, layout=layout)
+    pairs = list(_pairs(root, layout, dataset.skipped, on_error))
+    for pair in tqdm(pairs, desc=f"loading {root.name}", unit="img", disable=not progress):
+        try:
+            dataset.samples.append(_load_pair(pair))
+        except InputError as exc:
+            _fail(exc, dataset.skipped, on_error)
+    if not dataset.samples:
+        raise InputError(root, f"no usable labelled images ({len(dataset.skipped)} skipped)")
+    for exc in dataset.skipped:
+        log.warning("skipped %s", exc)
+    return dataset
+
+
+def _fail(exc: InputError, skipped: list[InputError], on_error: OnError) -> None:
+    if on_error == "raise":
+        raise exc
+    skipped.append(exc)
+
+
+def _load_pair(pair: _Pair) -> Sample:
+    image = read_image(pair.image)
+    labels = pair.read_labels()
+    if labels.shape[:2] != image.shape[:2]:
+        raise InputError(
+            pair.image, f"image is {image.shape[0]}x{image.shape[1]} but its labels are "
+            f"{labels.shape[0]}x{labels.shape[1]}"
+        )
+    return Sample(id=pair.id, image=image, labels=labels, image_path=pair.image, subset=pair.subset)
+
+
+def _pairs(root: Path, layout: Layout, skipped: list[InputError], on_error: OnError) -> Iterator[_Pair]:
+    if layout == "paired":
+        yield from _paired_by_name(root / "images", root / "labels", "train", skipped, on_error)
+    elif layout == "seed":
+        for subset in ("train", "test"):
+            if (root / subset / "inputs").is_dir():
+                yield from _paired_by_name(
+                    root / subset / "inputs", root / subset / "masks", subset, skipped, on_error
+                )
+    else:
+        yield from _kaggle_pairs(_kaggle_root(root) or root, skipped, on_error)
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    return {
+        p.stem: p for p in sorted(folder.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    }
+
+
+def _paired_by_name(
+    images: Path, labels: Path, subset: str, skipped: list[InputError], on_error: OnError
+) -> Iterator[_Pair]:
+    """Pair files by stem (never by directory order); unpaired files are errors."""
+    if not labels.is_dir():
+        _fail(InputError(labels, "label folder is missing"), skipped, on_error)
+        return
+    image_files, label_files = _image_files(images), _image_files(labels)
+    for stem in sorted(set(image_files) | set(label_files)):
+        if stem not in label_files:
+            _fail(InputError(image_files[stem], f"image has no mask/label file in {labels}"), skipped, on_error)
+        elif stem not in image_files:
+            _fail(InputError(label_files[stem], f"mask/label has no image in {images}"), skipped, on_error)
+        else:
+            label_path = label_files[stem]
+            yield _Pair(stem, image_files[stem], lambda p=label_path: read_labels(p), subset)
+
+
+def _kaggle_root(root: Path) -> Path | None:
+    for candidate in (root, root / "stage1_train"):
+        if candidate.is_dir() and any((d / "images").is_dir() for d in candidate.iterdir() if d.is_dir()):
+            return candidate
+    return None
+
+
+def _kaggle_pairs(root: Path, skipped: list[InputError], on_error: OnError) -> Iterator[_Pair]:
+    for sample_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+        images = _image_files(sample_dir / "images") if (sample_dir / "images").is_dir() else {}
+        if len(images) != 1:
+            _fail(InputError(sample_dir / "images", f"expected one image, found {len(images)}"), skipped, on_error)
+            continue
+        masks_dir = sample_dir / "masks"
+        if not masks_dir.is_dir() or not _image_files(masks_dir):
+            _fail(InputError(next(iter(images.values())), f"image has no masks in {masks_dir}"), skipped, on_error)
+            continue
+        yield _Pair(sample_dir.name, next(iter(images.values())), lambda d=masks_dir: merge_instance_masks(d))
+
+
+def merge_instance_masks(masks_dir: Path) -> np.ndarray:
+    """One binary PNG per nucleus -> uint16 labels 1..N in file-name order (a later mask wins overlaps)."""
+    files = sorted(_image_files(masks_dir).values())
+    labels: np.ndarray | None = None
+    for index, path in enumerate(files, start=1):
+        raw = read_raw(path)
+        mask = (raw if raw.ndim == 2 else raw[..., 0]) > 0
+        if labels is None:
+            labels = np.zeros(mask.shape, np.uint16 if len(files) < 2**16 else np.uint32)
+        elif mask.shape != labels.shape:
+            raise InputError(path, f"mask is {mask.shape[0]}x{mask.shape[1]}, other masks are "
+                             f"{labels.shape[0]}x{labels.shape[1]}")
+        labels[mask] = index
+    assert labels is not None
+    return labels
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded shuffle, then the first (1 - val_fraction) for training and the rest for validation."""
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to split, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return np.sort(order[: n - n_val]), np.sort(order[n - n_val :])
+
+
+__all__ = ["Dataset", "Sample", "binary_to_labels", "detect_layout", "load_dataset", "split_indices"]

@@ -1,0 +1,26 @@
+"""Errors that name the file and the reason, so a user can act on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NucleiError(Exception):
+    """Base class of every error nuclei raises on purpose."""
+
+
+class InputError(NucleiError):
+    """A file that cannot be used: unreadable, mismatched, unpaired or too large."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelError(NucleiError):
+    """A model directory or ONNX file that cannot be used."""
+
+
+class StoreError(NucleiError):
+    """A Zarr store that is missing, of another format version, or asked for an unknown id."""

@@ -1,0 +1,143 @@
+"""Reading microscopy images and label images into nuclei's in-memory form.
+
+Images become float32 RGB in [0, 1] (H, W, 3); labels become uint16/uint32 instance labels (0 = background).
+Every failure is an `InputError` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image
+
+from nuclei.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Larger images must be asked for: a tiny file can claim a huge size (a decompression bomb).
+DEFAULT_MAX_PIXELS = 2**28  # 268 Mpixel, e.g. 16384 x 16384
+
+# Pillow's own bomb check would raise before ours can name the limit the user may raise.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file with an image suffix (a directory named x.png is not one)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header alone, without decoding pixels."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+                return int(shape[0]), int(shape[1])
+        with Image.open(path) as im:
+            width, height = im.size
+            return int(height), int(width)
+    except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
+        raise InputError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def read_raw(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file as stored: (H, W) or (H, W, C), uint8/uint16/float, RGB channel order."""
+    path = Path(path)
+    _check_readable(path)
+    height, width = image_size(path)
+    if height * width > max_pixels:
+        raise InputError(
+            path, f"image is {height}x{width} = {height * width / 1e6:.0f} Mpixel, above max_pixels="
+            f"{max_pixels / 1e6:.0f} Mpixel (raise max_pixels if the image is genuine)"
+        )
+    array = _decode(path)
+    if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(path, f"unexpected image shape {array.shape}")
+    return array
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file does not exist (or is a broken link)")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            array = tifffile.imread(path)
+            return np.squeeze(array) if array.ndim > 3 else array
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"cannot decode ({type(exc).__name__}: {exc})") from exc
+    if array is None:
+        raise InputError(path, "cannot decode: truncated or not an image")
+    if array.ndim == 3 and array.shape[2] >= 3:  # OpenCV decodes BGR(A)
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return array
+
+
+def to_float_rgb(array: np.ndarray) -> np.ndarray:
+    """Scale by the dtype's range to float32 [0, 1] and make 3 channels (grey copied, alpha dropped)."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[2] == 2:  # grey + alpha
+        array = array[..., :1]
+    array = array[..., :3]
+    if np.issubdtype(array.dtype, np.integer):
+        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif array.dtype == bool:
+        scaled = array.astype(np.float32)
+    else:
+        scaled = np.clip(array.astype(np.float32), 0.0, 1.0)
+    if scaled.shape[2] == 1:
+        scaled = np.repeat(scaled, 3, axis=2)
+    return np.ascontiguousarray(scaled)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as float32 RGB (H, W, 3) in [0, 1]."""
+    return to_float_rgb(read_raw(path, max_pixels))
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image: instance ids are kept; a binary mask (0/1 or 0/255) becomes connected components."""
+    raw = read_raw(path)
+    if raw.ndim == 3:
+        if not np.array_equal(raw[..., 0], raw[..., min(1, raw.shape[2] - 1)]):
+            raise InputError(path, "label image has colour channels; expected one channel of ids")
+        raw = raw[..., 0]
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise InputError(path, f"label image has dtype {raw.dtype}; expected integers")
+    values = np.unique(raw)
+    if values.size <= 2 and raw.dtype == np.uint8:
+        return binary_to_labels(raw > 0)
+    return raw.astype(np.uint16 if raw.max() < 2**16 else np.uint32)
+
+
+def binary_to_labels(mask: np.ndarray) -> np.ndarray:
+    """Connected components (8-connected) of a binary mask as uint16 labels."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return labels.astype(np.uint16 if count < 2**16 else np.uint32)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8/uint16 grey or RGB(A) array as PNG, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3 and array.shape[2] >= 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array):
+        raise InputError(path, "could not write PNG")

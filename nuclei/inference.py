@@ -1,0 +1,140 @@
+"""ONNX Runtime inference: one session per process, honest providers, padding, tiling and batching.
+
+Never imports TensorFlow. Sessions are cached per process (built lazily on first use, never pickled), so a
+Dask worker builds its session once and reuses it for every image it gets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from nuclei.config import DEFAULT_PROVIDERS
+from nuclei.errors import ModelError
+from nuclei.modeldir import ModelDir
+from nuclei.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEFAULT_TILE_SIZE = 1024
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver really reports (onnxruntime-gpu lists CUDA even on machines without one)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def usable_providers(requested: Sequence[str] = DEFAULT_PROVIDERS) -> list[str]:
+    """The requested providers this machine can really run, in order; CPU is always the last resort."""
+    available = set(ort.get_available_providers())
+    gpu_ok = cuda_device_count() > 0
+    chosen = [p for p in requested if p in available and (gpu_ok or p not in GPU_PROVIDERS)]
+    return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
+
+
+def default_threads() -> int:
+    """Threads for one session: the cores this process may use (a Dask worker sets OMP_NUM_THREADS)."""
+    if env := os.environ.get("NUCLEI_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@functools.cache
+def _session(onnx_path: str, onnx_sha256: str, providers: tuple[str, ...], threads: int) -> ort.InferenceSession:
+    """One session per (model, providers, threads) per process; the hash keys out a replaced file."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(onnx_path, options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad file
+        raise ModelError(f"{onnx_path}: not a loadable ONNX model ({exc})") from exc
+    _check_signature(session, onnx_path)
+    log.info("ONNX Runtime session for %s: providers %s, %d threads", onnx_path, session.get_providers(), threads)
+    return session
+
+
+def _check_signature(session: ort.InferenceSession, onnx_path: str) -> None:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4 or inputs[0].shape[3] != 3:
+        found = [(i.name, i.type, i.shape) for i in inputs]
+        raise ModelError(f"{onnx_path}: expected one NHWC float32 input with 3 channels, found {found}")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Predicts per-pixel probabilities (H, W, C) for images of any size with one ONNX model."""
+
+    model: ModelDir
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    threads: int = 0
+    tile_size: int = DEFAULT_TILE_SIZE
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check_tile_size(self.tile_size, self.overlap, self.model.pad_multiple)
+
+    @property
+    def overlap(self) -> int:
+        return overlap_for(self.model.receptive_field, self.model.pad_multiple)
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return _session(
+            str(self.model.onnx_path), self.model.onnx_sha256,
+            tuple(usable_providers(self.providers)), self.threads or default_threads(),
+        )
+
+    def session_providers(self) -> list[str]:
+        """The providers the session really got (what ran, not what was asked for)."""
+        return list(self.session.get_providers())
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        session = self.session
+        feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)}
+        return session.run(None, feed)[0]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one float32 RGB image; large images run as overlapping tiles."""
+        height, width = image.shape[:2]
+        padded = pad_to_multiple(image, self.model.pad_multiple)
+        if max(padded.shape[:2]) <= self.tile_size:
+            return self._run(padded[None])[0, :height, :width]
+        prob = predict_tiled(lambda tile: self._run(tile[None])[0], padded, self.tile_size, self.overlap)
+        return prob[:height, :width]
+
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities for several images; images of the same shape run as one batch."""
+        results: list[np.ndarray] = [np.empty(0)] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault((image.shape[0], image.shape[1]), []).append(index)
+        for (height, width), indices in groups.items():
+            if max(height, width) > self.tile_size:
+                for i in indices:
+                    results[i] = self.predict(images[i])
+                continue
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = np.stack([pad_to_multiple(images[i], self.model.pad_multiple) for i in chunk])
+                for i, prob in zip(chunk, self._run(batch), strict=True):
+                    results[i] = prob[:height, :width]
+        return results

@@ -1,0 +1,117 @@
+"""The model directory is the artifact: ONNX model, Keras model, config, thresholds, metrics, provenance.
+
+Reading it needs no TensorFlow. Layout::
+
+    MODEL_DIR/config.json       training config + what inference needs (channels, pad multiple, receptive field)
+    MODEL_DIR/model.onnx        input `image` NHWC float32 in [0, 1], output `mask` (sigmoid probabilities)
+    MODEL_DIR/model.keras       the trained Keras model (training side)
+    MODEL_DIR/thresholds.json   probability thresholds chosen on the validation split
+    MODEL_DIR/metrics.json      validation metrics; history.csv and curves.png; data.json; versions.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nuclei.config import MODEL_FORMAT_VERSION
+from nuclei.errors import ModelError
+from nuclei.postprocess import Thresholds
+
+DEFAULT_MODEL_NAME = "dsb2018-unet"
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """What inference needs to know about a trained model."""
+
+    path: Path
+    config: dict[str, Any]
+    thresholds: Thresholds
+    onnx_sha256: str
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.config["channels"])
+
+    @property
+    def pad_multiple(self) -> int:
+        return int(self.config["pad_multiple"])
+
+    @property
+    def receptive_field(self) -> int:
+        return int(self.config["receptive_field"])
+
+    @property
+    def version(self) -> str:
+        """Name and content hash: which model made a mask, even after retraining under the same name."""
+        return f"{self.path.name}@{self.onnx_sha256[:12]}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: missing") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def load_model_dir(path: str | Path) -> ModelDir:
+    """Read and check a model directory; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model directory does not exist")
+    config = read_json(path / "config.json")
+    if config.get("model_format_version") != MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"{path / 'config.json'}: model format {config.get('model_format_version')!r}, "
+            f"this nuclei reads {MODEL_FORMAT_VERSION}"
+        )
+    onnx_path = path / "model.onnx"
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: missing (export the model first)")
+    thresholds_file = path / "thresholds.json"
+    thresholds = Thresholds.from_dict(read_json(thresholds_file)) if thresholds_file.exists() else Thresholds()
+    return ModelDir(path=path, config=config, thresholds=thresholds, onnx_sha256=sha256_file(onnx_path))
+
+
+def default_model_path() -> Path | None:
+    """$NUCLEI_MODEL, else the model shipped in the repository's models/ folder, else None."""
+    if env := os.environ.get("NUCLEI_MODEL"):
+        return Path(env)
+    shipped = REPO_MODELS / DEFAULT_MODEL_NAME
+    return shipped if (shipped / "model.onnx").is_file() else None
+
+
+def resolve_model(path: str | Path | None) -> ModelDir:
+    """The model a run should use: the one given, or the project's default model."""
+    if path is None:
+        path = default_model_path()
+        if path is None:
+            raise ModelError("no --model given and no default model is installed (models/dsb2018-unet)")
+    return load_model_dir(path)

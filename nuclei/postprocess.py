@@ -1,0 +1,255 @@
+"""Turn per-pixel U-Net probabilities into labelled nuclei, build core targets, measure nuclei.
+
+The model predicts, per pixel, a foreground probability (channel 0) and, optionally, a "core"
+probability (channel 1): the inner half of each nucleus, which stays separated even where nuclei
+touch. Cores seed a watershed that splits touching nuclei; without a core channel the seeds come
+from the maxima of the distance transform of the foreground mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "label",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "bbox_min_y",
+    "bbox_min_x",
+    "bbox_max_y",
+    "bbox_max_x",
+    "mean_intensity",
+)
+
+# Height (in pixels of distance) a maximum of the distance transform must rise above its
+# surroundings to seed its own nucleus when there is no core channel: lower splits more.
+MARKER_H = 2.0
+
+# 4-connectivity, shared by the labelling of markers/leftovers and by the watershed.
+_STRUCTURE = ndi.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Cut-offs that turn probabilities into objects; kept together so they can be tuned and saved."""
+
+    foreground: float = 0.5
+    core: float = 0.5
+    min_size: int = 8
+
+    def __post_init__(self) -> None:
+        """Reject values that cannot be probabilities or sizes."""
+        for name in ("foreground", "core"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Thresholds.{name} must lie in [0, 1], got {value!r}")
+        if self.min_size < 0:
+            raise ValueError(f"Thresholds.min_size must be >= 0, got {self.min_size!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
+        """Build from a (JSON-loaded) mapping; missing keys keep their defaults, unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown threshold keys: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        if "foreground" in data:
+            kwargs["foreground"] = float(data["foreground"])
+        if "core" in data:
+            kwargs["core"] = float(data["core"])
+        if "min_size" in data:
+            kwargs["min_size"] = int(data["min_size"])
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain JSON-serialisable dict, the inverse of `from_dict`."""
+        return asdict(self)
+
+
+def _as_hwc(prob: NDArray[Any]) -> NDArray[np.float32]:
+    """Return `prob` as a float32 (H, W, C) array; a 2-D map is taken as one channel."""
+    arr = np.asarray(prob, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., np.newaxis]
+    if arr.ndim != 3 or arr.shape[-1] < 1:
+        raise ValueError(f"prob must have shape (H, W, C) with C >= 1, got {arr.shape}")
+    return arr
+
+
+def _edt(mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """Exact Euclidean distance to the nearest False pixel (OpenCV: ~15x faster than scipy's edt).
+
+    Beyond the image edge counts as foreground, except when there is no False pixel at all: then the
+    edge is taken as the border (both OpenCV and scipy return garbage in that case).
+    """
+    if mask.size == 0:
+        return np.zeros(mask.shape, np.float32)
+    if mask.all():
+        return _edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
+    binary = np.ascontiguousarray(mask, dtype=np.uint8)
+    return np.asarray(cv2.distanceTransform(binary, cv2.DIST_L2, cv2.DIST_MASK_PRECISE), dtype=np.float32)
+
+
+def _dense_labels(labels: NDArray[Any]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """Relabel to 0..K (0 stays background) and return the original id of each of 1..K, in order.
+
+    Works whatever the ids are (gaps, huge values), so the vectorised code below can index by label.
+    """
+    arr = np.asarray(labels)
+    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+        raise ValueError(f"labels must be an integer array, got {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {arr.shape}")
+    flat = arr.astype(np.int64, copy=False).ravel()
+    if flat.size == 0:
+        return np.zeros(arr.shape, np.intp), np.zeros(0, np.int64)
+    if flat.min() < 0:
+        raise ValueError("labels must be non-negative")
+    top = int(flat.max())
+    if top <= 2 * flat.size:
+        ids = np.flatnonzero(np.bincount(flat, minlength=top + 1)[1:]).astype(np.int64) + 1
+        lut = np.zeros(top + 1, np.intp)
+        lut[ids] = np.arange(1, ids.size + 1)
+        return lut[flat].reshape(arr.shape), ids
+    present, inverse = np.unique(flat, return_inverse=True)
+    if present[0] == 0:
+        return inverse.astype(np.intp).reshape(arr.shape), present[1:].astype(np.int64)
+    return (inverse + 1).astype(np.intp).reshape(arr.shape), present.astype(np.int64)
+
+
+def binary_mask(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.bool_]:
+    """Foreground mask: channel 0 above the foreground threshold."""
+    return np.asarray(_as_hwc(prob)[..., 0] > thresholds.foreground)
+
+
+def _core_markers(core: NDArray[np.float32], mask: NDArray[np.bool_], threshold: float) -> NDArray[np.int32]:
+    """Seeds from the predicted cores: one per connected blob of confident core inside the mask."""
+    markers, _ = ndi.label((core > threshold) & mask, structure=_STRUCTURE)
+    return np.asarray(markers, dtype=np.int32)
+
+
+def _distance_markers(
+    distance: NDArray[np.float32], mask: NDArray[np.bool_], h: float = MARKER_H
+) -> NDArray[np.int32]:
+    """Seeds from the regional maxima of the distance transform that stand at least `h` high.
+
+    h-maxima rather than plain local maxima: a bumpy ridge (elongated nucleus) gives one seed, not
+    several. Run per foreground blob on its bounding box: ~20x faster than on the whole image.
+    """
+    components, _ = ndi.label(mask, structure=_STRUCTURE)
+    peaks = np.zeros(mask.shape, dtype=bool)
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        own = components[box] == index
+        peaks[box] |= own & h_maxima(np.where(own, distance[box], 0), h).astype(bool)
+    markers, _ = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
+    return np.asarray(markers, dtype=np.int32)
+
+
+def _flood(
+    distance: NDArray[np.float32], markers: NDArray[np.int32], mask: NDArray[np.bool_]
+) -> NDArray[np.int64]:
+    """Watershed on -distance from the seeds, restricted to the mask; unseeded blobs become objects too."""
+    out = np.asarray(watershed(-distance, markers, connectivity=1, mask=mask), dtype=np.int64)
+    leftover = mask & (out == 0)
+    if leftover.any():
+        extra, n_extra = ndi.label(leftover, structure=_STRUCTURE)
+        log.debug("%d foreground blobs had no seed and are kept as their own objects", n_extra)
+        out[leftover] = extra[leftover] + out.max()
+    return out
+
+
+def _drop_small(labels: NDArray[np.int64], min_size: int) -> NDArray[np.uint32]:
+    """Remove objects under `min_size` pixels and renumber the rest 1..N."""
+    if min_size > 1:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    relabelled, _, _ = relabel_sequential(labels)
+    return np.asarray(relabelled, dtype=np.uint32)
+
+
+def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
+    """Label nuclei: (H, W) uint32, 0 background, 1..N consecutive.
+
+    With a core channel the cores seed the split of touching nuclei; otherwise maxima of the distance
+    transform do. Either way the watershed runs on -distance so that cuts fall at the necks.
+    """
+    arr = _as_hwc(prob)
+    mask = arr[..., 0] > thresholds.foreground
+    distance = _edt(mask)
+    if arr.shape[-1] >= 2:
+        markers = _core_markers(arr[..., 1], mask, thresholds.core)
+    else:
+        markers = _distance_markers(distance, mask)
+    return _drop_small(_flood(distance, markers, mask), thresholds.min_size)
+
+
+def core_targets(labels: NDArray[Any]) -> NDArray[np.bool_]:
+    """Training target for the core channel from ground-truth instance labels.
+
+    A pixel is core when its distance to its own nucleus's border (touching neighbours included) is
+    at least half of that nucleus's largest such distance; every nucleus gets at least one core pixel.
+    """
+    dense, ids = _dense_labels(labels)
+    inside = dense > 0
+    if ids.size == 0:
+        return np.zeros(dense.shape, dtype=bool)
+    # Zeroing each object's inner rim separates touching nuclei, so the distance is to the own border.
+    distance = _edt(inside & ~find_boundaries(dense, mode="inner"))
+    peak = np.zeros(ids.size + 1, dtype=np.float32)
+    np.maximum.at(peak, dense[inside], distance[inside])  # per-nucleus max, unbuffered and fast
+    return np.asarray(inside & (distance >= 0.5 * peak[dense]))
+
+
+def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
+    """One row per nucleus, in label order, with the columns of `MEASUREMENT_COLUMNS`.
+
+    Centroids are pixel-index means; bbox max is exclusive (like regionprops); the intensity is the
+    mean over the nucleus of the image averaged across its channels.
+    """
+    dense, ids = _dense_labels(labels)
+    gray = np.asarray(image, dtype=np.float64)
+    if gray.ndim == 3:
+        gray = gray.mean(axis=-1)
+    if gray.shape != dense.shape:
+        raise ValueError(f"image shape {np.shape(image)} does not match labels shape {dense.shape}")
+    n = ids.size
+    table = np.zeros((n, len(MEASUREMENT_COLUMNS)), dtype=np.float64)
+    if n == 0:
+        return table
+    flat = dense.ravel()
+    rows, cols = np.indices(dense.shape)
+    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    table[:, 0] = ids
+    table[:, 1] = area
+    table[:, 2] = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / area
+    table[:, 3] = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / area
+    table[:, 4:8] = _bboxes(dense, n)
+    table[:, 8] = np.bincount(flat, weights=gray.ravel(), minlength=n + 1)[1:] / area
+    return table
+
+
+def _bboxes(dense: NDArray[np.intp], n: int) -> NDArray[np.float64]:
+    """(min_y, min_x, max_y, max_x) per label 1..n, max exclusive."""
+    slices = ndi.find_objects(dense, max_label=n)
+    return np.array(
+        [(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in slices],  # dense: no label is missing
+        dtype=np.float64,
+    ).reshape(n, 4)

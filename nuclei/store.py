@@ -1,0 +1,255 @@
+"""The results store: one Zarr v3 group per target, one OME-Zarr 0.5 image per segmented image.
+
+Layout (``KEY`` is the image id, percent-encoded into one path segment)::
+
+    STORE/zarr.json                        attrs: {"nuclei": {"store_format_version": 1, ...}}
+    STORE/images/KEY/                      OME-Zarr 0.5 image: s0 (c, y, x) [, s1, ...] + attrs "nuclei" (provenance)
+    STORE/images/KEY/labels/nuclei/s0      instance labels 1..N (image-label)
+    STORE/images/KEY/labels/mask/s0        binary mask 0/1 (image-label)
+    STORE/images/KEY/measurements          float64 (N, k), column names in attrs
+    STORE/index/KEY.json                   the entry's record, written last: the commit
+
+An entry is visible only once its record exists, so readers never see half-written arrays; a record is
+replaced atomically (rename on local disks, a single PUT on object stores).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+import cv2
+import fsspec
+import numpy as np
+import zarr
+
+from nuclei.config import STORE_FORMAT_VERSION
+from nuclei.errors import StoreError
+from nuclei.postprocess import MEASUREMENT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+OME_VERSION = "0.5"
+PYRAMID_MIN_SIZE = 1024  # add half-resolution levels until the smallest is at most this (for viewers)
+CHUNK = 1024
+LABEL_NAMES = ("nuclei", "mask")
+
+# zarr warns about index/, which is ours and not a Zarr node.
+warnings.filterwarnings("ignore", message="Object at index is not recognized", module="zarr")
+
+
+def validate_id(image_id: str) -> str:
+    """An id is a relative POSIX path without '..', '.', empty or absolute parts: it can never escape."""
+    parts = image_id.split("/")
+    if not image_id or image_id.startswith("/") or "\\" in image_id or "\x00" in image_id or any(
+        part in ("", ".", "..") for part in parts
+    ):
+        raise StoreError(f"invalid image id {image_id!r}: must be a relative path without '..' or '.' parts")
+    return image_id
+
+
+def id_to_key(image_id: str) -> str:
+    """One safe path segment per id ('/' and every special character percent-encoded)."""
+    return quote(validate_id(image_id), safe="")
+
+
+def key_to_id(key: str) -> str:
+    return validate_id(unquote(key))
+
+
+class Store:
+    """A results store on local disk or any fsspec URL (s3://, gs://, memory://, ...)."""
+
+    def __init__(self, url: str | Path, mode: Literal["r", "a"] = "r") -> None:
+        self.url = str(url)
+        self.fs, self.root_path = fsspec.core.url_to_fs(self.url)
+        self.local = "file" in _protocols(self.fs)
+        self.mode = mode
+        self.root = self._open_root(mode)
+
+    def _open_root(self, mode: str) -> zarr.Group:
+        exists = self.fs.exists(f"{self.root_path}/zarr.json")
+        if not exists and mode == "r":
+            raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
+        if not exists:
+            if self.fs.isfile(self.root_path):
+                raise StoreError(f"{self.url}: is a file, not a store folder")
+            attrs = {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}}
+            root = zarr.open_group(self.url, mode="a", attributes=attrs, zarr_format=3)
+            root.require_group("images")
+            return root
+        try:
+            root = zarr.open_group(self.url, mode=mode, zarr_format=3)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.url}: not a readable Zarr v3 store ({exc})") from exc
+        version = root.attrs.asdict().get("nuclei", {}).get("store_format_version")
+        if version != STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{self.url}: store format version {version!r}; this nuclei reads version {STORE_FORMAT_VERSION}"
+                if version is not None else f"{self.url}: a Zarr store, but not one written by nuclei"
+            )
+        return root
+
+    # --- records: the index of complete entries --------------------------------------------------------
+
+    def _record_path(self, image_id: str) -> str:
+        return f"{self.root_path}/index/{id_to_key(image_id)}.json"
+
+    def record(self, image_id: str) -> dict[str, Any] | None:
+        """The record of a complete entry, or None."""
+        try:
+            return json.loads(self.fs.cat_file(self._record_path(image_id)))
+        except FileNotFoundError:
+            return None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every complete entry's record, by id (reads only the small index files, never arrays)."""
+        index = f"{self.root_path}/index"
+        try:
+            paths = [p for p in self.fs.ls(index, detail=False) if p.endswith(".json")]
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for path, blob in self.fs.cat(paths, on_error="omit").items():
+            try:
+                record = json.loads(blob)
+            except json.JSONDecodeError:
+                log.warning("ignoring unreadable index record %s", path)
+                continue
+            found[record["id"]] = record
+        return dict(sorted(found.items()))
+
+    def ids(self) -> list[str]:
+        return list(self.records())
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        path = self._record_path(record["id"])
+        blob = json.dumps(record, sort_keys=True, default=str).encode()
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as handle:
+                handle.write(blob)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, blob)
+
+    def _uncommit(self, image_id: str) -> None:
+        path = self._record_path(image_id)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def write_entry(
+        self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
+        record: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Write one image's arrays, then commit its record; returns the record."""
+        if self.mode == "r":
+            raise StoreError(f"{self.url}: opened read-only")
+        key = id_to_key(image_id)
+        self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
+        record = {**record, "id": image_id, "key": key, "store_format_version": STORE_FORMAT_VERSION}
+        group = self.root["images"].create_group(key, overwrite=True, attributes={"nuclei": record})
+        _write_ome_image(group, _to_cyx(image))
+        label_root = group.create_group("labels", attributes={"ome": {"version": OME_VERSION,
+                                                                       "labels": list(LABEL_NAMES)}})
+        label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+        _write_ome_label(label_root, "nuclei", labels.astype(label_dtype))
+        _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8))
+        table = group.create_array("measurements", shape=measurements.shape, dtype="float64",
+                                   chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
+                                   attributes={"columns": list(MEASUREMENT_COLUMNS)})
+        table[...] = measurements
+        self._commit(record)
+        return record
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def entry(self, image_id: str) -> zarr.Group:
+        if self.record(image_id) is None:
+            raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
+        return self.root["images"][id_to_key(image_id)]
+
+    def read_labels(self, image_id: str, level: int = 0) -> np.ndarray:
+        return np.asarray(self.entry(image_id)[f"labels/nuclei/s{level}"][...])
+
+    def read_mask(self, image_id: str, level: int = 0) -> np.ndarray:
+        return np.asarray(self.entry(image_id)[f"labels/mask/s{level}"][...])
+
+    def read_image(self, image_id: str, level: int = 0) -> np.ndarray:
+        """The stored image as (y, x, c), in its original dtype."""
+        return np.moveaxis(np.asarray(self.entry(image_id)[f"s{level}"][...]), 0, -1)
+
+    def read_measurements(self, image_id: str) -> tuple[list[str], np.ndarray]:
+        array = self.entry(image_id)["measurements"]
+        return list(array.attrs["columns"]), np.asarray(array[...])
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return tuple(protocol) if isinstance(protocol, (tuple, list)) else (protocol,)
+
+
+def _to_cyx(image: np.ndarray) -> np.ndarray:
+    return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+
+
+def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
+    """Full resolution, then half sizes until the largest side is at most PYRAMID_MIN_SIZE."""
+    yield array
+    while max(array.shape[-2:]) > PYRAMID_MIN_SIZE:
+        if nearest:
+            array = array[..., ::2, ::2]
+        else:
+            h, w = array.shape[-2:]
+            planes = [cv2.resize(p, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA) for p in array]
+            array = np.stack(planes)
+        yield array
+
+
+def _write_levels(group: zarr.Group, array: np.ndarray, nearest: bool) -> int:
+    count = 0
+    for count, level in enumerate(_levels(array, nearest)):  # noqa: B007
+        chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
+        target = group.create_array(f"s{count}", shape=level.shape, dtype=level.dtype, chunks=chunks)
+        target[...] = level
+    return count + 1
+
+
+def _multiscales(axes: list[dict[str, str]], n_levels: int, name: str) -> list[dict[str, Any]]:
+    spatial = sum(1 for a in axes if a["type"] == "space")
+    datasets = [
+        {"path": f"s{i}", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0] * (len(axes) - spatial) + [float(2**i)] * spatial}]}
+        for i in range(n_levels)
+    ]
+    return [{"name": name, "axes": axes, "datasets": datasets}]
+
+
+_YX = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "space", "unit": "pixel"}]
+_CYX = [{"name": "c", "type": "channel"}, *_YX]
+
+
+def _write_ome_image(group: zarr.Group, cyx: np.ndarray) -> None:
+    n = _write_levels(group, cyx, nearest=False)
+    group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, n, "image")}})
+
+
+def _write_ome_label(label_root: zarr.Group, name: str, labels: np.ndarray) -> None:
+    group = label_root.create_group(name)
+    n = _write_levels(group, labels, nearest=True)
+    group.attrs.update({"ome": {
+        "version": OME_VERSION,
+        "multiscales": _multiscales(_YX, n, name),
+        "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
+    }})
+

@@ -1,0 +1,140 @@
+"""The steps of a training run, each a plain function the `train` flow wires as a task.
+
+load -> split -> fit -> export (+ parity) -> evaluate (choose thresholds) -> publish the model directory.
+The directory is built under a temporary name and renamed into place at the end, so a crash never leaves a
+half-written model where a segmentation run would pick it up.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
+from nuclei.datasets import Dataset, Sample, load_dataset, split_indices
+from nuclei.evaluation import Report, choose_thresholds, image_category, score_all, write_report
+from nuclei.export import export_onnx, parity_check
+from nuclei.inference import Engine
+from nuclei.model import build_model, receptive_field
+from nuclei.modeldir import load_model_dir, write_json
+from nuclei.plots import read_history, training_curves
+from nuclei.postprocess import Thresholds, instances
+from nuclei.training import fit
+
+log = logging.getLogger(__name__)
+
+VERSIONED = ("nuclei", "numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "scikit-image")
+
+
+@dataclass
+class Split:
+    train: list[Sample]
+    val: list[Sample]
+
+
+def load(config: TrainConfig) -> Dataset:
+    dataset = load_dataset(config.data_dir, on_error=config.on_error)
+    if config.max_images:
+        dataset.samples = dataset.samples[: config.max_images]
+    return dataset
+
+
+def split(dataset: Dataset, config: TrainConfig) -> Split:
+    """Seeded 80:20 split of the training subset (a seed layout's test/ folder is never trained on)."""
+    pool = dataset.subset("train")
+    train_idx, val_idx = split_indices(len(pool), config.val_fraction, config.seed)
+    return Split([pool[i] for i in train_idx], [pool[i] for i in val_idx])
+
+
+def staging_dir(config: TrainConfig) -> Path:
+    path = Path(config.out_dir) / f".{config.name}.partial"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def describe(config: TrainConfig, dataset: Dataset, data: Split, model_dir: Path) -> None:
+    """config.json (what inference needs), data.json (fingerprint and split) and versions.json."""
+    write_json(model_dir / "config.json", {
+        **config.model_dump(),
+        "model_format_version": MODEL_FORMAT_VERSION,
+        "channels": config.channels,
+        "pad_multiple": config.pad_multiple,
+        "receptive_field": receptive_field(config),
+        "onnx_opset": ONNX_OPSET,
+        "input": "image: NHWC float32 RGB scaled by the dtype's range to [0, 1]",
+        "output": "mask: NHWC float32 sigmoid probabilities, one channel per entry of `channels`",
+    })
+    write_json(model_dir / "data.json", {
+        "root": str(dataset.root), "layout": dataset.layout, "fingerprint": dataset.fingerprint(),
+        "n_images": len(dataset.samples), "skipped": [str(e) for e in dataset.skipped],
+        "train_ids": [s.id for s in data.train], "val_ids": [s.id for s in data.val],
+    })
+    write_json(model_dir / "versions.json", {"python": platform.python_version(), **_versions()})
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def train_model(config: TrainConfig, data: Split, model_dir: Path) -> keras.Model:
+    """Build and fit; writes history.csv, curves.png, checkpoint.keras and model.keras."""
+    model = build_model(config)
+    started = time.perf_counter()
+    fit(model, data.train, data.val, config, model_dir)
+    log.info("training took %.0f s", time.perf_counter() - started)
+    training_curves(read_history(model_dir / "history.csv"), model_dir / "curves.png")
+    model.save(model_dir / "model.keras")
+    (model_dir / "checkpoint.keras").unlink(missing_ok=True)  # model.keras holds the restored best weights
+    return model
+
+
+def export(model: keras.Model, config: TrainConfig, model_dir: Path) -> float:
+    """model.onnx plus the parity check against Keras (raises if they differ)."""
+    onnx_path = export_onnx(model, model_dir / "model.onnx")
+    return parity_check(model, onnx_path, config.pad_multiple)
+
+
+def evaluate(model_dir: Path, val: list[Sample]) -> tuple[Thresholds, Report]:
+    """Run the exported ONNX model on the validation images, pick thresholds, score, write the report."""
+    write_json(model_dir / "thresholds.json", Thresholds().as_dict())
+    engine = Engine(load_model_dir(model_dir), providers=("CPUExecutionProvider",))
+    probs = [engine.predict(s.image) for s in val]
+    truths = [s.labels for s in val]
+    thresholds, _ = choose_thresholds(probs, truths)
+    write_json(model_dir / "thresholds.json", thresholds.as_dict())
+    preds = [instances(p, thresholds) for p in probs]
+    report = score_all([s.id for s in val], lambda i: preds[i], truths, [image_category(s.image) for s in val])
+    by_id = {s.id: (s.image, s.labels, preds[i]) for i, s in enumerate(val)}
+    write_report(report, model_dir / "evaluation", images=lambda i: by_id[i])
+    write_json(model_dir / "metrics.json", {"split": "validation", "thresholds": thresholds.as_dict(),
+                                            **report.as_dict()})
+    return thresholds, report
+
+
+def publish(staging: Path, config: TrainConfig) -> Path:
+    """Move the finished directory into place; a previous model of that name is replaced only now."""
+    final = Path(config.out_dir) / config.name
+    if final.exists():
+        old = final.with_name(f".{config.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final)
+    return final
+

@@ -1,0 +1,145 @@
+"""Fitting a U-Net on labelled samples: targets, batches, loss, metrics, callbacks. Imports Keras."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from nuclei.augment import augmented_crop, pad_to_at_least
+from nuclei.config import TrainConfig
+from nuclei.datasets import Sample
+from nuclei.postprocess import core_targets
+
+log = logging.getLogger(__name__)
+
+
+def make_targets(labels: np.ndarray, channels: list[str]) -> np.ndarray:
+    """Per-pixel training targets (H, W, C) uint8: the 0/1 nucleus mask, then nucleus cores if asked for."""
+    planes = [labels > 0]
+    if "core" in channels:
+        planes.append(core_targets(labels))
+    return np.stack(planes, axis=-1).astype(np.uint8)
+
+
+class CropBatches(keras.utils.PyDataset):
+    """Batches of random (augmented) crops; validation uses fixed seeded crops so val_loss is comparable."""
+
+    def __init__(
+        self, samples: list[Sample], config: TrainConfig, train: bool, steps: int | None = None
+    ) -> None:
+        super().__init__()
+        self.images = [s.image for s in samples]
+        self.targets = [make_targets(s.labels, config.channels) for s in samples]
+        self.config, self.train = config, train
+        self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
+        self.rng = np.random.default_rng(config.seed + (0 if train else 1))
+        self._fixed = None if train else [self._example(i) for i in range(len(samples))]
+
+    def __len__(self) -> int:
+        return self.steps if self.train else max(1, math.ceil(len(self.images) / self.config.batch_size))
+
+    def _example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return augmented_crop(
+            self.images[index], self.targets[index], self.config.crop_size, self.rng,
+            augment=self.train and self.config.augment,
+        )
+
+    def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        size = self.config.batch_size
+        if self._fixed is not None:
+            pairs = self._fixed[batch * size : (batch + 1) * size]
+        else:
+            pairs = [self._example(int(i)) for i in self.rng.integers(0, len(self.images), size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _soft_dice(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+    inter = ops.sum(y_true * y_pred, axis=(0, 1, 2))
+    total = ops.sum(y_true + y_pred, axis=(0, 1, 2))
+    return 1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0))
+
+
+def segmentation_loss(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+    """Binary cross-entropy plus soft Dice: Dice keeps the rare nucleus pixels from being drowned out."""
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+    return bce + _soft_dice(y_true, y_pred)
+
+
+def _foreground(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> tuple[keras.KerasTensor, ...]:
+    truth = ops.cast(y_true[..., 0] > 0.5, "float32")
+    pred = ops.cast(y_pred[..., 0] > 0.5, "float32")
+    return truth, pred
+
+
+def pixel_accuracy(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+    """Share of pixels whose nucleus/background call is right (what the seed project reported)."""
+    truth, pred = _foreground(y_true, y_pred)
+    return ops.mean(ops.cast(ops.equal(truth, pred), "float32"))
+
+
+def foreground_iou(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+    truth, pred = _foreground(y_true, y_pred)
+    inter, union = ops.sum(truth * pred), ops.sum(ops.maximum(truth, pred))
+    return (inter + 1e-6) / (union + 1e-6)
+
+
+def dice(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+    truth, pred = _foreground(y_true, y_pred)
+    return (2 * ops.sum(truth * pred) + 1e-6) / (ops.sum(truth) + ops.sum(pred) + 1e-6)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch, so progress shows in Prefect's logs and in non-interactive terminals."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
+        log.info("epoch %d/%d: %s", epoch + 1, self.epochs, shown)
+
+
+def compile_model(model: keras.Model, config: TrainConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=segmentation_loss,
+        metrics=[pixel_accuracy, foreground_iou, dice],
+    )
+
+
+def fit(
+    model: keras.Model, train: list[Sample], val: list[Sample], config: TrainConfig, model_dir: Path
+) -> dict[str, list[float]]:
+    """Train with early stopping on val_loss (best weights restored), a checkpoint and a CSV history."""
+    keras.utils.set_random_seed(config.seed)
+    compile_model(model, config)
+    callbacks = [
+        keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(model_dir / "checkpoint.keras", "val_loss", save_best_only=True),
+        keras.callbacks.CSVLogger(str(model_dir / "history.csv")),
+        keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(2, config.patience // 2)),
+        EpochLog(config.epochs),
+    ]
+    history = model.fit(
+        CropBatches(train, config, train=True, steps=config.steps_per_epoch),
+        validation_data=CropBatches(val, config, train=False),
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def predict_keras(model: keras.Model, image: np.ndarray, multiple: int) -> np.ndarray:
+    """Keras reference prediction of one image, padded like the ONNX engine pads (for parity checks)."""
+    height, width = image.shape[:2]
+    padded = pad_to_at_least(image, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    prob = model(padded[None], training=False)
+    return np.asarray(prob)[0, :height, :width]

@@ -1,0 +1,226 @@
+"""Tests for nuclei.postprocess on small synthetic images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from skimage.draw import disk, ellipse
+
+from nuclei.postprocess import (
+    MEASUREMENT_COLUMNS,
+    Thresholds,
+    binary_mask,
+    core_targets,
+    instances,
+    measure,
+)
+
+
+def _discs(shape: tuple[int, int], discs: list[tuple[int, int, int]]) -> NDArray[np.uint32]:
+    """Instance labels with one disc (row, col, radius) per label, later discs drawn on top."""
+    labels = np.zeros(shape, dtype=np.uint32)
+    for i, (r, c, radius) in enumerate(discs, start=1):
+        rr, cc = disk((r, c), radius, shape=shape)
+        labels[rr, cc] = i
+    return labels
+
+
+def _perfect_prob(labels: NDArray[np.uint32], with_core: bool) -> NDArray[np.float32]:
+    """Probability map a perfect model would output for these labels."""
+    channels = [labels > 0]
+    if with_core:
+        channels.append(core_targets(labels))
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def _iou(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _best_ious(truth: NDArray[np.uint32], pred: NDArray[np.uint32]) -> list[float]:
+    """For every true object, the best IoU with any predicted object."""
+    best = []
+    for t in range(1, int(truth.max()) + 1):
+        tmask = truth == t
+        best.append(max(_iou(tmask, pred == p) for p in range(1, int(pred.max()) + 1)))
+    return best
+
+
+def _assert_consecutive(labels: NDArray[np.uint32]) -> None:
+    assert labels.dtype == np.uint32
+    present = np.unique(labels[labels > 0])
+    assert present.tolist() == list(range(1, present.size + 1))
+
+
+TOUCHING = [(30, 25, 12), (30, 45, 12)]
+
+
+def test_binary_mask_thresholds_channel_zero() -> None:
+    prob = np.zeros((4, 5, 2), np.float32)
+    prob[1, 2, 0] = 0.7
+    prob[2, 2, 1] = 0.9
+    mask = binary_mask(prob, Thresholds(foreground=0.5))
+    assert mask.dtype == bool and mask.shape == (4, 5)
+    assert mask.sum() == 1 and mask[1, 2]
+
+
+def test_touching_discs_split_with_distance_watershed() -> None:
+    truth = _discs((60, 70), TOUCHING)
+    labels = instances(_perfect_prob(truth, with_core=False), Thresholds())
+    assert labels.shape == truth.shape
+    _assert_consecutive(labels)
+    assert labels.max() == 2
+    assert min(_best_ious(truth, labels)) > 0.8
+
+
+def test_touching_discs_split_with_core_channel() -> None:
+    truth = _discs((60, 70), TOUCHING)
+    prob = _perfect_prob(truth, with_core=True)
+    labels = instances(prob, Thresholds())
+    _assert_consecutive(labels)
+    assert labels.max() == 2
+    assert min(_best_ious(truth, labels)) > 0.8
+
+
+def test_elongated_nucleus_is_one_object_without_core_channel() -> None:
+    truth = np.zeros((60, 120), np.uint32)
+    rr, cc = ellipse(30, 60, 9, 45, shape=truth.shape, rotation=0.3)
+    truth[rr, cc] = 1
+    labels = instances(_perfect_prob(truth, with_core=False), Thresholds())
+    assert labels.max() == 1
+
+
+def test_full_image_foreground_is_one_object() -> None:
+    for channels in (1, 2):
+        labels = instances(np.ones((30, 40, channels), np.float32), Thresholds())
+        assert labels.max() == 1 and (labels == 1).all()
+    assert core_targets(np.ones((30, 40), np.uint16))[15, 20]
+
+
+def test_nucleus_without_core_is_kept() -> None:
+    truth = _discs((60, 90), [(30, 20, 10), (30, 65, 10)])
+    prob = _perfect_prob(truth, with_core=True)
+    prob[..., 1][truth == 2] = 0.0  # the model missed the core of the second nucleus
+    labels = instances(prob, Thresholds())
+    assert labels.max() == 2
+    assert min(_best_ious(truth, labels)) > 0.99
+
+
+def test_small_objects_are_dropped_and_labels_consecutive() -> None:
+    truth = _discs((60, 90), [(15, 15, 8), (45, 45, 1), (30, 75, 8)])  # the middle one has 5 pixels
+    for with_core in (False, True):
+        labels = instances(_perfect_prob(truth, with_core), Thresholds(min_size=8))
+        _assert_consecutive(labels)
+        assert labels.max() == 2
+        assert labels[45, 45] == 0
+        kept = instances(_perfect_prob(truth, with_core), Thresholds(min_size=1))
+        assert kept.max() == 3
+
+
+def test_empty_probability_gives_no_objects() -> None:
+    for channels in (1, 2):
+        labels = instances(np.zeros((20, 30, channels), np.float32), Thresholds())
+        assert labels.shape == (20, 30) and labels.dtype == np.uint32 and labels.max() == 0
+
+
+def test_core_targets_nonempty_and_inside_each_nucleus() -> None:
+    truth = _discs(
+        (80, 100),
+        [(20, 20, 10), (20, 38, 10), (25, 29, 6), (60, 70, 15), (60, 20, 1), (70, 45, 3)],
+    )
+    truth[5, 90:92] = 9  # a 2-pixel sliver: all border
+    truth[0:3, 0:3] = 7  # touches the image corner
+    core = core_targets(truth)
+    assert core.dtype == bool and core.shape == truth.shape
+    assert not core[truth == 0].any()
+    for label in np.unique(truth[truth > 0]):
+        obj = truth == label
+        assert core[obj].any(), f"nucleus {label} has no core"
+        assert core[obj].sum() < obj.sum() or obj.sum() <= 3
+    # touching nuclei keep separate cores: no core pixel touches a core pixel of another nucleus
+    core_labels = np.where(core, truth, 0)
+    horizontal = (core_labels[:, 1:] > 0) & (core_labels[:, :-1] > 0)
+    assert (core_labels[:, 1:][horizontal] == core_labels[:, :-1][horizontal]).all()
+    vertical = (core_labels[1:] > 0) & (core_labels[:-1] > 0)
+    assert (core_labels[1:][vertical] == core_labels[:-1][vertical]).all()
+
+
+def test_core_targets_disc_is_inner_half() -> None:
+    truth = _discs((41, 41), [(20, 20, 16)])
+    core = core_targets(truth)
+    rows, cols = np.nonzero(core)
+    radius = np.hypot(rows - 20, cols - 20)
+    assert radius.max() < 10  # about half the radius around the centre
+    assert core[20, 20]
+
+
+def test_core_targets_empty_and_sparse_ids() -> None:
+    assert not core_targets(np.zeros((5, 6), np.uint16)).any()
+    sparse = np.zeros((20, 20), np.uint32)
+    sparse[2:9, 2:9] = 4_000_000_000
+    sparse[11:18, 11:18] = 17
+    core = core_targets(sparse)
+    assert core[5, 5] and core[14, 14]
+
+
+def test_measure_square_is_exact() -> None:
+    labels = np.zeros((20, 30), np.uint16)
+    labels[4:10, 6:16] = 3  # 6 x 10 square
+    labels[12:14, 20:21] = 5
+    image = np.zeros((20, 30, 3), np.float32)
+    image[labels == 3] = (0.2, 0.4, 0.6)
+    table = measure(labels, image)
+    assert table.shape == (2, len(MEASUREMENT_COLUMNS)) and table.dtype == np.float64
+    row = dict(zip(MEASUREMENT_COLUMNS, table[0], strict=True))
+    assert row["label"] == 3
+    assert row["area"] == 60
+    assert row["centroid_y"] == pytest.approx(6.5)
+    assert row["centroid_x"] == pytest.approx(10.5)
+    assert (row["bbox_min_y"], row["bbox_min_x"], row["bbox_max_y"], row["bbox_max_x"]) == (4, 6, 10, 16)
+    assert row["mean_intensity"] == pytest.approx(0.4)
+    assert table[1, 0] == 5 and table[1, 1] == 2 and table[1, 8] == 0
+
+
+def test_measure_grayscale_and_empty() -> None:
+    labels = np.zeros((8, 8), np.uint32)
+    labels[2:4, 2:4] = 1
+    image = np.full((8, 8), 0.25)
+    assert measure(labels, image)[0, 8] == pytest.approx(0.25)
+    empty = measure(np.zeros((8, 8), np.uint32), image)
+    assert empty.shape == (0, 9)
+
+
+def test_thresholds_round_trip() -> None:
+    original = Thresholds(foreground=0.3, core=0.65, min_size=20)
+    restored = Thresholds.from_dict(json.loads(json.dumps(original.as_dict())))
+    assert restored == original
+    assert Thresholds.from_dict({}) == Thresholds()
+    with pytest.raises(ValueError):
+        Thresholds.from_dict({"forground": 0.4})
+    with pytest.raises(ValueError):
+        Thresholds(foreground=1.5)
+
+
+def test_round_trip_many_nuclei() -> None:
+    rng = np.random.default_rng(0)
+    shape = (200, 240)
+    truth = np.zeros(shape, np.uint32)
+    n = 0
+    for _ in range(200):
+        r, c = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
+        radius = int(rng.integers(6, 11))
+        rr, cc = disk((r, c), radius, shape=shape)
+        if (truth[rr, cc] > 0).mean() > 0.1:  # only slight overlaps: touching, not hidden
+            continue
+        n += 1
+        free = truth[rr, cc] == 0
+        truth[rr[free], cc[free]] = n
+    assert n >= 15
+    labels = instances(_perfect_prob(truth, with_core=True), Thresholds())
+    _assert_consecutive(labels)
+    assert labels.max() == n
+    ious = _best_ious(truth, labels)
+    assert min(ious) > 0.8, sorted(ious)[:5]
