@@ -1,0 +1,44 @@
+"""Shared fixtures: synthetic datasets, the vendored samples, and one small model trained per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data" / "sample"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or a skip with the reason (it is not on users' machines)."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (developer data, not shipped)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nuclei.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), n=10, shape=(96, 128))
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
+    """A tiny U-Net trained for 2 epochs through the real `train` flow (real TensorFlow, tf2onnx, ORT)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.train import train
+
+    out = tmp_path_factory.mktemp("models")
+    with prefect_test_harness(server_startup_timeout=60):
+        path = train(data_dir=str(synthetic_dir), out_dir=str(out), name="tiny", epochs=2, batch_size=4,
+                     crop_size=64, depth=3, base_filters=8, steps_per_epoch=3)
+    return Path(path)
