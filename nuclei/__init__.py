@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "open_store": "nuclei.query",
     "NucleiStore": "nuclei.query",
-    "segment": "nuclei.segmentation",
+    "segment": "nuclei.batch",
     "load_dataset": "nuclei.datasets",
     "read_image": "nuclei.images",
     "load_model_dir": "nuclei.modeldir",

@@ -75,7 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _segment(args: argparse.Namespace) -> int:
+    from flows.segment import segment
+
+    summary = segment(inputs=args.inputs, store=args.store, model=args.model, dask_address=args.dask_address,
+                      n_workers=args.workers, images_per_task=args.images_per_task, overwrite=args.overwrite,
+                      tile_size=args.tile_size, progress=not args.json)
+    if args.json:
+        print_json(summary)
+    return 1 if summary["failed"] else 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("segment", help="segment image folders/globs/URLs into a Zarr store")
+    parser.add_argument("inputs", nargs="+", help="folders (recursive), globs or files; local or fsspec URLs")
+    parser.add_argument("--store", required=True, help="Zarr store path or URL (created if missing)")
+    parser.add_argument("--model", help="model directory (default: the shipped models/dsb2018-unet)")
+    parser.add_argument("--dask-address", help="existing Dask scheduler (default: a LocalCluster)")
+    parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    parser.add_argument("--images-per-task", type=int, default=32)
+    parser.add_argument("--tile-size", type=int, default=1024, help="larger images run as overlapping tiles")
+    parser.add_argument("--overwrite", action="store_true", help="segment again even if unchanged")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=_segment)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args))
     except NucleiError as exc:

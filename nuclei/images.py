@@ -6,6 +6,7 @@ Every failure is an `InputError` that names the file and the reason.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -33,57 +34,70 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(data: bytes, name: str | Path) -> tuple[int, int]:
     """(height, width) from the file header alone, without decoding pixels."""
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
+        if str(name).lower().endswith(TIFF_SUFFIXES):
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 shape = tif.pages[0].shape
                 return int(shape[0]), int(shape[1])
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             return int(height), int(width)
     except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
-        raise InputError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        raise InputError(name, f"not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
 def read_raw(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file as stored: (H, W) or (H, W, C), uint8/uint16/float, RGB channel order."""
     path = Path(path)
     _check_readable(path)
-    height, width = image_size(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from exc
+    return decode(data, path, max_pixels)
+
+
+def decode(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (``name`` gives the format and the error messages); refuses decompression bombs."""
+    if not data:
+        raise InputError(name, "file is empty (0 bytes)")
+    height, width = image_size(data, name)
     if height * width > max_pixels:
         raise InputError(
-            path, f"image is {height}x{width} = {height * width / 1e6:.0f} Mpixel, above max_pixels="
+            name, f"image is {height}x{width} = {height * width / 1e6:.0f} Mpixel, above max_pixels="
             f"{max_pixels / 1e6:.0f} Mpixel (raise max_pixels if the image is genuine)"
         )
-    array = _decode(path)
+    array = _decode(data, name)
     if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(path, f"unexpected image shape {array.shape}")
+        raise InputError(name, f"unexpected image shape {array.shape}")
     return array
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise InputError(path, "file does not exist (or is a broken link)")
     if path.is_dir():
         raise InputError(path, "is a directory, not an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # missing, broken link, symlink loop
+        raise InputError(path, f"cannot open ({exc.strerror or exc})") from exc
     if not os.access(path, os.R_OK):
         raise InputError(path, "permission denied")
-    if path.stat().st_size == 0:
+    if size == 0:
         raise InputError(path, "file is empty (0 bytes)")
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(data: bytes, name: str | Path) -> np.ndarray:
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            array = tifffile.imread(path)
+        if str(name).lower().endswith(TIFF_SUFFIXES):
+            array = tifffile.imread(io.BytesIO(data))
             return np.squeeze(array) if array.ndim > 3 else array
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(path, f"cannot decode ({type(exc).__name__}: {exc})") from exc
+        raise InputError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
     if array is None:
-        raise InputError(path, "cannot decode: truncated or not an image")
+        raise InputError(name, "cannot decode: truncated or not an image")
     if array.ndim == 3 and array.shape[2] >= 3:  # OpenCV decodes BGR(A)
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return array

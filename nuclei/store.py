@@ -220,7 +220,8 @@ def _write_levels(group: zarr.Group, array: np.ndarray, nearest: bool) -> int:
     count = 0
     for count, level in enumerate(_levels(array, nearest)):  # noqa: B007
         chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
-        target = group.create_array(f"s{count}", shape=level.shape, dtype=level.dtype, chunks=chunks)
+        target = group.create_array(f"s{count}", shape=level.shape, dtype=level.dtype, chunks=chunks,
+                                    dimension_names=("c", "y", "x")[-level.ndim :])
         target[...] = level
     return count + 1
 

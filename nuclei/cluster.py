@@ -1,0 +1,43 @@
+"""The Dask cluster a segmentation run uses: an existing one by address, or a LocalCluster sized to the machine.
+
+On a small machine, ONNX Runtime runs best as several single-threaded workers (2 x 1 beats 1 x 2 on 2 cores);
+each worker's session gets cores // workers threads. The dashboard listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+log = logging.getLogger(__name__)
+
+DASK_ADDRESS_ENV = "NUCLEI_DASK_ADDRESS"
+
+
+def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:
+    """(workers, threads per worker's ONNX session) for this machine."""
+    cores = len(os.sched_getaffinity(0))
+    workers = n_workers or cores
+    return workers, max(1, cores // workers)
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
+    """A client for ``address`` (or $NUCLEI_DASK_ADDRESS), else for a new LocalCluster of worker processes."""
+    address = address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        with Client(address) as client:
+            log.info("using the Dask cluster at %s", address)
+            yield client
+        return
+    workers, threads = local_cluster_size(n_workers)
+    env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", env=env) as cluster, Client(cluster) as client:
+        log.info("LocalCluster: %d workers x 1 task, %d ONNX thread(s) each; dashboard %s",
+                 workers, threads, client.dashboard_link)
+        yield client

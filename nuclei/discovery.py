@@ -1,0 +1,139 @@
+"""Finding the images to segment: directories, globs or single files, local or fsspec URLs.
+
+Each image gets a stable id: its path relative to its input root, without the extension, '/'-separated.
+Names that look like images but cannot be (a directory named x.png, a broken link, a symlink loop) are
+reported as problems rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import fsspec
+
+from nuclei.errors import InputError
+from nuclei.images import IMAGE_SUFFIXES
+
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to segment: where it is, its id, and what a cheap stat says of it."""
+
+    id: str
+    url: str
+    size: int
+    mtime: float | None
+
+
+@dataclass
+class Discovery:
+    items: list[ImageItem]
+    problems: list[InputError]
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not os.path.basename(name).startswith(".")
+
+
+def _image_id(relative: str) -> str:
+    path = PurePosixPath(relative.replace(os.sep, "/"))
+    return str(path.with_suffix(""))
+
+
+def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """(path, problem) for every image-named entry under root; symlinked folders are not followed."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(dirs):
+            if _is_image_name(name):
+                yield Path(folder) / name, "is a directory, not an image file"
+        for name in sorted(files):
+            if _is_image_name(name):
+                path = Path(folder) / name
+                try:
+                    os.stat(path)
+                except OSError as exc:  # broken link, symlink loop
+                    yield path, f"cannot open ({exc.strerror or exc})"
+                    continue
+                yield path, None
+
+
+def _local(root: Path, files: Sequence[Path] | None = None) -> Discovery:
+    found = Discovery([], [])
+    entries = ((f, None) for f in files) if files is not None else _local_files(root)
+    for path, problem in entries:
+        if problem:
+            found.problems.append(InputError(path, problem))
+            continue
+        stat = path.stat()
+        rel = os.path.relpath(path, root)
+        found.items.append(ImageItem(_image_id(rel), str(path), stat.st_size, stat.st_mtime))
+    return found
+
+
+def _remote(url: str) -> Discovery:
+    fs, path = fsspec.core.url_to_fs(url)
+    protocol = url.split("://", 1)[0]
+    has_glob = any(c in path for c in GLOB_CHARS)
+    root = _glob_root(path) if has_glob else (path if fs.isdir(path) else path.rsplit("/", 1)[0])
+    listing = fs.glob(path, detail=True) if has_glob else fs.find(path, detail=True)
+    found = Discovery([], [])
+    for name, info in sorted(listing.items()):
+        if not _is_image_name(name):
+            continue
+        if info.get("type") == "directory":
+            found.problems.append(InputError(f"{protocol}://{name}", "is a directory, not an image file"))
+            continue
+        rel = name[len(root):].lstrip("/")
+        mtime = info.get("mtime") or info.get("LastModified")
+        found.items.append(ImageItem(_image_id(rel), f"{protocol}://{name}", int(info.get("size") or 0),
+                                     mtime.timestamp() if hasattr(mtime, "timestamp") else mtime))
+    return found
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard: ids are relative to it."""
+    head = pattern[: min(pattern.index(c) for c in GLOB_CHARS if c in pattern)]
+    return head.rsplit("/", 1)[0] if "/" in head else "."
+
+
+def discover_one(spec: str) -> Discovery:
+    """Images of one input: a folder (recursive), a glob, or a file; local paths or fsspec URLs."""
+    if "://" in spec and not spec.startswith("file://"):
+        return _remote(spec)
+    spec = spec.removeprefix("file://")
+    if any(c in spec for c in GLOB_CHARS):
+        root = Path(_glob_root(spec))
+        matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if _is_image_name(p)]
+        dirs = [p for p in matches if p.is_dir()]
+        found = _local(root, [p for p in matches if not p.is_dir()])
+        found.problems += [InputError(p, "is a directory, not an image file") for p in dirs]
+        return found
+    path = Path(spec)
+    if path.is_dir():
+        return _local(path)
+    if path.is_file():
+        return _local(path.parent, [path])
+    raise InputError(path, "input does not exist")
+
+
+def discover(inputs: Sequence[str]) -> Discovery:
+    """Images of every input; two inputs giving the same id is a problem (the later one is reported)."""
+    found = Discovery([], [])
+    seen: dict[str, str] = {}
+    for spec in inputs:
+        part = discover_one(str(spec))
+        found.problems += part.problems
+        for item in part.items:
+            if item.id in seen:
+                found.problems.append(InputError(item.url, f"id {item.id!r} is also {seen[item.id]}"))
+                continue
+            seen[item.id] = item.url
+            found.items.append(item)
+    return found

@@ -1,0 +1,315 @@
+"""Read a results store: list and filter images, fetch labels, masks and measurements, export PNGs.
+
+    >>> store = open_store("results.zarr")                        # doctest: +SKIP
+    >>> [i.id for i in store.images(pattern="plate1/*", min_nuclei=5)]  # doctest: +SKIP
+    >>> store.labels("plate1/a1")                                 # doctest: +SKIP
+
+Listings read only the small index records, never arrays. Nothing is cached: every call re-reads the
+index, so a segmentation run writing the same store shows up as it goes (only committed entries).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from nuclei.errors import StoreError
+from nuclei.images import write_png
+from nuclei.store import Store, validate_id
+
+log = logging.getLogger(__name__)
+
+ExportKind = Literal["labels", "masks", "overlay"]
+EXPORT_KINDS: tuple[ExportKind, ...] = ("labels", "masks", "overlay")
+_GLOB_CHARS = frozenset("*?[")
+_UINT16_MAX = 2**16 - 1
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One complete image of a store, from its record."""
+
+    id: str
+    source: str | None
+    shape: tuple[int, int] | None
+    n_nuclei: int | None
+    model_version: str | None
+    status: str | None
+    written: str | None
+
+
+@dataclass(frozen=True)
+class _Filters:
+    """The listing filters; None means 'any'."""
+
+    pattern: str | None = None
+    source: str | None = None
+    min_nuclei: int | None = None
+    max_nuclei: int | None = None
+    model: str | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """True when the record passes every filter that is set."""
+        return (
+            (self.pattern is None or fnmatchcase(str(record.get("id", "")), self.pattern))
+            and (self.source is None or _source_matches(record.get("source"), self.source))
+            and _in_range(_as_int(record.get("n_nuclei")), self.min_nuclei, self.max_nuclei)
+            and (self.model is None or (_model_version(record) or "").startswith(self.model))
+        )
+
+
+def open_store(path: str | Path) -> NucleiStore:
+    """Open a results store read-only; StoreError if it is not a store of this format version."""
+    return NucleiStore(path)
+
+
+class NucleiStore:
+    """Read-only view of a results store (local path or fsspec URL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._store = Store(path, "r")
+        self.url = self._store.url
+
+    def __repr__(self) -> str:
+        return f"NucleiStore({self.url!r})"
+
+    # --- listing (records only) ----------------------------------------------------------------------
+
+    def _records(self, filters: _Filters | None = None) -> list[dict[str, Any]]:
+        """The records of complete entries, sorted by id, that pass the filters."""
+        records = self._store.records().values()
+        return [r for r in records if filters is None or filters.matches(r)]
+
+    def images(
+        self, pattern: str | None = None, source: str | None = None, min_nuclei: int | None = None,
+        max_nuclei: int | None = None, model: str | None = None,
+    ) -> list[ImageInfo]:
+        """Complete images, sorted by id: glob on id, substring or glob on source, count range, model prefix."""
+        filters = _Filters(pattern, source, min_nuclei, max_nuclei, model)
+        return [_info(r) for r in self._records(filters)]
+
+    def summary(
+        self, pattern: str | None = None, source: str | None = None, min_nuclei: int | None = None,
+        max_nuclei: int | None = None, model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One row per image (same filters as `images`): counts, coverage, size, model; from records only."""
+        filters = _Filters(pattern, source, min_nuclei, max_nuclei, model)
+        return [_summary_row(r) for r in self._records(filters)]
+
+    def stats(self) -> dict[str, Any]:
+        """Totals over the store: images, nuclei, nuclei per image, mean coverage, images per model version."""
+        return _stats(self._records())
+
+    def ids(self) -> list[str]:
+        """Ids of the complete images, sorted."""
+        return self._store.ids()
+
+    def __len__(self) -> int:
+        return len(self._store.records())
+
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, str):
+            return False
+        try:
+            return self._store.record(image_id) is not None
+        except StoreError:  # an invalid id is never in a store
+            return False
+
+    # --- one image -----------------------------------------------------------------------------------
+
+    def metadata(self, image_id: str) -> dict[str, Any]:
+        """The image's record (provenance and summary)."""
+        record = self._store.record(validate_id(image_id))
+        if record is None:
+            raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
+        return record
+
+    def labels(self, image_id: str) -> np.ndarray:
+        """Instance labels (H, W): 0 background, 1..N nuclei (uint16, or uint32 above 65535)."""
+        return self._store.read_labels(validate_id(image_id))
+
+    def mask(self, image_id: str) -> np.ndarray:
+        """Binary nucleus mask (H, W) uint8, 0/1."""
+        return self._store.read_mask(validate_id(image_id))
+
+    def image(self, image_id: str) -> np.ndarray:
+        """The segmented image as stored: (H, W, C) in its original dtype."""
+        return self._store.read_image(validate_id(image_id))
+
+    def measurements(self, image_id: str) -> dict[str, np.ndarray]:
+        """Per-nucleus measurements: column name -> 1-D array, one value per nucleus in label order."""
+        columns, table = self._store.read_measurements(validate_id(image_id))
+        return {name: table[:, i] for i, name in enumerate(columns)}
+
+    def overlay(self, image_id: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3): the stored image with its nuclei outlined."""
+        from nuclei.plots import overlay  # matplotlib: only when a picture is asked for
+
+        return overlay(_displayable(self.image(image_id)), self.labels(image_id))
+
+    # --- export --------------------------------------------------------------------------------------
+
+    def export(self, out_dir: str | Path, what: ExportKind = "labels") -> list[Path]:
+        """Write OUT_DIR/<id>.png for every complete image; returns the paths written, in id order."""
+        if what not in EXPORT_KINDS:
+            raise ValueError(f"what must be one of {EXPORT_KINDS}, got {what!r}")
+        out = Path(out_dir)
+        records = [r for r in self._records() if r.get("status", "complete") == "complete"]
+        if what == "labels":
+            _check_label_range(records)
+        render = self._renderer(what)
+        written = []
+        for record in records:
+            path = self._export_one(record["id"], out, render)
+            if path is not None:
+                written.append(path)
+        return written
+
+    def _renderer(self, what: ExportKind) -> Callable[[str], np.ndarray]:
+        """The function that turns an id into the picture to save."""
+        if what == "labels":
+            return self._label_picture
+        if what == "masks":
+            return lambda image_id: (self.mask(image_id) > 0).astype(np.uint8) * np.uint8(255)
+        return self.overlay
+
+    def _label_picture(self, image_id: str) -> np.ndarray:
+        labels = self.labels(image_id)
+        if labels.max(initial=0) > _UINT16_MAX:
+            raise StoreError(f"{self.url}: image {image_id!r} has label ids above {_UINT16_MAX}; "
+                             "a 16-bit PNG cannot hold them")
+        return labels.astype(np.uint16)
+
+    def _export_one(self, image_id: str, out: Path, render: Callable[[str], np.ndarray]) -> Path | None:
+        """Render and write one image; None when its entry vanished meanwhile (being rewritten)."""
+        path = out / f"{validate_id(image_id)}.png"
+        try:
+            picture = render(image_id)
+        except StoreError:
+            if self._store.record(image_id) is not None:
+                raise
+            log.warning("skipping %s: its entry is being rewritten", image_id)
+            return None
+        write_png(path, picture)
+        return path
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _shape(record: dict[str, Any]) -> tuple[int, int] | None:
+    shape = record.get("shape")
+    if not isinstance(shape, list | tuple) or len(shape) < 2:
+        return None
+    height, width = _as_int(shape[0]), _as_int(shape[1])
+    return None if height is None or width is None else (height, width)
+
+
+def _model_version(record: dict[str, Any]) -> str | None:
+    model = record.get("model")
+    version = model.get("version") if isinstance(model, dict) else None
+    return None if version is None else str(version)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _source_matches(source: Any, wanted: str) -> bool:
+    """A glob when `wanted` has glob characters, else a substring test."""
+    if source is None:
+        return False
+    if _GLOB_CHARS & set(wanted):
+        return fnmatchcase(str(source), wanted)
+    return wanted in str(source)
+
+
+def _in_range(value: int | None, low: int | None, high: int | None) -> bool:
+    """Unknown counts pass only when no bound is set."""
+    if low is None and high is None:
+        return True
+    return value is not None and (low is None or value >= low) and (high is None or value <= high)
+
+
+def _info(record: dict[str, Any]) -> ImageInfo:
+    return ImageInfo(
+        id=str(record["id"]),
+        source=_optional_str(record.get("source")),
+        shape=_shape(record),
+        n_nuclei=_as_int(record.get("n_nuclei")),
+        model_version=_model_version(record),
+        status=_optional_str(record.get("status")),
+        written=_optional_str(record.get("written")),
+    )
+
+
+def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
+    shape = _shape(record)
+    return {
+        "id": str(record["id"]),
+        "source": _optional_str(record.get("source")),
+        "n_nuclei": _as_int(record.get("n_nuclei")),
+        "covered_fraction": _as_float(record.get("covered_fraction")),
+        "mean_area": _as_float(record.get("mean_area")),
+        "height": shape[0] if shape else None,
+        "width": shape[1] if shape else None,
+        "model_version": _model_version(record),
+    }
+
+
+def _known(values: Iterable[Any]) -> list[Any]:
+    return [v for v in values if v is not None]
+
+
+def _stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = _known(_as_int(r.get("n_nuclei")) for r in records)
+    covered = _known(_as_float(r.get("covered_fraction")) for r in records)
+    models: dict[str, int] = {}
+    for record in records:
+        version = _model_version(record) or "unknown"
+        models[version] = models.get(version, 0) + 1
+    return {
+        "n_images": len(records),
+        "n_nuclei": sum(counts),
+        "mean_nuclei_per_image": statistics.fmean(counts) if counts else None,
+        "median_nuclei_per_image": float(statistics.median(counts)) if counts else None,
+        "mean_covered_fraction": statistics.fmean(covered) if covered else None,
+        "models": dict(sorted(models.items())),
+    }
+
+
+def _check_label_range(records: list[dict[str, Any]]) -> None:
+    """Fail before writing anything when a record already says its labels cannot fit 16 bits."""
+    for record in records:
+        n = _as_int(record.get("n_nuclei"))
+        if n is not None and n > _UINT16_MAX:
+            raise StoreError(f"image {record['id']!r} has {n} nuclei; a 16-bit label PNG holds at most "
+                             f"{_UINT16_MAX}")
+
+
+def _displayable(image: np.ndarray) -> np.ndarray:
+    """Grey (H, W) for one channel or grey+alpha, else the colour channels; what plots.overlay expects."""
+    if image.ndim == 3 and image.shape[2] <= 2:
+        return image[..., 0]
+    return image
