@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,20 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    """A tiny U-Net trained for 2 epochs through the real `train` flow (real TensorFlow, tf2onnx, ORT)."""
+def prefect_harness() -> Iterator[None]:
+    """One real temporary Prefect server (SQLite) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, prefect_harness: None) -> Path:
+    """A tiny U-Net trained for 2 epochs through the real `train` flow (real TensorFlow, tf2onnx, ORT)."""
     from flows.train import train
 
     out = tmp_path_factory.mktemp("models")
-    with prefect_test_harness(server_startup_timeout=60):
-        path = train(data_dir=str(synthetic_dir), out_dir=str(out), name="tiny", epochs=2, batch_size=4,
-                     crop_size=64, depth=3, base_filters=8, steps_per_epoch=3)
+    path = train(data_dir=str(synthetic_dir), out_dir=str(out), name="tiny", epochs=2, batch_size=4,
+                 crop_size=64, depth=3, base_filters=8, steps_per_epoch=3)
     return Path(path)

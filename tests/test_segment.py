@@ -1,0 +1,150 @@
+"""The `segment` flow on a real LocalCluster (2 worker processes), a real store on disk, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from ome_zarr_models.v05.image import Image as OmeImage
+
+from flows.segment import segment
+from nuclei.errors import ModelError
+from nuclei.images import read_image, write_png
+from nuclei.inference import Engine
+from nuclei.modeldir import load_model_dir
+from nuclei.postprocess import instances
+from nuclei.store import Store
+from nuclei.synthetic import make_sample
+from nuclei.training import predict_keras
+
+
+def _write_inputs(root: Path) -> dict[str, Path]:
+    """Mixed sizes and kinds: RGB PNG, RGBA PNG, 16-bit grey TIFF, and one in a sub-folder."""
+    paths = {}
+    for i, shape in enumerate([(96, 128), (64, 64), (130, 97)]):
+        image, _ = make_sample(shape, n_nuclei=6, seed=100 + i)
+        paths[f"rgb{i}"] = root / f"rgb{i}.png"
+        write_png(paths[f"rgb{i}"], image)
+    image, _ = make_sample((80, 72), n_nuclei=5, seed=7)
+    paths["plate/rgba"] = root / "plate" / "rgba.png"
+    write_png(paths["plate/rgba"], np.dstack([image, np.full((80, 72), 255, np.uint8)]))
+    paths["grey16"] = root / "grey16.tif"
+    tifffile.imwrite(paths["grey16"], image[..., 1].astype(np.uint16) * 257)
+    return paths
+
+
+def _run(inputs: Path, store: Path, model: Path, **kw: object) -> dict:
+    return segment(inputs=[str(inputs)], store=str(store), model=str(model), n_workers=2,
+                   images_per_task=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> tuple[Path, Path, dict, dict]:
+    root = tmp_path_factory.mktemp("segment")
+    inputs, store = root / "inputs", root / "results.zarr"
+    paths = _write_inputs(inputs)
+    summary = _run(inputs, store, trained_model)
+    return inputs, store, paths, summary
+
+
+def test_every_image_lands_with_the_keras_mask(first_run: tuple, trained_model: Path) -> None:
+    inputs, store_path, paths, summary = first_run
+    assert (summary["found"], summary["done"], summary["failed"]) == (5, 5, 0)
+    store = Store(store_path)
+    assert sorted(store.ids()) == sorted(paths)
+    keras_model = keras.saving.load_model(trained_model / "model.keras", compile=False)
+    model_dir = load_model_dir(trained_model)
+    for image_id, path in paths.items():
+        expected = instances(predict_keras(keras_model, read_image(path), 8), model_dir.thresholds) > 0
+        mask = store.read_mask(image_id)
+        assert mask.shape == expected.shape
+        assert np.mean(mask.astype(bool) != expected) < 1e-3, image_id
+        record = store.record(image_id)
+        assert record["model"]["version"] == model_dir.version
+        assert record["providers"] == ["CPUExecutionProvider"]
+        assert record["n_nuclei"] == int(store.read_labels(image_id).max())
+
+
+def test_second_run_skips_everything_and_new_images_are_the_only_work(first_run: tuple, trained_model: Path) -> None:
+    inputs, store, _, _ = first_run
+    again = _run(inputs, store, trained_model)
+    assert (again["done"], again["skipped"], again["failed"]) == (0, 5, 0)
+    for name in ("new_a", "new_b"):
+        write_png(inputs / f"{name}.png", make_sample((64, 96), seed=hash(name) % 1000)[0])
+    third = _run(inputs, store, trained_model)
+    assert (third["done"], third["skipped"]) == (2, 5)
+    assert {"new_a", "new_b"} <= set(Store(store).ids())
+
+
+def test_store_is_valid_ome_zarr_05(first_run: tuple) -> None:
+    _, store_path, paths, _ = first_run
+    store = Store(store_path)
+    for image_id in paths:
+        group = zarr.open_group(store_path / "images" / store.record(image_id)["key"], mode="r")
+        OmeImage.from_zarr(group)  # raises on any spec violation, labels included
+
+
+def test_bad_files_are_reported_and_the_rest_complete(tmp_path: Path, trained_model: Path) -> None:
+    inputs = tmp_path / "in"
+    image, _ = make_sample((64, 64), seed=3)
+    write_png(inputs / "good.png", image)
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "text.png").write_text("not an image")
+    (inputs / "truncated.png").write_bytes((inputs / "good.png").read_bytes()[:100])
+    (inputs / "folder.png").mkdir()
+    summary = _run(inputs, tmp_path / "s.zarr", trained_model)
+    assert summary["done"] == 1 and summary["failed"] == 4
+    reasons = {Path(f["file"]).name: f["reason"] for f in summary["failures"]}
+    assert "empty" in reasons["empty.png"]
+    assert "directory" in reasons["folder.png"]
+    assert set(reasons) == {"empty.png", "text.png", "truncated.png", "folder.png"}
+    assert Store(tmp_path / "s.zarr").ids() == ["good"]
+
+
+def test_cli_exits_non_zero_when_an_image_failed(tmp_path: Path, trained_model: Path) -> None:
+    from nuclei.cli import main
+
+    inputs = tmp_path / "in"
+    write_png(inputs / "good.png", make_sample((64, 64), seed=4)[0])
+    (inputs / "bad.png").write_text("nope")
+    args = ["segment", str(inputs), "--model", str(trained_model), "--store", str(tmp_path / "s.zarr"),
+            "--workers", "1"]
+    assert main(args) == 1
+    (inputs / "bad.png").unlink()
+    assert main(args) == 0
+
+
+def test_tiled_equals_untiled(trained_model: Path) -> None:
+    model = load_model_dir(trained_model)
+    image = read_image(_write_one(trained_model.parent / "big.png", (300, 420)))
+    whole = Engine(model, ("CPUExecutionProvider",), tile_size=1024).predict(image)
+    engine = Engine(model, ("CPUExecutionProvider",), tile_size=160)
+    assert engine.overlap * 2 < 160 < max(image.shape)
+    tiled = engine.predict(image)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).max() < 1e-5
+
+
+def _write_one(path: Path, shape: tuple[int, int]) -> Path:
+    write_png(path, make_sample(shape, n_nuclei=40, seed=11)[0])
+    return path
+
+
+def test_bad_model_and_parameters_fail_before_any_work(tmp_path: Path, trained_model: Path) -> None:
+    inputs = tmp_path / "in"
+    write_png(inputs / "a.png", make_sample((64, 64))[0])
+    with pytest.raises(ModelError, match="does not exist"):
+        _run(inputs, tmp_path / "s.zarr", tmp_path / "missing-model")
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_model, broken)
+    (broken / "model.onnx").write_text("not onnx")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        _run(inputs, tmp_path / "s.zarr", broken)
+    with pytest.raises(ValueError, match="tile_size"):
+        _run(inputs, tmp_path / "s.zarr", trained_model, tile_size=-16)
+    assert not (tmp_path / "s.zarr" / "index").exists()

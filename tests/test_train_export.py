@@ -1,0 +1,90 @@
+"""Training through the real `train` flow (TensorFlow), ONNX export and parity (tf2onnx + ONNX Runtime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from nuclei.config import TrainConfig
+from nuclei.errors import ModelError
+from nuclei.export import export_onnx, parity_check
+from nuclei.model import unet, unet_receptive_field
+from nuclei.modeldir import load_model_dir
+from nuclei.training import predict_keras
+
+MODEL_FILES = ("config.json", "model.onnx", "model.keras", "thresholds.json", "metrics.json", "history.csv",
+               "curves.png", "data.json", "versions.json", "evaluation/per_image.csv")
+
+
+def test_train_flow_writes_a_complete_model_directory(trained_model: Path) -> None:
+    for name in MODEL_FILES:
+        assert (trained_model / name).is_file(), name
+    config = json.loads((trained_model / "config.json").read_text())
+    assert config["channels"] == ["foreground", "core"] and config["pad_multiple"] == 8
+    history = (trained_model / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_loss" in history[0]  # header + 2 epochs
+    metrics = json.loads((trained_model / "metrics.json").read_text())
+    assert metrics["overall"]["n_images"] == 2 and 0.0 <= metrics["overall"]["dsb_score"] <= 1.0
+    data = json.loads((trained_model / "data.json").read_text())
+    assert len(data["train_ids"]) == 8 and len(data["val_ids"]) == 2  # seeded 80:20 of 10 images
+    assert not set(data["train_ids"]) & set(data["val_ids"])
+    assert "tensorflow" in json.loads((trained_model / "versions.json").read_text())
+    assert not list(trained_model.parent.glob(".tiny.partial"))  # published atomically
+    assert load_model_dir(trained_model).version.startswith("tiny@")
+
+
+def test_keras_model_loads_in_safe_mode(trained_model: Path) -> None:
+    model = keras.saving.load_model(trained_model / "model.keras", safe_mode=True, compile=False)
+    assert model.output_shape[-1] == 2
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 131), (200, 72), (33, 250)])
+def test_onnx_matches_keras_on_sizes_not_multiple_of_16(trained_model: Path, size: tuple[int, int]) -> None:
+    model = keras.saving.load_model(trained_model / "model.keras", compile=False)
+    session = ort.InferenceSession(str(trained_model / "model.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(1).random((*size, 3), dtype=np.float32)
+    expected = predict_keras(model, image, multiple=8)
+    from nuclei.tiling import pad_to_multiple
+
+    got = session.run(["mask"], {"image": pad_to_multiple(image, 8)[None]})[0][0, : size[0], : size[1]]
+    assert got.shape == expected.shape == (*size, 2)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_onnx_signature_is_nhwc_image_to_mask(trained_model: Path) -> None:
+    session = ort.InferenceSession(str(trained_model / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape[3]) == ("image", "tensor(float)", 3)
+    assert out.name == "mask"
+    assert all(isinstance(d, str) or d is None for d in inp.shape[:3])  # dynamic batch, H, W
+
+
+def test_parity_check_fails_when_the_onnx_model_differs(tmp_path: Path) -> None:
+    model_a, model_b = unet(1, depth=2, base_filters=4), unet(1, depth=2, base_filters=4)
+    onnx_path = export_onnx(model_b, tmp_path / "other.onnx")
+    with pytest.raises(ModelError, match="differs from Keras"):
+        parity_check(model_a, onnx_path, multiple=4)
+    assert parity_check(model_b, onnx_path, multiple=4) < 1e-4
+
+
+def test_receptive_field_bound_is_not_exceeded() -> None:
+    """Changing one input pixel never changes outputs further away than half the computed receptive field."""
+    model = unet(1, depth=2, base_filters=4)
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 96, 96, 3), dtype=np.float32)
+    changed = image.copy()
+    changed[0, 48, 48] += 5.0
+    diff = np.abs(np.asarray(model(changed)) - np.asarray(model(image)))[0, ..., 0]
+    ys, xs = np.nonzero(diff > 0)
+    reach = max(np.abs(ys - 48).max(), np.abs(xs - 48).max())
+    assert 0 < reach <= unet_receptive_field(2) // 2
+
+
+def test_config_rejects_crop_not_multiple_of_network() -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TrainConfig(data_dir=".", crop_size=100)
