@@ -100,7 +100,23 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_segment)
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment]
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nuclei.demo import run_demo
+
+    summary = run_demo(Path(args.out), epochs=args.epochs)
+    return 1 if summary["failed"] else 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="train, export, segment and query the bundled sample images")
+    parser.add_argument("--out", default="runs/demo", help="where the model, store and overlays go")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.set_defaults(handler=_demo)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment, _add_demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,8 +46,10 @@ def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     t_has_bg, p_has_bg = bool((true_labels == 0).any()), bool((pred_labels == 0).any())
     n_t, n_p = int(t.max()) + 1, int(p.max()) + 1
     overlap = np.bincount(t * n_p + p, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.float64)
-    overlap = overlap[int(t_has_bg) :, int(p_has_bg) :]  # drop background row/column
-    union = overlap.sum(axis=1, keepdims=True) + overlap.sum(axis=0, keepdims=True) - overlap
+    true_area, pred_area = overlap.sum(axis=1, keepdims=True), overlap.sum(axis=0, keepdims=True)
+    rows, cols = slice(int(t_has_bg), None), slice(int(p_has_bg), None)  # drop the background row/column
+    overlap = overlap[rows, cols]
+    union = true_area[rows] + pred_area[:, cols] - overlap
     return np.divide(overlap, union, out=np.zeros_like(overlap), where=union > 0)
 
 
