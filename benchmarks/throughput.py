@@ -1,0 +1,110 @@
+"""Throughput: the `segment` flow against a plain ONNX Runtime loop and a Keras `model.predict` loop.
+
+    .venv/bin/python benchmarks/throughput.py --model models/dsb2018-unet --limit 200
+
+Prints images/s of each and the ratios, measured in the same run (machines here are shared and noisy).
+The flow runs twice (a small and the full set) so its fixed start-up cost is shown apart from per-image cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
+
+
+def pick_images(limit: int, size: str) -> list[Path]:
+    with open(DEV / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    if size != "mixed":
+        rows = [r for r in rows if f"{r['height']}x{r['width']}" == size]
+    return [DEV / "images" / f"{r['id']}.png" for r in rows[:limit]]
+
+
+def time_ort_loop(model: str, images: list) -> float:
+    from nuclei.inference import Engine
+    from nuclei.modeldir import load_model_dir
+
+    engine = Engine(load_model_dir(model), ("CPUExecutionProvider",), threads=len(os.sched_getaffinity(0)))
+    engine.predict(images[0])  # session start-up is not per-image work
+    started = time.perf_counter()
+    for image in images:
+        engine.predict(image)
+    return time.perf_counter() - started
+
+
+def time_keras_loop(model: str, images: list) -> float | None:
+    try:
+        import keras
+    except ImportError:
+        return None
+    from nuclei.tiling import pad_to_multiple
+
+    net = keras.saving.load_model(Path(model) / "model.keras", compile=False)
+    net.predict(pad_to_multiple(images[0], 16)[None], verbose=0)
+    started = time.perf_counter()
+    for image in images:
+        net.predict(pad_to_multiple(image, 16)[None], verbose=0)
+    return time.perf_counter() - started
+
+
+def time_flow(model: str, paths: list[Path], workdir: Path) -> float:
+    from flows.segment import segment
+
+    inputs = workdir / f"in{len(paths)}"
+    inputs.mkdir()
+    for p in paths:
+        os.symlink(p, inputs / p.name)
+    started = time.perf_counter()
+    summary = segment(inputs=[str(inputs)], store=str(workdir / f"s{len(paths)}.zarr"), model=model)
+    elapsed = time.perf_counter() - started
+    assert summary["done"] == len(paths), summary
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--size", default="256x256", help="HxW of the images to use, or 'mixed'")
+    args = parser.parse_args()
+    if not DEV.is_dir():
+        raise SystemExit(f"{DEV} is absent: this benchmark needs the DSB2018 development set")
+    from nuclei.images import read_image
+
+    paths = pick_images(args.limit, args.size)
+    images = [read_image(p) for p in paths]
+    n = len(images)
+    ort_s = time_ort_loop(args.model, images)
+    keras_s = time_keras_loop(args.model, images)
+    workdir = Path(tempfile.mkdtemp(prefix="nuclei-bench-"))
+    try:
+        small = max(8, n // 8)
+        flow_small = time_flow(args.model, paths[:small], workdir)
+        flow_full = time_flow(args.model, paths, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    per_image = (flow_full - flow_small) / (n - small)
+    startup = flow_full - per_image * n
+    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores")
+    print(f"(b) plain ORT loop:      {n / ort_s:8.2f} images/s")
+    if keras_s:
+        print(f"(c) Keras predict loop:  {n / keras_s:8.2f} images/s")
+    print(f"(a) segment flow:        {n / flow_full:8.2f} images/s end to end; per image {1 / per_image:.2f} images/s "
+          f"after a fixed start-up of {startup:.1f} s")
+    print(f"a/b per-image: {ort_s / n / per_image:.2f}   a/b end to end: {ort_s / flow_full:.2f}")
+    if keras_s:
+        print(f"a/c per-image: {keras_s / n / per_image:.2f}   a/c end to end: {keras_s / flow_full:.2f}")
+
+
+if __name__ == "__main__":
+    main()
