@@ -112,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train, export, segment and query the bundled sample images")
     parser.add_argument("--out", default="runs/demo", help="where the model, store and overlays go")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.set_defaults(handler=_demo)
 
 

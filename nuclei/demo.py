@@ -14,13 +14,20 @@ from nuclei.modeldir import REPO_MODELS, default_model_path
 SAMPLES = REPO_MODELS.parent / "data" / "sample"
 
 
-def run_demo(out: Path, epochs: int = 15) -> dict[str, object]:
+def run_demo(out: Path, epochs: int = 30) -> dict[str, object]:
+    """Train, export, segment and query as one Prefect flow run (train and segment are its sub-flows)."""
+    from prefect import flow
+
+    return flow(name="demo")(_demo)(out, epochs)
+
+
+def _demo(out: Path, epochs: int) -> dict[str, object]:
     from flows.segment import segment
     from flows.train import train
     from nuclei.query import open_store
 
     model_dir = train(data_dir=str(SAMPLES), out_dir=str(out / "models"), name="demo-unet", epochs=epochs,
-                      crop_size=128, batch_size=8, steps_per_epoch=4, depth=3, base_filters=8, patience=5)
+                      crop_size=128, batch_size=8, steps_per_epoch=8, depth=3, base_filters=8, patience=10)
     print(f"\ntrained and exported: {model_dir} (metrics in {model_dir}/metrics.json, curves in curves.png)")
     shipped = default_model_path()
     model = str(shipped or model_dir)
