@@ -18,8 +18,8 @@ from nuclei.postprocess import Thresholds, instances
 
 log = logging.getLogger(__name__)
 
-FOREGROUND_GRID = (0.4, 0.5, 0.6)
-CORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7)
+CORE_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def image_category(image: np.ndarray) -> str:
