@@ -89,6 +89,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="nuclei-bench-"))
     try:
         small = max(8, n // 8)
+        time_flow(args.model, paths[:4], workdir)  # warm-up: Prefect's temporary server, imports, caches
         flow_small = time_flow(args.model, paths[:small], workdir)
         flow_full = time_flow(args.model, paths, workdir)
     finally:

@@ -116,7 +116,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_demo)
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment, _add_demo]
+def _add_query(sub: argparse._SubParsersAction) -> None:
+    from nuclei.query_cli import add_query  # its handlers import the store code only when run
+
+    add_query(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment, _add_demo, _add_query]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,7 +91,7 @@ class NucleiStore:
         self, pattern: str | None = None, source: str | None = None, min_nuclei: int | None = None,
         max_nuclei: int | None = None, model: str | None = None,
     ) -> list[ImageInfo]:
-        """Complete images, sorted by id: glob on id, substring or glob on source, count range, model prefix."""
+        """Complete images by id; filters: id glob, source substring/glob, count range, model prefix."""
         filters = _Filters(pattern, source, min_nuclei, max_nuclei, model)
         return [_info(r) for r in self._records(filters)]
 
@@ -104,7 +104,7 @@ class NucleiStore:
         return [_summary_row(r) for r in self._records(filters)]
 
     def stats(self) -> dict[str, Any]:
-        """Totals over the store: images, nuclei, nuclei per image, mean coverage, images per model version."""
+        """Totals over the store: images, nuclei, nuclei per image, mean coverage, images per model."""
         return _stats(self._records())
 
     def ids(self) -> list[str]:

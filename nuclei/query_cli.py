@@ -1,0 +1,197 @@
+"""`nuclei query STORE {list,show,stats,export}`: read a results store from the command line.
+
+    nuclei query results.zarr list --pattern 'plate1/*' --min-nuclei 5
+    nuclei query results.zarr show plate1/a1 --json
+    nuclei query results.zarr stats
+    nuclei query results.zarr export out/ --labels --overlay
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nuclei.query import ExportKind, NucleiStore
+
+SHOW_ROWS = 20
+_INTEGER_COLUMNS = frozenset({"label", "area", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"})
+
+
+def add_query(sub: argparse._SubParsersAction) -> None:
+    """Register `nuclei query STORE {list,show,stats,export}`."""
+    parser = sub.add_parser("query", help="list, show, summarise and export the results in a store")
+    parser.add_argument("store", help="results store (folder or fsspec URL)")
+    actions = parser.add_subparsers(dest="query_command", required=True, metavar="{list,show,stats,export}")
+    _add_list(actions)
+    _add_show(actions)
+    _add_stats(actions)
+    _add_export(actions)
+
+
+def _add_list(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("list", help="one line per complete image")
+    parser.add_argument("--pattern", help="glob on the image id, e.g. 'plate1/*'")
+    parser.add_argument("--source", help="substring of (or glob on) the source path or URL")
+    parser.add_argument("--min-nuclei", type=int, help="at least this many nuclei")
+    parser.add_argument("--max-nuclei", type=int, help="at most this many nuclei")
+    parser.add_argument("--model", help="model version prefix")
+    parser.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    parser.set_defaults(handler=_list)
+
+
+def _add_show(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("show", help="one image's metadata and measurements")
+    parser.add_argument("id", help="image id")
+    parser.add_argument("--json", action="store_true", help=f"all as JSON (the table shows {SHOW_ROWS} rows)")
+    parser.set_defaults(handler=_show)
+
+
+def _add_stats(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("stats", help="totals over the store")
+    parser.add_argument("--json", action="store_true", help="JSON instead of text")
+    parser.set_defaults(handler=_stats)
+
+
+def _add_export(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "export", help="write OUT_DIR/<id>.png per image (OUT_DIR/<kind>/<id>.png when several kinds)")
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--labels", action="store_true", help="16-bit instance labels (the default)")
+    parser.add_argument("--masks", action="store_true", help="0/255 binary masks")
+    parser.add_argument("--overlay", action="store_true", help="RGB images with nuclei outlined")
+    parser.set_defaults(handler=_export)
+
+
+# --- handlers --------------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> NucleiStore:
+    from nuclei.query import open_store  # zarr and fsspec only when a query runs
+
+    return open_store(args.store)
+
+
+def _print_json(data: object) -> None:
+    from nuclei.cli import print_json  # not at import time: nuclei.cli imports this module
+
+    print_json(data)
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = _open(args).summary(pattern=args.pattern, source=args.source, min_nuclei=args.min_nuclei,
+                               max_nuclei=args.max_nuclei, model=args.model)
+    if args.json:
+        _print_json(rows)
+    elif rows:
+        print(_table(["id", "nuclei", "covered %", "shape", "model"], [_list_cells(r) for r in rows],
+                     right={1, 2}))
+    else:
+        print("no images")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = _open(args)
+    record = store.metadata(args.id)
+    columns = store.measurements(args.id)
+    rows = _measurement_rows(columns)
+    if args.json:
+        _print_json({"metadata": record, "measurements": rows})
+        return 0
+    for key, value in _flatten(record):
+        print(f"{key}: {value}")
+    print()
+    names = list(columns)
+    if rows:
+        cells = [[_cell(row[name]) for name in names] for row in rows[:SHOW_ROWS]]
+        print(_table(names, cells, right=set(range(len(names)))))
+    more = f" (first {SHOW_ROWS} shown; --json for all)" if len(rows) > SHOW_ROWS else ""
+    print(f"{len(rows)} nuclei{more}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    stats = _open(args).stats()
+    if args.json:
+        _print_json(stats)
+        return 0
+    models = ", ".join(f"{version} ({count})" for version, count in stats["models"].items()) or "-"
+    print(f"images: {stats['n_images']}")
+    print(f"nuclei: {stats['n_nuclei']}")
+    print(f"nuclei per image: mean {_number(stats['mean_nuclei_per_image'])}, "
+          f"median {_number(stats['median_nuclei_per_image'])}")
+    print(f"covered: mean {_percent(stats['mean_covered_fraction'])} %")
+    print(f"models: {models}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nuclei.query import EXPORT_KINDS
+
+    kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
+    store = _open(args)
+    out = Path(args.out_dir)
+    for kind in kinds:
+        target = out / kind if len(kinds) > 1 else out
+        written = store.export(target, kind)
+        print(f"wrote {len(written)} PNG{'s' if len(written) != 1 else ''} ({kind}) to {target}")
+    return 0
+
+
+# --- formatting ------------------------------------------------------------------------------------------
+
+
+def _list_cells(row: dict[str, Any]) -> list[str]:
+    shape = f"{row['height']}x{row['width']}" if row["height"] is not None else "-"
+    return [row["id"], _cell(row["n_nuclei"]), _percent(row["covered_fraction"]), shape,
+            row["model_version"] or "-"]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """Columns padded to their widest cell; columns in `right` right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                            strict=True))]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def _measurement_rows(columns: dict[str, Any]) -> list[dict[str, int | float]]:
+    """Column arrays -> one dict per nucleus; integer-valued columns as ints."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    return [{name: _value(name, values[i]) for name, values in columns.items()} for i in range(n)]
+
+
+def _value(name: str, value: Any) -> int | float:
+    return int(value) if name in _INTEGER_COLUMNS else float(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys: model.version, thresholds.core, ..."""
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            items.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
