@@ -148,3 +148,44 @@ def test_bad_model_and_parameters_fail_before_any_work(tmp_path: Path, trained_m
     with pytest.raises(ValueError, match="tile_size"):
         _run(inputs, tmp_path / "s.zarr", trained_model, tile_size=-16)
     assert not (tmp_path / "s.zarr" / "index").exists()
+
+
+def test_query_a_store_written_by_the_flow(first_run: tuple, tmp_path: Path) -> None:
+    from nuclei.query import open_store
+
+    _, store_path, paths, _ = first_run
+    store = open_store(store_path)
+    assert set(paths) <= set(store.ids())
+    info = {i.id: i for i in store.images(pattern="plate/*")}
+    assert list(info) == ["plate/rgba"] and info["plate/rgba"].shape == (80, 72)
+    table = store.measurements("rgb0")
+    assert len(table["area"]) == store.metadata("rgb0")["n_nuclei"] == int(store.labels("rgb0").max())
+    written = store.export(tmp_path / "labels", "labels")
+    assert (tmp_path / "labels" / "plate" / "rgba.png").is_file() and len(written) == len(store)
+
+
+def test_queries_during_a_run_see_only_complete_entries(tmp_path: Path, trained_model: Path) -> None:
+    """A reader polling the store while the flow writes never meets a record whose arrays are incomplete."""
+    import threading
+
+    from nuclei.query import open_store
+
+    inputs = tmp_path / "in"
+    for i in range(12):
+        write_png(inputs / f"img{i:02d}.png", make_sample((96, 96), seed=200 + i)[0])
+    store_path = tmp_path / "live.zarr"
+    Store(store_path, "a")  # exists before the run, so the reader can open it at once
+    run = threading.Thread(target=_run, args=(inputs, store_path, trained_model))
+    run.start()
+    seen: set[str] = set()
+    while run.is_alive() or len(seen) < 12:
+        store = open_store(store_path)
+        for image_id in store.ids():
+            labels, mask = store.labels(image_id), store.mask(image_id)  # complete, or not listed at all
+            assert labels.shape == mask.shape == (96, 96)
+            assert np.array_equal(labels > 0, mask > 0)
+            seen.add(image_id)
+        if not run.is_alive() and len(seen) < 12:
+            break
+    run.join()
+    assert len(seen) == 12
