@@ -12,11 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-# Prefect server for deployments (see README "Running on a Prefect server").
-PREFECT_PORT ?= 4200
-export PREFECT_API_URL ?=
-
-.PHONY: install demo test lint bench server worker deploy clean
+.PHONY: install demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
