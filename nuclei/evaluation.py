@@ -55,9 +55,10 @@ class Report:
 
 
 def choose_thresholds(
-    probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], base: Thresholds = Thresholds()
+    probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], base: Thresholds | None = None
 ) -> tuple[Thresholds, float]:
     """The thresholds with the best mean DSB2018 score on the given (validation) images."""
+    base = base or Thresholds()
     cores: Sequence[float] = CORE_GRID if probs[0].shape[-1] > 1 else (base.core,)
     best, best_score = base, -1.0
     for fg, core in itertools.product(FOREGROUND_GRID, cores):

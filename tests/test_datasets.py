@@ -42,7 +42,7 @@ def test_paired_layout_loads_float_rgb_and_instance_labels() -> None:
     assert dataset.layout == "paired" and len(dataset.samples) == 11
     for sample in dataset.samples:
         assert sample.image.dtype == np.float32 and sample.image.shape[2] == 3
-        assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+        assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0
         assert sample.labels.shape == sample.image.shape[:2] and sample.labels.max() > 1
         assert set(np.unique(sample.mask)) == {0, 1}
 

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from nuclei.metrics import (
-    average_precision, dice, dsb_score, foreground_iou, iou_matrix, matching, pixel_accuracy, score_image,
+    average_precision,
+    dice,
+    dsb_score,
+    foreground_iou,
+    iou_matrix,
+    matching,
+    pixel_accuracy,
+    score_image,
 )
 
 
