@@ -48,7 +48,7 @@ def train(
     on_error: str = "raise",
 ) -> str:
     """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path."""
-    config = TrainConfig(**{k: v for k, v in locals().items()})  # validates every parameter up front
+    config = TrainConfig(**locals())  # validates every parameter up front
     logger = get_run_logger()
     dataset = load(config)
     data = split(dataset, config)

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def pad_to_at_least(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Mirror-pad bottom/right so the array is at least height x width (small images still give full crops)."""
-    pad_y, pad_x = max(0, height - array.shape[0]), max(0, width - array.shape[1])
-    if not pad_y and not pad_x:
-        return array
-    widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, widths, mode="symmetric")
+from nuclei.tiling import pad_to_at_least
 
 
 def random_crop(

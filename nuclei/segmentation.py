@@ -67,13 +67,15 @@ class ImageResult:
 class _Decoded:
     item: ImageItem
     raw: np.ndarray
+    image: np.ndarray  # float32 RGB in [0, 1], what the model and the measurements see
     sha256: str
 
 
 def _read(item: ImageItem, settings: SegmentSettings) -> _Decoded:
     with fsspec.open(item.url, "rb") as handle:
         data = handle.read()
-    return _Decoded(item, decode(data, item.url, settings.max_pixels), hashlib.sha256(data).hexdigest())
+    raw = decode(data, item.url, settings.max_pixels)
+    return _Decoded(item, raw, to_float_rgb(raw), hashlib.sha256(data).hexdigest())
 
 
 def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str) -> bool:
@@ -100,7 +102,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
         else:
             todo.append(decoded)
     started = time.perf_counter()
-    probs = engine.predict_many([to_float_rgb(d.raw) for d in todo]) if todo else []
+    probs = engine.predict_many([d.image for d in todo]) if todo else []
     per_image = (time.perf_counter() - started) / max(1, len(todo))
     providers = engine.session_providers() if todo else []
     for decoded, prob in zip(todo, probs, strict=True):
@@ -116,7 +118,7 @@ def _finish(
     try:
         started = time.perf_counter()
         labels = instances(prob, model.thresholds)
-        table = measure(labels, to_float_rgb(decoded.raw))
+        table = measure(labels, decoded.image)
         record = _record(decoded, labels, table, model, providers)
         store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started

@@ -17,14 +17,19 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Mirror-pad bottom and right to multiples of ``multiple`` (training pads small crops the same way)."""
-    height, width = image.shape[:2]
-    pad_y, pad_x = round_up(height, multiple) - height, round_up(width, multiple) - width
+def pad_to_at_least(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Mirror-pad bottom and right so the array is at least height x width (training and inference alike)."""
+    pad_y, pad_x = max(0, height - array.shape[0]), max(0, width - array.shape[1])
     if not pad_y and not pad_x:
-        return image
-    widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (image.ndim - 2)
-    return np.pad(image, widths, mode="symmetric")
+        return array
+    widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, widths, mode="symmetric")
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad bottom and right to multiples of ``multiple``."""
+    height, width = image.shape[:2]
+    return pad_to_at_least(image, round_up(height, multiple), round_up(width, multiple))
 
 
 def overlap_for(receptive_field: int, multiple: int) -> int:

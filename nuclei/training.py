@@ -11,10 +11,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from nuclei.augment import augmented_crop, pad_to_at_least
+from nuclei.augment import augmented_crop
 from nuclei.config import TrainConfig
 from nuclei.datasets import Sample
 from nuclei.postprocess import core_targets
+from nuclei.tiling import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,5 @@ def fit(
 def predict_keras(model: keras.Model, image: np.ndarray, multiple: int) -> np.ndarray:
     """Keras reference prediction of one image, padded like the ONNX engine pads (for parity checks)."""
     height, width = image.shape[:2]
-    padded = pad_to_at_least(image, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
-    prob = model(padded[None], training=False)
+    prob = model(pad_to_multiple(image, multiple)[None], training=False)
     return np.asarray(prob)[0, :height, :width]

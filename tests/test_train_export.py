@@ -15,6 +15,7 @@ from nuclei.errors import ModelError
 from nuclei.export import export_onnx, parity_check
 from nuclei.model import unet, unet_receptive_field
 from nuclei.modeldir import load_model_dir
+from nuclei.tiling import pad_to_multiple
 from nuclei.training import predict_keras
 
 MODEL_FILES = ("config.json", "model.onnx", "model.keras", "thresholds.json", "metrics.json", "history.csv",
@@ -49,8 +50,6 @@ def test_onnx_matches_keras_on_sizes_not_multiple_of_16(trained_model: Path, siz
     session = ort.InferenceSession(str(trained_model / "model.onnx"), providers=["CPUExecutionProvider"])
     image = np.random.default_rng(1).random((*size, 3), dtype=np.float32)
     expected = predict_keras(model, image, multiple=8)
-    from nuclei.tiling import pad_to_multiple
-
     got = session.run(["mask"], {"image": pad_to_multiple(image, 8)[None]})[0][0, : size[0], : size[1]]
     assert got.shape == expected.shape == (*size, 2)
     assert np.abs(got - expected).max() < 1e-4
