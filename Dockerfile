@@ -1,10 +1,14 @@
-# nuclei images. Inference/worker (GPU, no TensorFlow) is the default target; `--target train` adds TensorFlow.
+# nuclei images. The default target is the inference/worker image for GPU machines (no TensorFlow);
+# the `train` target adds TensorFlow for training.
 #   docker build -t nuclei:worker .
 #   docker build --target train -t nuclei:train .
-# onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9 at run time.
+#   docker run --rm --gpus all -v /srv/microscope:/data nuclei:worker nuclei segment /data/incoming --store /data/out.zarr
+# onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9 at run time. Prefect's docker worker runs flows from /app
+# (deployments/prefect-docker.yaml), so there is no ENTRYPOINT: the command is the worker's.
+# tests/test_dockerfile.py runs the RUN pip steps below in the test environment (no Docker engine there).
 FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 AS worker
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
-    VIRTUAL_ENV=/opt/nuclei PATH=/opt/nuclei/bin:$PATH
+    VIRTUAL_ENV=/opt/nuclei PATH=/opt/nuclei/bin:$PATH NUCLEI_MODEL=/app/models/dsb2018-unet
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 1000 nuclei
@@ -13,11 +17,11 @@ COPY pyproject.toml README.md ./
 COPY nuclei ./nuclei
 COPY flows ./flows
 COPY deployments ./deployments
-COPY models ./models
-RUN python3 -m venv $VIRTUAL_ENV && pip install --no-cache-dir .
+COPY models/dsb2018-unet ./models/dsb2018-unet
+RUN python3 -m venv $VIRTUAL_ENV
+RUN pip install --no-cache-dir .
 USER nuclei
-ENTRYPOINT ["nuclei"]
-CMD ["--help"]
+CMD ["nuclei", "--help"]
 
 FROM worker AS train
 USER root

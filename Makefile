@@ -12,7 +12,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install demo test lint clean
+# A Prefect server on one machine: SQLite under $(PREFECT_HOME), bound to 127.0.0.1 (see README "Deployments").
+PREFECT_PORT ?= 4200
+POOL ?= nuclei-local
+API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: install demo test lint clean server worker deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,17 @@ demo: install  ## train a small model on the bundled samples, export it, segment
 
 test: install  ## the whole test suite (real TensorFlow, ONNX Runtime, Dask, Zarr and Prefect)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+server: install  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) (leave it running)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+worker: install  ## the process work pool and one worker for it (leave it running)
+	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect work-pool create $(POOL) --type process --overwrite
+	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect worker start --pool $(POOL)
+
+deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb2018, segment/watch-folder
+	mkdir -p incoming results
+	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 lint: install
 	$(VENV)/bin/ruff check nuclei flows tests benchmarks

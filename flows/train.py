@@ -35,6 +35,7 @@ def train(
     depth: int = 4,
     base_filters: int = 16,
     instance_channel: bool = True,
+    init_from: str | None = None,
     epochs: int = 100,
     batch_size: int = 16,
     steps_per_epoch: int | None = None,

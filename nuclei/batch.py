@@ -15,7 +15,7 @@ from typing import Any
 from distributed import as_completed
 from tqdm import tqdm
 
-from nuclei.cluster import dask_client
+from nuclei.cluster import dask_client, task_resources
 from nuclei.discovery import ImageItem, discover
 from nuclei.errors import InputError
 from nuclei.inference import Engine
@@ -88,7 +88,10 @@ def run(plan: Plan, dask_address: str | None = None, n_workers: int | None = Non
         return []
     results: list[ImageResult] = []
     with dask_client(dask_address, n_workers) as client:
-        futures = client.map(segment_batch, plan.batches, settings=plan.settings, pure=False)
+        resources = task_resources(client)
+        if resources:
+            log.info("inference tasks request %s per task", resources)
+        futures = client.map(segment_batch, plan.batches, settings=plan.settings, pure=False, resources=resources)
         batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
         with tqdm(total=len(plan.items), unit="img", desc="segmenting", disable=not progress) as bar:
             for future in as_completed(futures):

@@ -50,6 +50,7 @@ _TRAIN_OPTIONS = {
     "crop_size": (int, "training crop size in pixels"),
     "max_images": (int, "use only the first N images"),
     "on_error": (str, "raise or skip bad files"),
+    "init_from": (str, "fine-tune: start from this model directory's weights"),
 }
 
 

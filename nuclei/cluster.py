@@ -2,6 +2,9 @@
 
 On a small machine, ONNX Runtime runs best as several single-threaded workers (2 x 1 beats 1 x 2 on 2 cores);
 each worker's session gets cores // workers threads. The dashboard listens on 127.0.0.1 only.
+
+On a shared cluster, GPU workers declare a resource (`dask worker ADDRESS --resources GPU=1`); inference tasks
+then request one GPU each, so they run only there, one per GPU.
 """
 
 from __future__ import annotations
@@ -10,12 +13,22 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from distributed import Client, LocalCluster
 
 log = logging.getLogger(__name__)
 
 DASK_ADDRESS_ENV = "NUCLEI_DASK_ADDRESS"
+GPU_RESOURCE = "GPU"
+
+
+def task_resources(client: Client) -> dict[str, float] | None:
+    """{"GPU": 1} when some worker of the cluster declares a GPU resource, else no restriction."""
+    workers: dict[str, Any] = client.scheduler_info(n_workers=-1).get("workers", {})
+    if any(w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1 for w in workers.values()):
+        return {GPU_RESOURCE: 1}
+    return None
 
 
 def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:

@@ -26,6 +26,7 @@ class TrainConfig(BaseModel):
     base_filters: int = Field(16, ge=4, le=128, description="filters at the first level, doubled per level")
     instance_channel: bool = Field(True, description="also predict nucleus cores, to split touching nuclei")
     encoder_weights: str | None = Field(None, description="local .weights.h5 for the MobileNetV2 encoder")
+    init_from: str | None = Field(None, description="fine-tune: start from this model directory's weights")
     epochs: int = Field(100, ge=1, le=10000)
     batch_size: int = Field(16, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="default: one crop per training image")

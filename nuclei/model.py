@@ -5,17 +5,40 @@ Training-side only (imports Keras); inference runs the exported ONNX model.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import keras
 from keras import layers
 
 from nuclei.config import TrainConfig
 
+ARCHITECTURE_FIELDS = ("architecture", "depth", "base_filters", "instance_channel")
+
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """The architecture the config names, with a sigmoid output of one channel per target."""
+    """The architecture the config names, with a sigmoid output of one channel per target.
+
+    With ``init_from`` the weights of that model directory's model.keras are the starting point; its
+    architecture must be the one the config names, so that config.json keeps describing the model.
+    """
+    if config.init_from:
+        return _initial_model(Path(config.init_from), config)
     if config.architecture == "mobilenet_unet":
         return mobilenet_unet(len(config.channels), config.encoder_weights)
     return unet(len(config.channels), config.depth, config.base_filters)
+
+
+def _initial_model(model_dir: Path, config: TrainConfig) -> keras.Model:
+    source = model_dir / "model.keras"
+    if not source.is_file():
+        raise ValueError(f"{source}: init_from needs a model directory with model.keras")
+    previous = json.loads((model_dir / "config.json").read_text())
+    differ = {k: (previous.get(k), getattr(config, k)) for k in ARCHITECTURE_FIELDS
+              if previous.get(k) != getattr(config, k)}
+    if differ:
+        raise ValueError(f"{model_dir}: architecture differs from the requested one (theirs, ours): {differ}")
+    return keras.models.load_model(source, compile=False, safe_mode=True)
 
 
 def _conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:

@@ -1,0 +1,52 @@
+"""The segment flow on an existing Dask cluster (by address), with a GPU worker declaring a `GPU` resource."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
+
+from flows.segment import segment
+from nuclei.images import write_png
+from nuclei.store import Store
+from nuclei.synthetic import make_sample
+
+
+def _cluster(gpu_worker: bool) -> SpecCluster:
+    """Two worker processes; one of them declares a GPU (as `dask worker ... --resources GPU=1` would)."""
+    worker = {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1"}}
+    gpu = {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1}}}
+    return SpecCluster(
+        workers={"cpu": worker, "gpu": gpu if gpu_worker else worker},
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}},
+    )
+
+
+def _inputs(root: Path, n: int) -> Path:
+    for i in range(n):
+        image, _ = make_sample((64, 64), n_nuclei=4, seed=300 + i)
+        write_png(root / f"img{i}.png", image)
+    return root
+
+
+@pytest.mark.parametrize("gpu_worker", [True, False])
+def test_existing_cluster_by_address_and_gpu_resource(
+    tmp_path: Path, trained_model: Path, gpu_worker: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = _inputs(tmp_path / "in", 6)
+    with _cluster(gpu_worker) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        declared = {a for a, w in client.scheduler_info()["workers"].items() if w["resources"]}
+        monkeypatch.setenv("NUCLEI_DASK_ADDRESS", cluster.scheduler_address)  # as a lab would set it
+        with get_task_stream(client) as tasks:
+            summary = segment(inputs=[str(inputs)], store=str(tmp_path / "out.zarr"), model=str(trained_model),
+                              images_per_task=1)
+        stream = [t for t in tasks.data if "segment_batch" in str(t["key"])]
+    assert summary["done"] == 6 and summary["failed"] == 0
+    assert len(Store(tmp_path / "out.zarr").ids()) == 6
+    workers = {t["worker"] for t in stream}
+    if gpu_worker:
+        assert workers == declared and len(declared) == 1  # every inference task ran on the GPU worker
+    else:
+        assert len(stream) == 6  # no GPU anywhere: tasks are unrestricted
