@@ -106,12 +106,13 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
     per_image = (time.perf_counter() - started) / max(1, len(todo))
     providers = engine.session_providers() if todo else []
     for decoded, prob in zip(todo, probs, strict=True):
-        results[decoded.item.id] = _finish(store, decoded, prob, model, providers, per_image)
+        results[decoded.item.id] = _finish(store, decoded, prob, model, providers, per_image, settings.overwrite)
     return [results[item.id] for item in items]
 
 
 def _finish(
-    store: Store, decoded: _Decoded, prob: np.ndarray, model: Any, providers: list[str], seconds: float
+    store: Store, decoded: _Decoded, prob: np.ndarray, model: Any, providers: list[str], seconds: float,
+    overwrite: bool,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
     item = decoded.item
@@ -120,7 +121,10 @@ def _finish(
         labels = instances(prob, model.thresholds)
         table = measure(labels, decoded.image)
         record = _record(decoded, labels, table, model, providers)
-        store.write_entry(item.id, decoded.raw, labels, table, record)
+        with store.writing(item.id):
+            if not overwrite and _already_done(store, item, decoded.sha256, model.version):
+                return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
+            store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
         return ImageResult(item.id, item.url, "done", n_nuclei=int(table.shape[0]), seconds=elapsed,
                            providers=providers)

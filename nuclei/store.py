@@ -15,6 +15,7 @@ replaced atomically (rename on local disks, a single PUT on object stores).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import cv2
 import fsspec
 import numpy as np
 import zarr
+from filelock import FileLock
 
 from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.errors import StoreError
@@ -147,6 +149,21 @@ class Store:
             self.fs.rm_file(path)
 
     # --- writing -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self, image_id: str) -> Iterator[None]:
+        """Hold the one-writer lock of an entry (local stores), so concurrent runs never interleave writes.
+
+        An OS file lock: the kernel releases it when its holder dies, so a killed run leaves no stale lock.
+        Object stores have no such lock; there, give concurrent runs disjoint inputs.
+        """
+        if not self.local:
+            yield
+            return
+        path = os.path.join(self.root_path, "locks", f"{id_to_key(image_id)}.lock")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with FileLock(path):
+            yield
 
     def write_entry(
         self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
