@@ -3,7 +3,8 @@
     nuclei train DATA_DIR --out models --epochs 100
     nuclei segment INPUT... --model MODEL_DIR --store results.zarr
     nuclei query results.zarr list | show ID | stats | export --labels OUT_DIR
-    nuclei evaluate results.zarr --truth LABELS_DIR --out report/
+    nuclei evaluate LABELLED_DIR --model MODEL_DIR --split validation --out report/
+    nuclei evaluate LABELLED_DIR --store results.zarr --out report/
 """
 
 from __future__ import annotations
@@ -117,13 +118,42 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_demo)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from nuclei.evaluation import evaluate_against, format_table
+
+    report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
+                                     progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+    else:
+        print(format_table(report))
+        print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("evaluate", help="score a model or a store against ground-truth labels (DSB2018 metric)")
+    parser.add_argument("truth", help="labelled folder: stage1_train/, train|test/inputs|masks, or images/+labels/")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="segment with this model directory (default: the shipped model)")
+    source.add_argument("--store", help="score the labels already in this store instead")
+    parser.add_argument("--split", choices=("all", "validation", "training"), default="all",
+                        help="only the model's validation or training images (from its data.json)")
+    parser.add_argument("--out", default="evaluation", help="report folder: summary.json, per_image.csv, "
+                        "worst_images.png")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=_evaluate)
+
+
 def _add_query(sub: argparse._SubParsersAction) -> None:
     from nuclei.query_cli import add_query  # its handlers import the store code only when run
 
     add_query(sub)
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_segment, _add_demo, _add_query]
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_segment, _add_evaluate, _add_demo, _add_query,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
+from nuclei.errors import InputError
 from nuclei.metrics import ImageScores, score_image, summarize
 from nuclei.plots import image_grid, overlay
 from nuclei.postprocess import Thresholds, instances
@@ -124,3 +127,69 @@ def format_table(report: Report) -> str:
             f"{int(values[c]):>16d}" if c == "n_images" else f"{values[c]:>16.4f}" for c in columns
         ))
     return "\n".join(lines)
+
+
+Split = Literal["all", "validation", "training"]
+
+
+def evaluate_against(
+    truth_dir: str | Path,
+    out_dir: str | Path,
+    model: str | Path | None = None,
+    store: str | Path | None = None,
+    split: Split = "all",
+    progress: bool = True,
+) -> tuple[Report, dict[str, Path]]:
+    """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
+
+    With ``store`` the stored labels are scored (an image of the truth set missing from the store counts as
+    no nucleus found); otherwise ``model`` (default: the shipped model) segments each image with its own
+    thresholds. ``split`` keeps the model's validation (or training) images only, from its data.json.
+    """
+    from nuclei.datasets import load_dataset
+    from nuclei.inference import Engine
+    from nuclei.modeldir import resolve_model
+    from nuclei.store import Store
+
+    samples = load_dataset(truth_dir, progress=progress).samples
+    model_dir = resolve_model(model) if (store is None or split != "all") else None
+    if split != "all":
+        assert model_dir is not None
+        data = json.loads((model_dir.path / "data.json").read_text())
+        keep = set(data["val_ids" if split == "validation" else "train_ids"])
+        samples = [s for s in samples if s.id in keep]
+    if not samples:
+        raise InputError(Path(truth_dir), f"no labelled images to score (split {split!r})")
+
+    if store is not None:
+        results = Store(store)
+        by_name = {i.rsplit("/", 1)[-1]: i for i in results.records()}
+        missing = [s.id for s in samples if s.id not in by_name]
+        if missing:
+            log.warning("%d of %d images are not in %s and count as empty: %s", len(missing), len(samples),
+                        store, ", ".join(missing[:5]))
+
+        def predicted(i: int) -> np.ndarray:
+            sample = samples[i]
+            if sample.id not in by_name:
+                return np.zeros(sample.labels.shape, np.uint32)
+            return results.read_labels(by_name[sample.id])
+    else:
+        assert model_dir is not None
+        engine = Engine(model_dir, providers=("CPUExecutionProvider",))
+
+        def predicted(i: int) -> np.ndarray:
+            return instances(engine.predict(samples[i].image), model_dir.thresholds)
+
+    preds: dict[str, np.ndarray] = {}
+
+    def remember(i: int) -> np.ndarray:
+        preds[samples[i].id] = predicted(i)
+        return preds[samples[i].id]
+
+    report = score_all([s.id for s in samples], remember, [s.labels for s in samples],
+                       [image_category(s.image) for s in samples], progress=progress)
+    by_id = {s.id: s for s in samples}
+    paths = write_report(report, Path(out_dir),
+                         images=lambda i: (by_id[i].image, by_id[i].labels, preds[i]))
+    return report, paths
