@@ -175,19 +175,38 @@ class Store:
         key = id_to_key(image_id)
         self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
         record = {**record, "id": image_id, "key": key, "store_format_version": STORE_FORMAT_VERSION}
-        group = self.root["images"].create_group(key, overwrite=True, attributes={"nuclei": record})
-        _write_ome_image(group, _to_cyx(image))
-        label_root = group.create_group("labels", attributes={"ome": {"version": OME_VERSION,
+        # The entry is composed in memory, then written as plain files in one batch: one round trip per file
+        # (a batched upload on object stores) instead of many small async Zarr calls per array.
+        files: dict[str, Any] = {}
+        levels = list(_levels(_to_cyx(image), nearest=False))
+        entry = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3, attributes={
+            "nuclei": record, "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
+        })
+        _write_levels(entry, levels)
+        label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
                                                                        "labels": list(LABEL_NAMES)}})
         label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
         _write_ome_label(label_root, "nuclei", labels.astype(label_dtype))
         _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8))
-        table = group.create_array("measurements", shape=measurements.shape, dtype="float64",
-                                   chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
-                                   attributes={"columns": list(MEASUREMENT_COLUMNS)})
-        table[...] = measurements
+        entry.create_array("measurements", data=np.asarray(measurements, dtype=np.float64),
+                           chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
+                           attributes={"columns": list(MEASUREMENT_COLUMNS)})
+        self._put_files(f"{self.root_path}/images/{key}", {k: v.to_bytes() for k, v in files.items()})
         self._commit(record)
         return record
+
+    def _put_files(self, prefix: str, files: dict[str, bytes]) -> None:
+        """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes)."""
+        if self.fs.exists(prefix):
+            self.fs.rm(prefix, recursive=True)
+        if not self.local:
+            self.fs.pipe({f"{prefix}/{name}": blob for name, blob in files.items()})
+            return
+        for name, blob in files.items():
+            path = os.path.join(prefix, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(blob)
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -233,14 +252,10 @@ def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
         yield array
 
 
-def _write_levels(group: zarr.Group, array: np.ndarray, nearest: bool) -> int:
-    count = 0
-    for count, level in enumerate(_levels(array, nearest)):  # noqa: B007
+def _write_levels(group: zarr.Group, levels: list[np.ndarray]) -> None:
+    for index, level in enumerate(levels):
         chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
-        target = group.create_array(f"s{count}", shape=level.shape, dtype=level.dtype, chunks=chunks,
-                                    dimension_names=("c", "y", "x")[-level.ndim :])
-        target[...] = level
-    return count + 1
+        group.create_array(f"s{index}", data=level, chunks=chunks, dimension_names=("c", "y", "x")[-level.ndim :])
 
 
 def _multiscales(axes: list[dict[str, str]], n_levels: int, name: str) -> list[dict[str, Any]]:
@@ -257,17 +272,12 @@ _YX = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "s
 _CYX = [{"name": "c", "type": "channel"}, *_YX]
 
 
-def _write_ome_image(group: zarr.Group, cyx: np.ndarray) -> None:
-    n = _write_levels(group, cyx, nearest=False)
-    group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, n, "image")}})
-
-
 def _write_ome_label(label_root: zarr.Group, name: str, labels: np.ndarray) -> None:
-    group = label_root.create_group(name)
-    n = _write_levels(group, labels, nearest=True)
-    group.attrs.update({"ome": {
+    levels = list(_levels(labels, nearest=True))
+    group = label_root.create_group(name, attributes={"ome": {
         "version": OME_VERSION,
-        "multiscales": _multiscales(_YX, n, name),
+        "multiscales": _multiscales(_YX, len(levels), name),
         "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
     }})
+    _write_levels(group, levels)
 
