@@ -1,6 +1,8 @@
 """Throughput: the `segment` flow against a plain ONNX Runtime loop and a Keras `model.predict` loop.
 
-    .venv/bin/python benchmarks/throughput.py --model models/dsb2018-unet --limit 200
+    .venv/bin/python benchmarks/throughput.py                  # every 256x256 image of the development set
+    .venv/bin/python benchmarks/throughput.py --size mixed --limit 200
+    .venv/bin/python benchmarks/throughput.py --providers CUDAExecutionProvider CPUExecutionProvider  # on a GPU
 
 Prints images/s of each and the ratios, measured in the same run (machines here are shared and noisy).
 The flow runs twice (a small and the full set) so its fixed start-up cost is shown apart from per-image cost.
@@ -30,15 +32,21 @@ def pick_images(limit: int, size: str) -> list[Path]:
     return [DEV / "images" / f"{r['id']}.png" for r in rows[:limit]]
 
 
-def time_ort_loop(model: str, images: list) -> float:
-    from nuclei.inference import Engine
-    from nuclei.modeldir import load_model_dir
+def time_ort_loop(model: str, images: list, providers: list[str]) -> float:
+    """The baseline: one plain InferenceSession (all cores, default options), padded images, one at a time."""
+    import numpy as np
+    import onnxruntime as ort
 
-    engine = Engine(load_model_dir(model), ("CPUExecutionProvider",), threads=len(os.sched_getaffinity(0)))
-    engine.predict(images[0])  # session start-up is not per-image work
+    from nuclei.tiling import pad_to_multiple
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(Path(model) / "model.onnx"), options, providers=providers)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: pad_to_multiple(images[0], 16)[None]})  # session start-up is not per-image work
     started = time.perf_counter()
     for image in images:
-        engine.predict(image)
+        session.run(None, {name: np.ascontiguousarray(pad_to_multiple(image, 16)[None])})
     return time.perf_counter() - started
 
 
@@ -57,7 +65,7 @@ def time_keras_loop(model: str, images: list) -> float | None:
     return time.perf_counter() - started
 
 
-def time_flow(model: str, paths: list[Path], workdir: Path) -> float:
+def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str], workers: int | None) -> float:
     from flows.segment import segment
 
     inputs = workdir / f"in{len(paths)}"
@@ -65,7 +73,8 @@ def time_flow(model: str, paths: list[Path], workdir: Path) -> float:
     for p in paths:
         os.symlink(p, inputs / p.name)
     started = time.perf_counter()
-    summary = segment(inputs=[str(inputs)], store=str(workdir / f"s{len(paths)}.zarr"), model=model)
+    summary = segment(inputs=[str(inputs)], store=str(workdir / f"s{len(paths)}.zarr"), model=model,
+                      providers=providers, n_workers=workers)
     elapsed = time.perf_counter() - started
     assert summary["done"] == len(paths), summary
     return elapsed
@@ -74,8 +83,11 @@ def time_flow(model: str, paths: list[Path], workdir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="models/dsb2018-unet")
-    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=10_000, help="at most this many images")
     parser.add_argument("--size", default="256x256", help="HxW of the images to use, or 'mixed'")
+    parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
+    parser.add_argument("--workers", type=int, help="flow worker processes (default: one per core)")
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
     args = parser.parse_args()
     if not DEV.is_dir():
         raise SystemExit(f"{DEV} is absent: this benchmark needs the DSB2018 development set")
@@ -84,19 +96,19 @@ def main() -> None:
     paths = pick_images(args.limit, args.size)
     images = [read_image(p) for p in paths]
     n = len(images)
-    ort_s = time_ort_loop(args.model, images)
-    keras_s = time_keras_loop(args.model, images)
+    ort_s = time_ort_loop(args.model, images, args.providers)
+    keras_s = None if args.no_keras else time_keras_loop(args.model, images)
     workdir = Path(tempfile.mkdtemp(prefix="nuclei-bench-"))
     try:
         small = max(8, n // 8)
-        time_flow(args.model, paths[:4], workdir)  # warm-up: Prefect's temporary server, imports, caches
-        flow_small = time_flow(args.model, paths[:small], workdir)
-        flow_full = time_flow(args.model, paths, workdir)
+        time_flow(args.model, paths[:4], workdir, args.providers, args.workers)  # warm-up: Prefect's server, imports, caches
+        flow_small = time_flow(args.model, paths[:small], workdir, args.providers, args.workers)
+        flow_full = time_flow(args.model, paths, workdir, args.providers, args.workers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     per_image = (flow_full - flow_small) / (n - small)
     startup = flow_full - per_image * n
-    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores")
+    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores, providers {args.providers}")
     print(f"(b) plain ORT loop:      {n / ort_s:8.2f} images/s")
     if keras_s:
         print(f"(c) Keras predict loop:  {n / keras_s:8.2f} images/s")

@@ -224,3 +224,24 @@ def test_round_trip_many_nuclei() -> None:
     assert labels.max() == n
     ious = _best_ious(truth, labels)
     assert min(ious) > 0.8, sorted(ious)[:5]
+
+
+@pytest.mark.parametrize("shift", [0, 10**12])
+def test_measure_matches_regionprops_across_row_blocks(shift: int) -> None:
+    """Labels with gaps (and, shifted, huge ids) on an image taller than one block of rows."""
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((1300, 90), np.int64)
+    for i, (y, x) in enumerate(rng.integers(0, [1280, 80], size=(25, 2)), start=1):
+        labels[y : y + 20, x : x + 9] = 3 * i  # overlapping squares: gaps and odd shapes
+    labels[labels > 0] += shift
+    image = rng.random((1300, 90, 3))
+    table = measure(labels, image)
+    props = regionprops(np.where(labels > 0, labels - shift, 0), intensity_image=image.mean(axis=-1))
+    assert table[:, 0].tolist() == [p.label + shift for p in props]
+    for row, p in zip(table, props, strict=True):
+        assert row[1] == p.area
+        assert row[2:4] == pytest.approx(p.centroid)
+        assert row[4:8].tolist() == list(p.bbox)
+        assert row[8] == pytest.approx(p.intensity_mean)

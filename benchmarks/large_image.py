@@ -1,0 +1,97 @@
+"""Large images: an 8192 x 8192 image segmented by tiles (peak memory, time) and the seam check.
+
+    .venv/bin/python benchmarks/large_image.py               # 8192 x 8192, tiles of 1024
+    .venv/bin/python benchmarks/large_image.py --size 4096
+
+The image is a mosaic of the development set's 256 x 256 images (real nuclei at a realistic density). It is
+segmented by the real flow on one Dask worker process, whose peak RSS is read from the worker afterwards;
+the baseline is the same worker's peak after one 256 x 256 image. The seam check segments a 2048 x 2048
+mosaic twice, in tiles of 512 and whole, and compares probabilities and labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from scaling import images_256, peak_rss_mb  # noqa: E402 - same folder
+
+
+def mosaic(size: int) -> np.ndarray:
+    from nuclei.images import read_raw
+
+    tiles = [read_raw(p) for p in images_256()]
+    tiles = [t[..., :3] if t.ndim == 3 else np.dstack([t] * 3) for t in tiles]
+    n = size // 256
+    rows = [np.concatenate([tiles[(r * n + c) % len(tiles)] for c in range(n)], axis=1) for r in range(n)]
+    return np.concatenate(rows, axis=0)
+
+
+def segment_on_one_worker(path: Path, store: Path, model: str, tile_size: int) -> tuple[float, float, dict]:
+    from distributed import Client, LocalCluster
+
+    from flows.segment import segment
+
+    threads = len(os.sched_getaffinity(0))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
+                      env={"NUCLEI_THREADS": str(threads)}, memory_limit=0) as cluster, Client(cluster) as client:
+        started = time.perf_counter()
+        summary = segment(inputs=[str(path)], store=str(store), model=model, tile_size=tile_size,
+                          dask_address=cluster.scheduler_address)
+        elapsed = time.perf_counter() - started
+        peak = max(client.run(peak_rss_mb).values())
+    assert summary["failed"] == 0, summary["failures"]
+    return elapsed, peak, summary
+
+
+def seams(model: str) -> tuple[float, bool]:
+    from nuclei.images import to_float_rgb
+    from nuclei.inference import Engine
+    from nuclei.modeldir import load_model_dir
+    from nuclei.postprocess import instances
+
+    model_dir = load_model_dir(model)
+    image = to_float_rgb(mosaic(2048))
+    tiled = Engine(model_dir, ("CPUExecutionProvider",), tile_size=512).predict(image)
+    whole = Engine(model_dir, ("CPUExecutionProvider",), tile_size=2048).predict(image)
+    same = np.array_equal(instances(tiled, model_dir.thresholds), instances(whole, model_dir.thresholds))
+    return float(np.abs(tiled - whole).max()), same
+
+
+def main() -> None:
+    import cv2
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="nuclei-large-"))
+    try:
+        small, large = root / "small.png", root / "large.png"
+        cv2.imwrite(str(small), mosaic(256)[..., ::-1])
+        cv2.imwrite(str(large), mosaic(args.size)[..., ::-1])
+        _, base_peak, _ = segment_on_one_worker(small, root / "small.zarr", args.model, args.tile_size)
+        elapsed, peak, summary = segment_on_one_worker(large, root / "large.zarr", args.model, args.tile_size)
+        mpix = args.size**2 / 1e6
+        print(f"{args.size} x {args.size} ({mpix:.0f} Mpixel), tiles of {args.tile_size}: {elapsed:.1f} s "
+              f"({mpix / elapsed:.2f} Mpixel/s), {summary['nuclei']} nuclei")
+        print(f"worker peak RSS {peak:.0f} MB (x{peak / base_peak:.1f} the {base_peak:.0f} MB after one 256 x 256 "
+              f"image); target < 2048 MB: {'met' if peak < 2048 else 'NOT met'}")
+        diff, same = seams(args.model)
+        print(f"seams (2048 x 2048, tiles of 512 vs whole): max probability difference {diff:.2e}, "
+              f"labels {'identical' if same else 'DIFFER'}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

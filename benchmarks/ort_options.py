@@ -1,0 +1,145 @@
+"""What ONNX Runtime offers on this CPU: graph optimisation levels, thread layouts, int8 quantisation.
+
+    .venv/bin/python benchmarks/ort_options.py                       # the shipped model, 256x256 DSB images
+    .venv/bin/python benchmarks/ort_options.py --quantized-out runs/int8   # keep the int8 model directory
+
+Every figure is a ratio against the default layout measured in the same run (one session, all cores,
+ORT_ENABLE_ALL). Quantisation is kept only if it is faster and its DSB2018 score on the model's validation
+split is within 0.005 of float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
+LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def load_images(limit: int) -> list[np.ndarray]:
+    from nuclei.images import read_image
+
+    with open(DEV / "manifest.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if (r["height"], r["width"]) == ("256", "256")][:limit]
+    return [read_image(DEV / "images" / f"{r['id']}.png")[None] for r in rows]
+
+
+def session(onnx_path: Path, threads: int, level: str = "all") -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = LEVELS[level]
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def seconds_per_image(onnx_path: Path, images: list[np.ndarray], threads: int, level: str = "all") -> float:
+    s = session(onnx_path, threads, level)
+    name = s.get_inputs()[0].name
+    s.run(None, {name: images[0]})
+    started = time.perf_counter()
+    for image in images:
+        s.run(None, {name: image})
+    return (time.perf_counter() - started) / len(images)
+
+
+def _worker(args: tuple[str, int, int]) -> float:
+    onnx_path, limit, threads = args
+    return seconds_per_image(Path(onnx_path), load_images(limit), threads)
+
+
+def processes_layout(onnx_path: Path, limit: int, processes: int, threads: int) -> float:
+    """Seconds per image when `processes` single sessions of `threads` threads run side by side."""
+    with mp.get_context("spawn").Pool(processes) as pool:
+        started = time.perf_counter()
+        pool.map(_worker, [(str(onnx_path), limit, threads)] * processes)
+        return (time.perf_counter() - started) / (limit * processes)
+
+
+class Calibration:
+    """Calibration images for static quantisation: the model's own training images, never validation."""
+
+    def __init__(self, model_dir: Path, n: int) -> None:
+        from nuclei.images import read_image
+        from nuclei.tiling import pad_to_multiple
+
+        train_ids = json.loads((model_dir / "data.json").read_text())["train_ids"][:n]
+        self.batches = iter([{"image": pad_to_multiple(read_image(DEV / "images" / f"{i}.png"), 16)[None]}
+                             for i in train_ids])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def quantize(model_dir: Path, out_dir: Path, calibration: int) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    prepared = out_dir / "prepared.onnx"
+    quant_pre_process(str(model_dir / "model.onnx"), str(prepared))
+    quantize_static(str(prepared), str(out_dir / "model.onnx"), Calibration(model_dir, calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    prepared.unlink()
+    return out_dir
+
+
+def dsb_score(model_dir: Path) -> float:
+    from nuclei.evaluation import evaluate_against
+
+    with tempfile.TemporaryDirectory() as out:
+        report, _ = evaluate_against(DEV, out, model=model_dir, split="validation", progress=False)
+    return report.overall()["dsb_score"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--quantized-out", help="keep the int8 model directory here")
+    args = parser.parse_args()
+    model_dir = Path(args.model)
+    onnx_path = model_dir / "model.onnx"
+    cores = len(os.sched_getaffinity(0))
+    images = load_images(args.limit)
+
+    base = seconds_per_image(onnx_path, images, cores)
+    print(f"baseline: 1 session x {cores} threads, ORT_ENABLE_ALL: {1 / base:.1f} images/s")
+    for level in LEVELS:
+        t = seconds_per_image(onnx_path, images, cores, level)
+        print(f"  optimisation {level:9s} {1 / t:7.1f} images/s   x{base / t:.2f}")
+    for processes, threads in ((1, cores), (cores, 1), (max(1, cores // 2), 2)):
+        t = processes_layout(onnx_path, args.limit, processes, threads)
+        print(f"  {processes} process(es) x {threads} thread(s) {1 / t:7.1f} images/s   x{base / t:.2f}")
+
+    out = Path(args.quantized_out) if args.quantized_out else Path(tempfile.mkdtemp(prefix="nuclei-int8-"))
+    quantize(model_dir, out, args.calibration)
+    t = seconds_per_image(out / "model.onnx", images, cores)
+    float_dsb, int8_dsb = dsb_score(model_dir), dsb_score(out)
+    keep = t < base and abs(int8_dsb - float_dsb) <= 0.005
+    print(f"  int8 static QDQ (per-channel, {args.calibration} calibration images) {1 / t:7.1f} images/s   "
+          f"x{base / t:.2f}; validation DSB {int8_dsb:.4f} vs float32 {float_dsb:.4f} -> "
+          f"{'keep' if keep else 'do not keep'}")
+    if not args.quantized_out:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
