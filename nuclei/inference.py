@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from nuclei.config import DEFAULT_PROVIDERS
 from nuclei.errors import ModelError
+from nuclei.images import to_float_rgb
 from nuclei.modeldir import ModelDir
 from nuclei.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 
@@ -107,18 +108,20 @@ class Engine:
         """The providers the session really got (what ran, not what was asked for)."""
         return list(self.session.get_providers())
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """One session run; each image is scaled to float32 RGB here, a tile at a time, not whole."""
         session = self.session
-        feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)}
-        return session.run(None, feed)[0]
+        batch = np.stack([to_float_rgb(image) for image in images])
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one float32 RGB image; large images run as overlapping tiles."""
+        """Probabilities for one image (any dtype, grey/RGB/RGBA, as read or as float32 RGB in [0, 1]);
+        large images run as overlapping tiles."""
         height, width = image.shape[:2]
         padded = pad_to_multiple(image, self.model.pad_multiple)
         if max(padded.shape[:2]) <= self.tile_size:
-            return self._run(padded[None])[0, :height, :width]
-        prob = predict_tiled(lambda tile: self._run(tile[None])[0], padded, self.tile_size, self.overlap)
+            return self._run([padded])[0, :height, :width]
+        prob = predict_tiled(lambda tile: self._run([tile])[0], padded, self.tile_size, self.overlap)
         return prob[:height, :width]
 
     def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -134,7 +137,7 @@ class Engine:
                 continue
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                batch = np.stack([pad_to_multiple(images[i], self.model.pad_multiple) for i in chunk])
+                batch = [pad_to_multiple(images[i], self.model.pad_multiple) for i in chunk]
                 for i, prob in zip(chunk, self._run(batch), strict=True):
                     results[i] = prob[:height, :width]
         return results

@@ -18,7 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+from skimage.segmentation import find_boundaries, watershed
+
+from nuclei.images import to_float_rgb
 
 log = logging.getLogger(__name__)
 
@@ -137,69 +139,62 @@ def binary_mask(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.bool_]
     return np.asarray(_as_hwc(prob)[..., 0] > thresholds.foreground)
 
 
-def _core_markers(core: NDArray[np.float32], mask: NDArray[np.bool_], threshold: float) -> NDArray[np.int32]:
-    """Seeds from the predicted cores: one per connected blob of confident core inside the mask."""
-    markers, _ = ndi.label((core > threshold) & mask, structure=_STRUCTURE)
-    return np.asarray(markers, dtype=np.int32)
+def _grow(box: tuple[slice, slice], margin: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    return tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, shape, strict=True))
 
 
-def _distance_markers(
-    distance: NDArray[np.float32], mask: NDArray[np.bool_], h: float = MARKER_H
-) -> NDArray[np.int32]:
-    """Seeds from the regional maxima of the distance transform that stand at least `h` high.
-
-    h-maxima rather than plain local maxima: a bumpy ridge (elongated nucleus) gives one seed, not
-    several. Run per foreground blob on its bounding box: ~20x faster than on the whole image.
-    """
-    components, _ = ndi.label(mask, structure=_STRUCTURE)
-    peaks = np.zeros(mask.shape, dtype=bool)
-    for index, box in enumerate(ndi.find_objects(components), start=1):
-        if box is None:
-            continue
-        own = components[box] == index
-        peaks[box] |= own & h_maxima(np.where(own, distance[box], 0), h).astype(bool)
-    markers, _ = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
-    return np.asarray(markers, dtype=np.int32)
+def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[Any] | None,
+           threshold: float, h: float = MARKER_H) -> tuple[NDArray[np.int32], int]:
+    """Seeds of one blob: its connected cores above the threshold or, without a core channel, the regional
+    maxima of the distance that stand at least `h` high (a bumpy ridge gives one seed, not several)."""
+    if core is not None:
+        seeds, n = ndi.label((core > threshold) & own, structure=_STRUCTURE)
+    else:
+        peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
+        seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
+    return np.asarray(seeds, dtype=np.int32), int(n)
 
 
-def _flood(
-    distance: NDArray[np.float32], markers: NDArray[np.int32], mask: NDArray[np.bool_]
-) -> NDArray[np.int64]:
-    """Watershed on -distance from the seeds, restricted to the mask; unseeded blobs become objects too."""
-    out = np.asarray(watershed(-distance, markers, connectivity=1, mask=mask), dtype=np.int64)
-    leftover = mask & (out == 0)
-    if leftover.any():
-        extra, n_extra = ndi.label(leftover, structure=_STRUCTURE)
-        log.debug("%d foreground blobs had no seed and are kept as their own objects", n_extra)
-        out[leftover] = extra[leftover] + out.max()
-    return out
-
-
-def _drop_small(labels: NDArray[np.int64], min_size: int) -> NDArray[np.uint32]:
-    """Remove objects under `min_size` pixels and renumber the rest 1..N."""
-    if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    relabelled, _, _ = relabel_sequential(labels)
-    return np.asarray(relabelled, dtype=np.uint32)
+def _split_blob(own: NDArray[np.bool_], core: NDArray[Any] | None, thresholds: Thresholds) -> tuple[NDArray[np.int32], int]:
+    """Nuclei of one connected blob, numbered 1..n: a watershed on -distance from the seeds (cuts fall at
+    the necks); a blob without a seed is one nucleus; pieces under min_size pixels are dropped."""
+    distance = _edt(own)
+    seeds, n = _seeds(own, distance, core, thresholds.core)
+    if n <= 1:
+        pieces = own.astype(np.int32)
+    else:
+        pieces = np.asarray(watershed(-distance, seeds, connectivity=1, mask=own), dtype=np.int32)
+    sizes = np.bincount(pieces[own], minlength=max(n, 1) + 1)
+    keep = sizes >= max(1, thresholds.min_size)
+    keep[0] = False
+    renumber = np.zeros(sizes.size, np.int32)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+    return renumber[pieces], int(keep.sum())
 
 
 def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
-    """Label nuclei: (H, W) uint32, 0 background, 1..N consecutive.
+    """Label nuclei: (H, W) uint32, 0 background, 1..N consecutive (blobs in raster order).
 
     With a core channel the cores seed the split of touching nuclei; otherwise maxima of the distance
-    transform do. Either way the watershed runs on -distance so that cuts fall at the necks.
+    transform do. Each 4-connected foreground blob is split on its own bounding box (plus one pixel), so
+    memory stays near the size of the image's mask and labels whatever the image size.
     """
     arr = _as_hwc(prob)
     mask = arr[..., 0] > thresholds.foreground
-    distance = _edt(mask)
-    if arr.shape[-1] >= 2:
-        markers = _core_markers(arr[..., 1], mask, thresholds.core)
-    else:
-        markers = _distance_markers(distance, mask)
-    return _drop_small(_flood(distance, markers, mask), thresholds.min_size)
+    components, _ = ndi.label(mask, structure=_STRUCTURE)
+    out = np.zeros(mask.shape, np.uint32)
+    count = 0
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        box = _grow(box, 1, mask.shape)
+        own = components[box] == index
+        core = arr[box][..., 1] if arr.shape[-1] >= 2 else None
+        pieces, n = _split_blob(own, core, thresholds)
+        placed = out[box]
+        placed[own] = np.where(pieces[own] > 0, pieces[own] + count, 0)
+        count += n
+    return out
 
 
 def core_targets(labels: NDArray[Any]) -> NDArray[np.bool_]:
@@ -223,7 +218,8 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
     """One row per nucleus, in label order, with the columns of `MEASUREMENT_COLUMNS`.
 
     Centroids are pixel-index means; bbox max is exclusive (like regionprops); the intensity is the
-    mean over the nucleus of the image averaged across its channels. Sums run over blocks of rows, so
+    mean over the nucleus of the image averaged across its channels, the image scaled as the model sees it
+    (`to_float_rgb`: by its dtype's range, alpha dropped; float images are taken as [0, 1]). Sums run over blocks of rows, so
     memory stays near the size of the inputs even for whole-slide images.
     """
     arr = np.asarray(labels)
@@ -244,8 +240,7 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
     for y0 in range(0, height, _BLOCK_ROWS):
         y1 = min(height, y0 + _BLOCK_ROWS)
         flat = arr[y0:y1].ravel().astype(np.intp)
-        gray = np.asarray(image[y0:y1], dtype=np.float64)
-        gray = gray.mean(axis=-1) if gray.ndim == 3 else gray
+        gray = to_float_rgb(np.asarray(image[y0:y1])).mean(axis=-1, dtype=np.float64)
         sums[0] += np.bincount(flat, minlength=top + 1)
         sums[1] += np.bincount(flat, weights=np.repeat(np.arange(y0, y1, dtype=np.float64), width), minlength=top + 1)
         sums[2] += np.bincount(flat, weights=np.tile(np.arange(width, dtype=np.float64), y1 - y0),

@@ -22,7 +22,7 @@ import nuclei
 from nuclei.config import DEFAULT_PROVIDERS
 from nuclei.discovery import ImageItem
 from nuclei.errors import NucleiError
-from nuclei.images import DEFAULT_MAX_PIXELS, decode, to_float_rgb
+from nuclei.images import DEFAULT_MAX_PIXELS, decode
 from nuclei.inference import DEFAULT_TILE_SIZE, Engine
 from nuclei.modeldir import load_model_dir
 from nuclei.postprocess import instances, measure
@@ -66,8 +66,7 @@ class ImageResult:
 @dataclass
 class _Decoded:
     item: ImageItem
-    raw: np.ndarray
-    image: np.ndarray  # float32 RGB in [0, 1], what the model and the measurements see
+    raw: np.ndarray  # as read; the engine and measure() scale it a tile / a block of rows at a time
     sha256: str
 
 
@@ -75,7 +74,7 @@ def _read(item: ImageItem, settings: SegmentSettings) -> _Decoded:
     with fsspec.open(item.url, "rb") as handle:
         data = handle.read()
     raw = decode(data, item.url, settings.max_pixels)
-    return _Decoded(item, raw, to_float_rgb(raw), hashlib.sha256(data).hexdigest())
+    return _Decoded(item, raw, hashlib.sha256(data).hexdigest())
 
 
 def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str) -> bool:
@@ -102,7 +101,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
         else:
             todo.append(decoded)
     started = time.perf_counter()
-    probs = engine.predict_many([d.image for d in todo]) if todo else []
+    probs = engine.predict_many([d.raw for d in todo]) if todo else []
     per_image = (time.perf_counter() - started) / max(1, len(todo))
     providers = engine.session_providers() if todo else []
     for decoded, prob in zip(todo, probs, strict=True):
@@ -119,7 +118,7 @@ def _finish(
     try:
         started = time.perf_counter()
         labels = instances(prob, model.thresholds)
-        table = measure(labels, decoded.image)
+        table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, model, providers)
         with store.writing(item.id):
             if not overwrite and _already_done(store, item, decoded.sha256, model.version):
