@@ -45,6 +45,7 @@ def train(
     learning_rate: float = 1e-3,
     crop_size: int = 256,
     augment: bool = True,
+    balance_categories: bool = False,
     max_images: int | None = None,
     on_error: str = "raise",
 ) -> str:

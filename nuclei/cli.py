@@ -62,6 +62,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for name, (kind, text) in _TRAIN_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--balance-categories", dest="balance_categories", action="store_true", default=None,
+                        help="sample rare image types (grey/colour, dark/bright) more often")
     parser.add_argument("--no-instance-channel", dest="instance_channel", action="store_false", default=None,
                         help="predict the mask only (no nucleus cores)")
     parser.set_defaults(handler=_train)

@@ -36,6 +36,8 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0)
     crop_size: int = Field(256, ge=16, description="random training crops, a multiple of the pad multiple")
     augment: bool = Field(True, description="flips, 90-degree rotations, intensity changes")
+    balance_categories: bool = Field(False, description="sample rare image types (grey/colour, dark/bright) "
+                                     "more often: probability ~ 1/sqrt(images of the type)")
     max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
     on_error: Literal["raise", "skip"] = "raise"
 

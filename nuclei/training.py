@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ from keras import ops
 from nuclei.augment import augmented_crop
 from nuclei.config import TrainConfig
 from nuclei.datasets import Sample
+from nuclei.evaluation import image_category
 from nuclei.postprocess import core_targets
 from nuclei.tiling import pad_to_multiple
 
@@ -26,6 +28,15 @@ def make_targets(labels: np.ndarray, channels: list[str]) -> np.ndarray:
     if "core" in channels:
         planes.append(core_targets(labels))
     return np.stack(planes, axis=-1).astype(np.uint8)
+
+
+def category_weights(images: list[np.ndarray]) -> np.ndarray:
+    """Sampling probabilities ~ 1/sqrt(images in the category): rare image types (e.g. bright colour tissue
+    among dark fluorescence) are seen more often, without drowning the common ones."""
+    categories = [image_category(image) for image in images]
+    counts = Counter(categories)
+    weights = np.array([1.0 / math.sqrt(counts[c]) for c in categories])
+    return weights / weights.sum()
 
 
 class CropBatches(keras.utils.PyDataset):
@@ -41,6 +52,7 @@ class CropBatches(keras.utils.PyDataset):
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
         self._fixed = None if train else [self._example(i) for i in range(len(samples))]
+        self.weights = category_weights(self.images) if train and config.balance_categories else None
 
     def __len__(self) -> int:
         return self.steps if self.train else max(1, math.ceil(len(self.images) / self.config.batch_size))
@@ -56,7 +68,8 @@ class CropBatches(keras.utils.PyDataset):
         if self._fixed is not None:
             pairs = self._fixed[batch * size : (batch + 1) * size]
         else:
-            pairs = [self._example(int(i)) for i in self.rng.integers(0, len(self.images), size)]
+            picks = self.rng.choice(len(self.images), size, p=self.weights)
+            pairs = [self._example(int(i)) for i in picks]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 

@@ -87,3 +87,27 @@ def test_receptive_field_bound_is_not_exceeded() -> None:
 def test_config_rejects_crop_not_multiple_of_network() -> None:
     with pytest.raises(ValueError, match="multiple of 16"):
         TrainConfig(data_dir=".", crop_size=100)
+
+
+def test_fine_tune_from_a_model_directory(trained_model: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    """init_from starts from the previous weights (validated architecture) and still exports with parity."""
+    from flows.train import train
+
+    path = Path(train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="tuned", epochs=1, batch_size=4,
+                      crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, init_from=str(trained_model),
+                      balance_categories=True))
+    config = json.loads((path / "config.json").read_text())
+    assert config["init_from"] == str(trained_model) and (path / "model.onnx").is_file()
+    with pytest.raises(ValueError, match="architecture differs"):
+        train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="bad", epochs=1, crop_size=64, depth=3,
+              base_filters=16, init_from=str(trained_model))
+
+
+def test_category_weights_favour_rare_image_types() -> None:
+    from nuclei.training import category_weights
+
+    grey = np.zeros((4, 4, 3), np.float32)
+    colour = np.dstack([np.ones((4, 4)), np.zeros((4, 4)), np.ones((4, 4))]).astype(np.float32)
+    weights = category_weights([grey] * 9 + [colour])
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[-1] == pytest.approx(3 * weights[0])  # 1/sqrt(1) vs 1/sqrt(9)
