@@ -101,7 +101,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="nuclei-bench-"))
     try:
         small = max(8, n // 8)
-        time_flow(args.model, paths[:4], workdir, args.providers, args.workers)  # warm-up: Prefect's server, imports, caches
+        # warm-up: Prefect's temporary server, imports, caches
+        time_flow(args.model, paths[:4], workdir, args.providers, args.workers)
         flow_small = time_flow(args.model, paths[:small], workdir, args.providers, args.workers)
         flow_full = time_flow(args.model, paths, workdir, args.providers, args.workers)
     finally:

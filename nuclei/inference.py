@@ -108,11 +108,11 @@ class Engine:
         """The providers the session really got (what ran, not what was asked for)."""
         return list(self.session.get_providers())
 
-    def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def _run(self, images: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> np.ndarray:
         """One session run; each image is scaled to float32 RGB here, a tile at a time, not whole."""
         session = self.session
         batch = np.stack([to_float_rgb(image) for image in images])
-        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+        return session.run(None, {session.get_inputs()[0].name: batch}, options)[0]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Probabilities for one image (any dtype, grey/RGB/RGBA, as read or as float32 RGB in [0, 1]);
@@ -121,7 +121,11 @@ class Engine:
         padded = pad_to_multiple(image, self.model.pad_multiple)
         if max(padded.shape[:2]) <= self.tile_size:
             return self._run([padded])[0, :height, :width]
-        prob = predict_tiled(lambda tile: self._run([tile])[0], padded, self.tile_size, self.overlap)
+        # Tiles of a large image: give the activation memory back after each run, so post-processing the
+        # image does not sit next to an arena sized for a tile.
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        prob = predict_tiled(lambda tile: self._run([tile], options)[0], padded, self.tile_size, self.overlap)
         return prob[:height, :width]
 
     def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -100,13 +100,31 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
             results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
         else:
             todo.append(decoded)
-    started = time.perf_counter()
-    probs = engine.predict_many([d.raw for d in todo]) if todo else []
-    per_image = (time.perf_counter() - started) / max(1, len(todo))
     providers = engine.session_providers() if todo else []
-    for decoded, prob in zip(todo, probs, strict=True):
-        results[decoded.item.id] = _finish(store, decoded, prob, model, providers, per_image, settings.overwrite)
+    for chunk in _chunks(todo, engine):
+        started = time.perf_counter()
+        probs = engine.predict_many([d.raw for d in chunk])
+        per_image = (time.perf_counter() - started) / len(chunk)
+        for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
+            results[decoded.item.id] = _finish(store, decoded, probs.pop(0), model, providers, per_image,
+                                               settings.overwrite)
     return [results[item.id] for item in items]
+
+
+def _chunks(todo: list[_Decoded], engine: Engine) -> Iterator[list[_Decoded]]:
+    """Images that fit one model run go in groups of the engine's batch size; a tiled image goes alone, so
+    a task never holds the probabilities of several large images at once."""
+    group: list[_Decoded] = []
+    for decoded in sorted(todo, key=lambda d: d.raw.shape[:2]):  # same sizes together: full batches
+        if max(decoded.raw.shape[:2]) > engine.tile_size:
+            yield [decoded]
+            continue
+        group.append(decoded)
+        if len(group) == engine.batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _finish(
@@ -118,6 +136,7 @@ def _finish(
     try:
         started = time.perf_counter()
         labels = instances(prob, model.thresholds)
+        del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, model, providers)
         with store.writing(item.id):
