@@ -92,7 +92,7 @@ def quantize(model_dir: Path, out_dir: Path, calibration: int) -> Path:
 
     shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
     prepared = out_dir / "prepared.onnx"
-    quant_pre_process(str(model_dir / "model.onnx"), str(prepared))
+    quant_pre_process(str(model_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(out_dir / "model.onnx"), Calibration(model_dir, calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--model", default="models/dsb2018-unet")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quantized-out", help="keep the int8 model directory here")
     args = parser.parse_args()
     model_dir = Path(args.model)
@@ -120,18 +121,24 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     images = load_images(args.limit)
 
-    base = seconds_per_image(onnx_path, images, cores)
-    print(f"baseline: 1 session x {cores} threads, ORT_ENABLE_ALL: {1 / base:.1f} images/s")
-    for level in LEVELS:
-        t = seconds_per_image(onnx_path, images, cores, level)
-        print(f"  optimisation {level:9s} {1 / t:7.1f} images/s   x{base / t:.2f}")
-    for processes, threads in ((1, cores), (cores, 1), (max(1, cores // 2), 2)):
-        t = processes_layout(onnx_path, args.limit, processes, threads)
-        print(f"  {processes} process(es) x {threads} thread(s) {1 / t:7.1f} images/s   x{base / t:.2f}")
+    # Interleaved rounds, best of each: a shared machine's noise hits every configuration alike.
+    timings: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for level in LEVELS:
+            timings.setdefault(f"optimisation {level}", []).append(seconds_per_image(onnx_path, images, cores, level))
+        for processes, threads in ((1, cores), (cores, 1)):
+            timings.setdefault(f"{processes} process(es) x {threads} thread(s)", []).append(
+                processes_layout(onnx_path, args.limit, processes, threads))
+    best = {name: min(values) for name, values in timings.items()}
+    base = best["optimisation all"]
+    print(f"baseline: 1 session x {cores} threads, ORT_ENABLE_ALL: {1 / base:.1f} images/s "
+          f"(best of {args.rounds} interleaved rounds)")
+    for name, t in best.items():
+        print(f"  {name:32s} {1 / t:7.1f} images/s   x{base / t:.2f}")
 
     out = Path(args.quantized_out) if args.quantized_out else Path(tempfile.mkdtemp(prefix="nuclei-int8-"))
     quantize(model_dir, out, args.calibration)
-    t = seconds_per_image(out / "model.onnx", images, cores)
+    t = min(seconds_per_image(out / "model.onnx", images, cores) for _ in range(args.rounds))
     float_dsb, int8_dsb = dsb_score(model_dir), dsb_score(out)
     keep = t < base and abs(int8_dsb - float_dsb) <= 0.005
     print(f"  int8 static QDQ (per-channel, {args.calibration} calibration images) {1 / t:7.1f} images/s   "

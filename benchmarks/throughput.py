@@ -1,6 +1,7 @@
 """Throughput: the `segment` flow against a plain ONNX Runtime loop and a Keras `model.predict` loop.
 
-    .venv/bin/python benchmarks/throughput.py                  # every 256x256 image of the development set
+    .venv/bin/python benchmarks/throughput.py --model runs/dsb2018-stage1/dsb2018-unet   # a folder with model.keras
+    .venv/bin/python benchmarks/throughput.py                  # every 256x256 image, shipped model (no Keras)
     .venv/bin/python benchmarks/throughput.py --size mixed --limit 200
     .venv/bin/python benchmarks/throughput.py --providers CUDAExecutionProvider CPUExecutionProvider  # on a GPU
 
@@ -51,6 +52,9 @@ def time_ort_loop(model: str, images: list, providers: list[str]) -> float:
 
 
 def time_keras_loop(model: str, images: list) -> float | None:
+    if not (Path(model) / "model.keras").is_file():
+        print(f"no {model}/model.keras (the shipped model has only ONNX): give --model a training output folder")
+        return None
     try:
         import keras
     except ImportError:
