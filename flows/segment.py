@@ -28,12 +28,13 @@ def segment(
     overwrite: bool = False,
     tile_size: int = 1024,
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
+    int8: bool = True,
     progress: bool = False,
 ) -> dict:
     """Segment every image of ``inputs`` into ``store``; returns the run summary."""
     logger = get_run_logger()
     plan = task(batch.plan, name="plan", cache_policy=NO_CACHE)(
-        inputs, store, model, images_per_task, overwrite, tile_size, tuple(providers)
+        inputs, store, model, images_per_task, overwrite, tile_size, tuple(providers), int8
     )
     logger.info("%d images: %d to segment in %d tasks, %d unchanged, %d unusable",
                 plan.n_found, len(plan.items), len(plan.batches), len(plan.unchanged), len(plan.problems))

@@ -23,6 +23,7 @@ describe = task(steps.describe, name="describe", cache_policy=NO_CACHE)
 fit = task(steps.train_model, name="fit", cache_policy=NO_CACHE)
 export = task(steps.export, name="export", cache_policy=NO_CACHE)
 evaluate = task(steps.evaluate, name="evaluate", cache_policy=NO_CACHE)
+quantize = task(steps.quantize, name="quantize int8", cache_policy=NO_CACHE)
 publish = task(steps.publish, name="publish", cache_policy=NO_CACHE)
 
 
@@ -48,6 +49,7 @@ def train(
     balance_categories: bool = False,
     max_images: int | None = None,
     on_error: str = "raise",
+    quantize_int8: bool = False,
 ) -> str:
     """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path."""
     config = TrainConfig(**locals())  # validates every parameter up front
@@ -60,6 +62,8 @@ def train(
     model = fit(config, data, staging)
     max_diff = export(model, config, staging)
     thresholds, report = evaluate(staging, data.val)
+    if config.quantize_int8:
+        quantize(staging, data, report)
     model_dir = publish(staging, config)
     create_markdown_artifact(
         key="train-metrics",

@@ -6,6 +6,7 @@ The flow wires these steps as Prefect tasks; the Python API and CLI call the flo
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,17 +38,18 @@ class Plan:
     unchanged: list[str] = field(default_factory=list)
     problems: list[InputError] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    images_per_task: int = 32
 
     @property
     def items(self) -> list[ImageItem]:
         return [item for batch in self.batches for item in batch]
 
 
-def check_model(model: str | None, providers: Sequence[str], tile_size: int) -> ModelDir:
+def check_model(model: str | None, providers: Sequence[str], tile_size: int, int8: bool = True) -> ModelDir:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
     model_dir = resolve_model(model)
-    engine = Engine(model_dir, tuple(providers), tile_size=tile_size)
-    log.info("model %s on providers %s", model_dir.version, engine.session_providers())
+    engine = Engine(model_dir, tuple(providers), tile_size=tile_size, int8=int8)
+    log.info("model %s (%s) on providers %s", model_dir.version, engine.precision, engine.session_providers())
     return model_dir
 
 
@@ -61,11 +63,12 @@ def _unchanged(item: ImageItem, record: dict[str, Any] | None, model_version: st
 def plan(
     inputs: Sequence[str], store: str, model: str | None = None, images_per_task: int = 32,
     overwrite: bool = False, tile_size: int = 1024, providers: Sequence[str] = ("CPUExecutionProvider",),
+    int8: bool = True,
 ) -> Plan:
     """Validate parameters, discover images, leave out unchanged ones, and group the rest into tasks."""
     if images_per_task < 1:
         raise ValueError(f"images_per_task must be >= 1, got {images_per_task}")
-    model_dir = check_model(model, providers, tile_size)
+    model_dir = check_model(model, providers, tile_size, int8)
     records = Store(store, mode="a").records()
     found = discover(inputs)
     todo, unchanged = [], []
@@ -75,10 +78,10 @@ def plan(
         else:
             todo.append(item)
     settings = SegmentSettings(model=str(model_dir.path), store=store, providers=tuple(providers),
-                               tile_size=tile_size, overwrite=overwrite)
+                               tile_size=tile_size, overwrite=overwrite, int8=int8)
     batches = [todo[i : i + images_per_task] for i in range(0, len(todo), images_per_task)]
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
-                found.problems)
+                found.problems, images_per_task=images_per_task)
 
 
 def run(plan: Plan, dask_address: str | None = None, n_workers: int | None = None,
@@ -88,16 +91,24 @@ def run(plan: Plan, dask_address: str | None = None, n_workers: int | None = Non
         return []
     results: list[ImageResult] = []
     with dask_client(dask_address, n_workers) as client:
+        batches = balanced(plan.items, plan.images_per_task, len(client.scheduler_info(n_workers=-1)["workers"]))
         resources = task_resources(client)
         if resources:
             log.info("inference tasks request %s per task", resources)
-        futures = client.map(segment_batch, plan.batches, settings=plan.settings, pure=False, resources=resources)
-        batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
+        futures = client.map(segment_batch, batches, settings=plan.settings, pure=False, resources=resources)
+        batch_of = {f.key: b for f, b in zip(futures, batches, strict=True)}
         with tqdm(total=len(plan.items), unit="img", desc="segmenting", disable=not progress) as bar:
             for future in as_completed(futures):
                 results += _collect(future, batch_of[future.key])
                 bar.update(len(batch_of[future.key]))
     return results
+
+
+def balanced(items: list[ImageItem], images_per_task: int, n_workers: int) -> list[list[ImageItem]]:
+    """Tasks of at most ``images_per_task`` images, but at least 8 per worker while there are enough images,
+    so that no worker sits idle while another finishes a long last task."""
+    size = max(1, min(images_per_task, math.ceil(len(items) / (8 * max(1, n_workers)))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _collect(future: Any, batch: list[ImageItem]) -> list[ImageResult]:

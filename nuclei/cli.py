@@ -62,6 +62,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for name, (kind, text) in _TRAIN_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--quantize-int8", dest="quantize_int8", action="store_true", default=None,
+                        help="also write model.int8.onnx (faster on CPU), kept only if as good on validation")
     parser.add_argument("--balance-categories", dest="balance_categories", action="store_true", default=None,
                         help="sample rare image types (grey/colour, dark/bright) more often")
     parser.add_argument("--no-instance-channel", dest="instance_channel", action="store_false", default=None,
@@ -84,7 +86,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     summary = segment(inputs=args.inputs, store=args.store, model=args.model, dask_address=args.dask_address,
                       n_workers=args.workers, images_per_task=args.images_per_task, overwrite=args.overwrite,
-                      tile_size=args.tile_size, progress=not args.json)
+                      tile_size=args.tile_size, int8=args.int8, progress=not args.json)
     if args.json:
         print_json(summary)
     return 1 if summary["failed"] else 0
@@ -100,6 +102,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--images-per-task", type=int, default=32)
     parser.add_argument("--tile-size", type=int, default=1024, help="larger images run as overlapping tiles")
     parser.add_argument("--overwrite", action="store_true", help="segment again even if unchanged")
+    parser.add_argument("--float32", dest="int8", action="store_false",
+                        help="on CPU, run the float32 model even where the model ships a validated int8 one")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_segment)
 

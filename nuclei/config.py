@@ -40,6 +40,7 @@ class TrainConfig(BaseModel):
                                      "more often: probability ~ 1/sqrt(images of the type)")
     max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
     on_error: Literal["raise", "skip"] = "raise"
+    quantize_int8: bool = Field(False, description="also write model.int8.onnx, kept if as good on validation")
 
     @model_validator(mode="after")
     def _crop_fits_network(self) -> TrainConfig:

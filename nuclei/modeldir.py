@@ -23,6 +23,7 @@ from nuclei.errors import ModelError
 from nuclei.postprocess import Thresholds
 
 DEFAULT_MODEL_NAME = "dsb2018-unet"
+INT8_FILE = "model.int8.onnx"
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -34,10 +35,15 @@ class ModelDir:
     config: dict[str, Any]
     thresholds: Thresholds
     onnx_sha256: str
+    int8_sha256: str | None = None  # model.int8.onnx: kept only if as good on validation (see quantize.py)
 
     @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def int8_path(self) -> Path:
+        return self.path / INT8_FILE
 
     @property
     def channels(self) -> list[str]:
@@ -97,7 +103,9 @@ def load_model_dir(path: str | Path) -> ModelDir:
         raise ModelError(f"{onnx_path}: missing (export the model first)")
     thresholds_file = path / "thresholds.json"
     thresholds = Thresholds.from_dict(read_json(thresholds_file)) if thresholds_file.exists() else Thresholds()
-    return ModelDir(path=path, config=config, thresholds=thresholds, onnx_sha256=sha256_file(onnx_path))
+    int8 = path / INT8_FILE
+    return ModelDir(path=path, config=config, thresholds=thresholds, onnx_sha256=sha256_file(onnx_path),
+                    int8_sha256=sha256_file(int8) if int8.is_file() else None)
 
 
 def default_model_path() -> Path | None:

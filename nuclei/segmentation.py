@@ -45,6 +45,7 @@ class SegmentSettings:
     batch_size: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
+    int8: bool = True  # the model's validated int8 variant on CPU, when it has one
 
 
 @dataclass
@@ -86,7 +87,8 @@ def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str
 def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list[ImageResult]:
     """Segment ``items`` into the store; returns one result per item, in order."""
     model = load_model_dir(settings.model)
-    engine = Engine(model, settings.providers, settings.threads, settings.tile_size, settings.batch_size)
+    engine = Engine(model, settings.providers, settings.threads, settings.tile_size, settings.batch_size,
+                    settings.int8)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
@@ -106,7 +108,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
         probs = engine.predict_many([d.raw for d in chunk])
         per_image = (time.perf_counter() - started) / len(chunk)
         for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
-            results[decoded.item.id] = _finish(store, decoded, probs.pop(0), model, providers, per_image,
+            results[decoded.item.id] = _finish(store, decoded, probs.pop(0), engine, providers, per_image,
                                                settings.overwrite)
     return [results[item.id] for item in items]
 
@@ -128,17 +130,17 @@ def _chunks(todo: list[_Decoded], engine: Engine) -> Iterator[list[_Decoded]]:
 
 
 def _finish(
-    store: Store, decoded: _Decoded, prob: np.ndarray, model: Any, providers: list[str], seconds: float,
+    store: Store, decoded: _Decoded, prob: np.ndarray, engine: Engine, providers: list[str], seconds: float,
     overwrite: bool,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
-    item = decoded.item
+    item, model = decoded.item, engine.model
     try:
         started = time.perf_counter()
         labels = instances(prob, model.thresholds)
         del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
-        record = _record(decoded, labels, table, model, providers)
+        record = _record(decoded, labels, table, engine, providers)
         with store.writing(item.id):
             if not overwrite and _already_done(store, item, decoded.sha256, model.version):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
@@ -152,10 +154,10 @@ def _finish(
 
 
 def _record(
-    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, model: Any, providers: list[str]
+    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, providers: list[str]
 ) -> dict[str, Any]:
     """Provenance and a per-image summary, so listings never need to read arrays."""
-    n = int(table.shape[0])
+    n, model = int(table.shape[0]), engine.model
     return {
         "source": decoded.item.url,
         "source_sha256": decoded.sha256,
@@ -167,7 +169,8 @@ def _record(
         "n_nuclei": n,
         "covered_fraction": float(np.count_nonzero(labels)) / labels.size,
         "mean_area": float(table[:, 1].mean()) if n else 0.0,
-        "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256},
+        "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
+                  "precision": engine.precision},
         "thresholds": model.thresholds.as_dict(),
         "providers": providers,
         "nuclei_version": nuclei.__version__,

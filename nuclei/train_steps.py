@@ -125,6 +125,32 @@ def evaluate(model_dir: Path, val: list[Sample]) -> tuple[Thresholds, Report]:
     return thresholds, report
 
 
+def quantize(model_dir: Path, data: Split, float_report: Report, calibration: int = 64) -> dict[str, object]:
+    """model.int8.onnx, calibrated on training images; kept only if its validation DSB score is within
+    DSB_TOLERANCE of float32's. The verdict and both scores go into int8.json."""
+    from nuclei.quantize import DSB_TOLERANCE, quantize_int8
+
+    multiple = int(load_model_dir(model_dir).pad_multiple)
+    path = quantize_int8(model_dir, [s.image for s in data.train[:calibration]], multiple)
+    model = load_model_dir(model_dir)
+    engine = Engine(model, providers=("CPUExecutionProvider",))
+    assert engine.precision == "int8"
+    preds = [instances(engine.predict(s.image), model.thresholds) for s in data.val]
+    report = score_all([s.id for s in data.val], lambda i: preds[i], [s.labels for s in data.val],
+                       [image_category(s.image) for s in data.val], progress=False)
+    int8_dsb, float_dsb = report.overall()["dsb_score"], float_report.overall()["dsb_score"]
+    kept = abs(int8_dsb - float_dsb) <= DSB_TOLERANCE
+    if not kept:
+        path.unlink()
+    verdict = {"kept": kept, "dsb_score": int8_dsb, "float32_dsb_score": float_dsb, "tolerance": DSB_TOLERANCE,
+               "calibration_images": min(calibration, len(data.train)), "by_category": report.by_category(),
+               "ap50": report.overall()["ap50"]}
+    write_json(model_dir / "int8.json", verdict)
+    log.info("int8 model: validation DSB %.4f vs float32 %.4f -> %s", int8_dsb, float_dsb,
+             "kept" if kept else "dropped")
+    return verdict
+
+
 def publish(staging: Path, config: TrainConfig) -> Path:
     """Move the finished directory into place; a previous model of that name is replaced only now."""
     final = Path(config.out_dir) / config.name

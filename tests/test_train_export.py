@@ -111,3 +111,32 @@ def test_category_weights_favour_rare_image_types() -> None:
     weights = category_weights([grey] * 9 + [colour])
     assert weights.sum() == pytest.approx(1.0)
     assert weights[-1] == pytest.approx(3 * weights[0])  # 1/sqrt(1) vs 1/sqrt(9)
+
+
+def test_int8_variant_is_kept_only_when_as_good(trained_model: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    """quantize_int8: ONNX Runtime static quantisation; the verdict and the file agree, and inference uses it."""
+    from flows.train import train
+    from nuclei.inference import Engine
+
+    path = Path(train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="q", epochs=1, batch_size=4,
+                      crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, quantize_int8=True))
+    verdict = json.loads((path / "int8.json").read_text())
+    assert verdict["kept"] == (path / "model.int8.onnx").is_file()
+    assert verdict["kept"] == (abs(verdict["dsb_score"] - verdict["float32_dsb_score"]) <= verdict["tolerance"])
+    model = load_model_dir(path)
+    assert Engine(model, ("CPUExecutionProvider",)).precision == ("int8" if verdict["kept"] else "float32")
+
+
+def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
+    from nuclei.inference import Engine, cuda_device_count
+    from nuclei.modeldir import resolve_model
+
+    model = resolve_model(None)
+    assert model.int8_sha256 is not None
+    on_gpu = cuda_device_count() > 0  # float32 on a usable GPU, int8 on CPU
+    assert Engine(model, ("CUDAExecutionProvider", "CPUExecutionProvider")).precision == ("float32" if on_gpu else "int8")
+    float_engine = Engine(model, ("CPUExecutionProvider",), int8=False)
+    assert float_engine.precision == "float32"
+    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    int8_prob = Engine(model, ("CPUExecutionProvider",)).predict(image)
+    assert np.abs(int8_prob - float_engine.predict(image)).max() < 0.2  # quantised, not another model
