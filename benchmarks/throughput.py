@@ -69,7 +69,8 @@ def time_keras_loop(model: str, images: list) -> float | None:
     return time.perf_counter() - started
 
 
-def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str], workers: int | None) -> float:
+def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str], workers: int | None,
+              int8: bool = True) -> float:
     from flows.segment import segment
 
     inputs = workdir / f"in{len(paths)}"
@@ -78,7 +79,7 @@ def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str]
         os.symlink(p, inputs / p.name)
     started = time.perf_counter()
     summary = segment(inputs=[str(inputs)], store=str(workdir / f"s{len(paths)}.zarr"), model=model,
-                      providers=providers, n_workers=workers)
+                      providers=providers, n_workers=workers, int8=int8)
     elapsed = time.perf_counter() - started
     assert summary["done"] == len(paths), summary
     return elapsed
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--size", default="256x256", help="HxW of the images to use, or 'mixed'")
     parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     parser.add_argument("--workers", type=int, help="flow worker processes (default: one per core)")
+    parser.add_argument("--float32", action="store_true", help="the flow runs float32 even if the model has int8")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
     args = parser.parse_args()
     if not DEV.is_dir():
@@ -106,14 +108,16 @@ def main() -> None:
     try:
         small = max(8, n // 8)
         # warm-up: Prefect's temporary server, imports, caches
-        time_flow(args.model, paths[:4], workdir, args.providers, args.workers)
-        flow_small = time_flow(args.model, paths[:small], workdir, args.providers, args.workers)
-        flow_full = time_flow(args.model, paths, workdir, args.providers, args.workers)
+        time_flow(args.model, paths[:4], workdir, args.providers, args.workers, not args.float32)
+        flow_small = time_flow(args.model, paths[:small], workdir, args.providers, args.workers, not args.float32)
+        flow_full = time_flow(args.model, paths, workdir, args.providers, args.workers, not args.float32)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     per_image = (flow_full - flow_small) / (n - small)
     startup = flow_full - per_image * n
-    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores, providers {args.providers}")
+    precision = "float32" if args.float32 or not (Path(args.model) / "model.int8.onnx").is_file() else "int8 on CPU"
+    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores, providers {args.providers}; "
+          f"flow model: {precision}; baselines: float32")
     print(f"(b) plain ORT loop:      {n / ort_s:8.2f} images/s")
     if keras_s:
         print(f"(c) Keras predict loop:  {n / keras_s:8.2f} images/s")

@@ -128,7 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nuclei.evaluation import evaluate_against, format_table
 
     report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
-                                     progress=sys.stderr.isatty())
+                                     progress=sys.stderr.isatty(), int8=args.int8)
     if args.json:
         print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
     else:
@@ -147,6 +147,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         help="only the model's validation or training images (from its data.json)")
     parser.add_argument("--out", default="evaluation", help="report folder: summary.json, per_image.csv, "
                         "worst_images.png")
+    parser.add_argument("--float32", dest="int8", action="store_false",
+                        help="score the float32 model even where the model ships an int8 one")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_evaluate)
 

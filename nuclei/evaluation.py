@@ -139,12 +139,14 @@ def evaluate_against(
     store: str | Path | None = None,
     split: Split = "all",
     progress: bool = True,
+    int8: bool = True,
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
 
     With ``store`` the stored labels are scored (an image of the truth set missing from the store counts as
     no nucleus found); otherwise ``model`` (default: the shipped model) segments each image with its own
-    thresholds. ``split`` keeps the model's validation (or training) images only, from its data.json.
+    thresholds (int8 if it ships a validated int8 variant and ``int8``). ``split`` keeps the model's
+    validation (or training) images only, from its data.json.
     """
     from nuclei.datasets import load_dataset
     from nuclei.inference import Engine
@@ -176,7 +178,7 @@ def evaluate_against(
             return results.read_labels(by_name[sample.id])
     else:
         assert model_dir is not None
-        engine = Engine(model_dir, providers=("CPUExecutionProvider",))
+        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8)
 
         def predicted(i: int) -> np.ndarray:
             return instances(engine.predict(samples[i].image), model_dir.thresholds)

@@ -134,7 +134,8 @@ def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
     model = resolve_model(None)
     assert model.int8_sha256 is not None
     on_gpu = cuda_device_count() > 0  # float32 on a usable GPU, int8 on CPU
-    assert Engine(model, ("CUDAExecutionProvider", "CPUExecutionProvider")).precision == ("float32" if on_gpu else "int8")
+    expected = "float32" if on_gpu else "int8"
+    assert Engine(model, ("CUDAExecutionProvider", "CPUExecutionProvider")).precision == expected
     float_engine = Engine(model, ("CPUExecutionProvider",), int8=False)
     assert float_engine.precision == "float32"
     image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
