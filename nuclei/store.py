@@ -118,6 +118,8 @@ class Store:
             paths = [p for p in self.fs.ls(index, detail=False) if p.endswith(".json")]
         except FileNotFoundError:
             return {}
+        if not paths:  # fsspec's cat([]) raises; an index holding only a record being written is empty
+            return {}
         found = {}
         for path, blob in self.fs.cat(paths, on_error="omit").items():
             try:

@@ -365,3 +365,10 @@ def test_cli_errors(cli: Any, tmp_path: Path) -> None:
     assert code == 2 and "invalid image id" in err
     code, _, err = cli("list", store=tmp_path / "missing")
     assert code == 2 and "not a nuclei store" in err
+
+
+def test_an_index_with_only_a_record_being_written_lists_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.zarr", mode="a")
+    (tmp_path / "s.zarr" / "index").mkdir()
+    (tmp_path / "s.zarr" / "index" / "img.json.0123.tmp").write_text("{")  # a commit in progress
+    assert store.records() == {} and store.ids() == []
