@@ -71,40 +71,23 @@ def processes_layout(onnx_path: Path, limit: int, processes: int, threads: int) 
         return (time.perf_counter() - started) / (limit * processes)
 
 
-class Calibration:
-    """Calibration images for static quantisation: the model's own training images, never validation."""
-
-    def __init__(self, model_dir: Path, n: int) -> None:
-        from nuclei.images import read_image
-        from nuclei.tiling import pad_to_multiple
-
-        train_ids = json.loads((model_dir / "data.json").read_text())["train_ids"][:n]
-        self.batches = iter([{"image": pad_to_multiple(read_image(DEV / "images" / f"{i}.png"), 16)[None]}
-                             for i in train_ids])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
-
-
 def quantize(model_dir: Path, out_dir: Path, calibration: int) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """A copy of the model directory with model.int8.onnx, quantised as the train flow does."""
+    from nuclei.images import read_image
+    from nuclei.quantize import quantize_int8
 
     shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
-    prepared = out_dir / "prepared.onnx"
-    quant_pre_process(str(model_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(out_dir / "model.onnx"), Calibration(model_dir, calibration),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-    prepared.unlink()
+    (out_dir / "model.int8.onnx").unlink(missing_ok=True)
+    train_ids = json.loads((model_dir / "data.json").read_text())["train_ids"][:calibration]
+    quantize_int8(out_dir, [read_image(DEV / "images" / f"{i}.png") for i in train_ids], multiple=16)
     return out_dir
 
 
-def dsb_score(model_dir: Path) -> float:
+def dsb_score(model_dir: Path, int8: bool) -> float:
     from nuclei.evaluation import evaluate_against
 
     with tempfile.TemporaryDirectory() as out:
-        report, _ = evaluate_against(DEV, out, model=model_dir, split="validation", progress=False)
+        report, _ = evaluate_against(DEV, out, model=model_dir, split="validation", progress=False, int8=int8)
     return report.overall()["dsb_score"]
 
 
@@ -138,8 +121,8 @@ def main() -> None:
 
     out = Path(args.quantized_out) if args.quantized_out else Path(tempfile.mkdtemp(prefix="nuclei-int8-"))
     quantize(model_dir, out, args.calibration)
-    t = min(seconds_per_image(out / "model.onnx", images, cores) for _ in range(args.rounds))
-    float_dsb, int8_dsb = dsb_score(model_dir), dsb_score(out)
+    t = min(seconds_per_image(out / "model.int8.onnx", images, cores) for _ in range(args.rounds))
+    float_dsb, int8_dsb = dsb_score(out, int8=False), dsb_score(out, int8=True)
     keep = t < base and abs(int8_dsb - float_dsb) <= 0.005
     print(f"  int8 static QDQ (per-channel, {args.calibration} calibration images) {1 / t:7.1f} images/s   "
           f"x{base / t:.2f}; validation DSB {int8_dsb:.4f} vs float32 {float_dsb:.4f} -> "
