@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +18,9 @@ from nuclei.errors import InputError
 from nuclei.metrics import ImageScores, score_image, summarize
 from nuclei.plots import image_grid, overlay
 from nuclei.postprocess import Thresholds, instances
+
+if TYPE_CHECKING:
+    from nuclei.datasets import Sample
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,21 @@ def format_table(report: Report) -> str:
 Split = Literal["all", "validation", "training"]
 
 
+def score_samples(
+    samples: Sequence[Sample], predicted: Callable[[int], np.ndarray], progress: bool = True
+) -> tuple[Report, dict[str, np.ndarray]]:
+    """Score ``predicted(i)`` against each labelled sample; returns the report and the labels by id."""
+    preds: dict[str, np.ndarray] = {}
+
+    def remember(i: int) -> np.ndarray:
+        preds[samples[i].id] = predicted(i)
+        return preds[samples[i].id]
+
+    report = score_all([s.id for s in samples], remember, [s.labels for s in samples],
+                       [image_category(s.image) for s in samples], progress=progress)
+    return report, preds
+
+
 def evaluate_against(
     truth_dir: str | Path,
     out_dir: str | Path,
@@ -183,14 +201,7 @@ def evaluate_against(
         def predicted(i: int) -> np.ndarray:
             return instances(engine.predict(samples[i].image), model_dir.thresholds)
 
-    preds: dict[str, np.ndarray] = {}
-
-    def remember(i: int) -> np.ndarray:
-        preds[samples[i].id] = predicted(i)
-        return preds[samples[i].id]
-
-    report = score_all([s.id for s in samples], remember, [s.labels for s in samples],
-                       [image_category(s.image) for s in samples], progress=progress)
+    report, preds = score_samples(samples, predicted, progress)
     by_id = {s.id: s for s in samples}
     paths = write_report(report, Path(out_dir),
                          images=lambda i: (by_id[i].image, by_id[i].labels, preds[i]))

@@ -19,7 +19,7 @@ import keras
 
 from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
 from nuclei.datasets import Dataset, Sample, load_dataset, split_indices
-from nuclei.evaluation import Report, choose_thresholds, image_category, score_all, write_report
+from nuclei.evaluation import Report, choose_thresholds, score_samples, write_report
 from nuclei.export import export_onnx, parity_check
 from nuclei.inference import Engine
 from nuclei.model import build_model, receptive_field
@@ -111,15 +111,13 @@ def export(model: keras.Model, config: TrainConfig, model_dir: Path) -> float:
 def evaluate(model_dir: Path, val: list[Sample]) -> tuple[Thresholds, Report]:
     """Run the exported ONNX model on the validation images, pick thresholds, score, write the report."""
     write_json(model_dir / "thresholds.json", Thresholds().as_dict())
-    engine = Engine(load_model_dir(model_dir), providers=("CPUExecutionProvider",))
+    engine = Engine(load_model_dir(model_dir), providers=("CPUExecutionProvider",), int8=False)
     probs = [engine.predict(s.image) for s in val]
-    truths = [s.labels for s in val]
-    thresholds, _ = choose_thresholds(probs, truths)
+    thresholds, _ = choose_thresholds(probs, [s.labels for s in val])
     write_json(model_dir / "thresholds.json", thresholds.as_dict())
-    preds = [instances(p, thresholds) for p in probs]
-    report = score_all([s.id for s in val], lambda i: preds[i], truths, [image_category(s.image) for s in val])
-    by_id = {s.id: (s.image, s.labels, preds[i]) for i, s in enumerate(val)}
-    write_report(report, model_dir / "evaluation", images=lambda i: by_id[i])
+    report, preds = score_samples(val, lambda i: instances(probs[i], thresholds))
+    by_id = {s.id: s for s in val}
+    write_report(report, model_dir / "evaluation", images=lambda i: (by_id[i].image, by_id[i].labels, preds[i]))
     write_json(model_dir / "metrics.json", {"split": "validation", "thresholds": thresholds.as_dict(),
                                             **report.as_dict()})
     return thresholds, report
@@ -135,9 +133,8 @@ def quantize(model_dir: Path, data: Split, float_report: Report, calibration: in
     model = load_model_dir(model_dir)
     engine = Engine(model, providers=("CPUExecutionProvider",))
     assert engine.precision == "int8"
-    preds = [instances(engine.predict(s.image), model.thresholds) for s in data.val]
-    report = score_all([s.id for s in data.val], lambda i: preds[i], [s.labels for s in data.val],
-                       [image_category(s.image) for s in data.val], progress=False)
+    report, _ = score_samples(data.val, lambda i: instances(engine.predict(data.val[i].image), model.thresholds),
+                              progress=False)
     int8_dsb, float_dsb = report.overall()["dsb_score"], float_report.overall()["dsb_score"]
     kept = abs(int8_dsb - float_dsb) <= DSB_TOLERANCE
     if not kept:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -211,7 +210,7 @@ def _wait_scheduled_run(prefect: Prefect, timeout: float) -> dict:
     raise TimeoutError(f"no scheduled run within {timeout} s")
 
 
-def test_docker_deployment_file_is_valid(tmp_path: Path) -> None:
+def test_docker_deployment_file_is_valid() -> None:
     """The documented GPU (docker pool) variant parses with Prefect's own deployment schema."""
     import yaml
     from prefect.cli.deploy._models import PrefectYamlModel  # the schema `prefect deploy` validates with
@@ -219,4 +218,3 @@ def test_docker_deployment_file_is_valid(tmp_path: Path) -> None:
     for name in ("prefect.yaml", "prefect-docker.yaml"):
         config = PrefectYamlModel.model_validate(yaml.safe_load((REPO / "deployments" / name).read_text()))
         assert config.deployments, name
-    shutil.rmtree(tmp_path, ignore_errors=True)
