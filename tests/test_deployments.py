@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,15 +95,23 @@ class Prefect:
             time.sleep(1)
         raise TimeoutError(f"Prefect server on port {self.port} not healthy after {timeout} s")
 
+    def _request(self, method: str, path: str, body: dict | None = None, patience: float = 180) -> Any:
+        """One API call, retried on timeouts: on 2 cores a running flow can starve the server for a while."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+                response.raise_for_status()
+                return response.json()
+            except httpx.TimeoutException:
+                if time.monotonic() > deadline:
+                    raise
+
     def post(self, path: str, body: dict) -> list[dict]:
-        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return self._request("POST", path, body)
 
     def flow_run(self, run_id: str) -> dict:
-        response = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return self._request("GET", f"/flow_runs/{run_id}")
 
     def wait_final(self, run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
