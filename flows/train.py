@@ -2,11 +2,15 @@
 
     nuclei train DATA_DIR --out models --epochs 100
     prefect deployment run train/dsb2018
+
+`then` chains fine-tuning stages in the same run: each is a list of parameter changes, trained from the
+previous stage's weights. Earlier stages are published as NAME-stage1, NAME-stage2, ...; the last one as NAME.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -37,6 +41,7 @@ def train(
     base_filters: int = 16,
     instance_channel: bool = True,
     init_from: str | None = None,
+    contact_weight: float = 0.0,
     epochs: int = 100,
     batch_size: int = 16,
     steps_per_epoch: int | None = None,
@@ -50,9 +55,13 @@ def train(
     max_images: int | None = None,
     on_error: str = "raise",
     quantize_int8: bool = False,
+    then: list[dict[str, Any]] | None = None,
 ) -> str:
     """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path."""
-    config = TrainConfig(**locals())  # validates every parameter up front
+    params = {k: v for k, v in locals().items() if k != "then"}
+    if then:
+        return _staged(params, then)
+    config = TrainConfig(**params)  # validates every parameter up front
     logger = get_run_logger()
     dataset = load(config)
     data = split(dataset, config)
@@ -72,6 +81,19 @@ def train(
         description=f"validation metrics of {model_dir}",
     )
     logger.info("model directory: %s\n%s", model_dir, format_table(report))
+    return str(model_dir)
+
+
+def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
+    """Run the stages one after the other as subflows, each from the previous one's model directory."""
+    stages = [params, *({**params, **changes} for changes in then)]
+    for number, stage in enumerate(stages, start=1):
+        if number < len(stages):
+            stage["name"] = f"{params['name']}-stage{number}"
+        TrainConfig(**{**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
+    model_dir = None
+    for stage in stages:
+        model_dir = train(**{**stage, "init_from": model_dir or stage["init_from"]})
     return str(model_dir)
 
 

@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
     from flows.train import train
 
     params = {k: v for k, v in vars(args).items() if k in _TRAIN_OPTIONS and v is not None}
-    model_dir = train(data_dir=args.data_dir, out_dir=args.out, **params)
+    model_dir = train(data_dir=args.data_dir, out_dir=args.out, then=args.then, **params)
     print(model_dir)
     return 0
 
@@ -52,6 +52,7 @@ _TRAIN_OPTIONS = {
     "max_images": (int, "use only the first N images"),
     "on_error": (str, "raise or skip bad files"),
     "init_from": (str, "fine-tune: start from this model directory's weights"),
+    "contact_weight": (float, "extra loss weight where nuclei touch (e.g. 5): keeps them apart"),
 }
 
 
@@ -68,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         help="sample rare image types (grey/colour, dark/bright) more often")
     parser.add_argument("--no-instance-channel", dest="instance_channel", action="store_false", default=None,
                         help="predict the mask only (no nucleus cores)")
+    parser.add_argument("--then", action="append", type=json.loads, metavar="JSON",
+                        help='a further fine-tuning stage from the previous weights, as parameter changes, e.g. '
+                             '\'{"crop_size": 192, "learning_rate": 3e-4}\' (repeatable)')
     parser.set_defaults(handler=_train)
 
 

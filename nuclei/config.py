@@ -27,6 +27,8 @@ class TrainConfig(BaseModel):
     instance_channel: bool = Field(True, description="also predict nucleus cores, to split touching nuclei")
     encoder_weights: str | None = Field(None, description="local .weights.h5 for the MobileNetV2 encoder")
     init_from: str | None = Field(None, description="fine-tune: start from this model directory's weights")
+    contact_weight: float = Field(0.0, ge=0.0, description="extra loss weight on pixels where two nuclei touch or "
+                                  "nearly do (the U-Net paper's border weights): keeps touching nuclei apart")
     epochs: int = Field(100, ge=1, le=10000)
     batch_size: int = Field(16, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="default: one crop per training image")

@@ -215,6 +215,16 @@ def core_targets(labels: NDArray[Any]) -> NDArray[np.bool_]:
     return np.asarray(inside & (distance >= 0.5 * peak[dense]))
 
 
+def contact_zone(labels: NDArray[Any], radius: int = 2) -> NDArray[np.bool_]:
+    """Pixels within `radius` (a square window) of two different nuclei: the seams of touching nuclei and the
+    narrow gaps between close ones, where a U-Net most easily merges them (the U-Net paper's border weights)."""
+    dense, ids = _dense_labels(labels)
+    size, beyond = 2 * radius + 1, ids.size + 1  # background counts as `beyond` for the minimum
+    highest = ndi.maximum_filter(dense, size=size)
+    lowest = ndi.minimum_filter(np.where(dense > 0, dense, beyond), size=size)
+    return np.asarray((lowest < highest) & (highest > 0) & (lowest < beyond))
+
+
 def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
     """One row per nucleus, in label order, with the columns of `MEASUREMENT_COLUMNS`.
 

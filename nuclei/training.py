@@ -16,18 +16,20 @@ from nuclei.augment import augmented_crop
 from nuclei.config import TrainConfig
 from nuclei.datasets import Sample
 from nuclei.evaluation import image_category
-from nuclei.postprocess import core_targets
+from nuclei.postprocess import contact_zone, core_targets
 from nuclei.tiling import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
 
-def make_targets(labels: np.ndarray, channels: list[str]) -> np.ndarray:
-    """Per-pixel training targets (H, W, C) uint8: the 0/1 nucleus mask, then nucleus cores if asked for."""
+def make_targets(labels: np.ndarray, channels: list[str], contact_weight: float = 0.0) -> np.ndarray:
+    """Per-pixel training targets (H, W, C + 1) float32: the 0/1 nucleus mask, nucleus cores if asked for, and
+    last the loss weight of each pixel: 1, plus `contact_weight` where two nuclei touch or nearly do."""
     planes = [labels > 0]
     if "core" in channels:
         planes.append(core_targets(labels))
-    return np.stack(planes, axis=-1).astype(np.uint8)
+    weight = 1.0 + contact_weight * contact_zone(labels) if contact_weight else np.ones(labels.shape)
+    return np.stack([*planes, weight], axis=-1).astype(np.float32)
 
 
 def category_weights(images: list[np.ndarray]) -> np.ndarray:
@@ -47,7 +49,7 @@ class CropBatches(keras.utils.PyDataset):
     ) -> None:
         super().__init__()
         self.images = [s.image for s in samples]
-        self.targets = [make_targets(s.labels, config.channels) for s in samples]
+        self.targets = [make_targets(s.labels, config.channels, config.contact_weight) for s in samples]
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
@@ -80,9 +82,13 @@ def _soft_dice(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.Ke
 
 
 def segmentation_loss(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
-    """Binary cross-entropy plus soft Dice: Dice keeps the rare nucleus pixels from being drowned out."""
-    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
-    return bce + _soft_dice(y_true, y_pred)
+    """Pixel-weighted binary cross-entropy plus soft Dice. y_true holds the targets, then the weights
+    (`make_targets`). Dice keeps the rare nucleus pixels from being drowned out; the weights make the seams
+    between touching nuclei count, which is what keeps them apart."""
+    channels = y_pred.shape[-1]
+    target, weight = y_true[..., :channels], y_true[..., channels]
+    bce = ops.mean(weight * keras.losses.binary_crossentropy(target, y_pred))
+    return bce + _soft_dice(target, y_pred)
 
 
 def _foreground(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> tuple[keras.KerasTensor, ...]:

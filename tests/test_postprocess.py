@@ -13,6 +13,7 @@ from nuclei.postprocess import (
     MEASUREMENT_COLUMNS,
     Thresholds,
     binary_mask,
+    contact_zone,
     core_targets,
     instances,
     measure,
@@ -164,6 +165,19 @@ def test_core_targets_empty_and_sparse_ids() -> None:
     sparse[11:18, 11:18] = 17
     core = core_targets(sparse)
     assert core[5, 5] and core[14, 14]
+
+
+def test_contact_zone_marks_seams_and_narrow_gaps_only() -> None:
+    labels = np.zeros((20, 40), np.uint32)
+    labels[2:10, 2:10] = 1
+    labels[2:10, 10:18] = 2  # touches 1 along column 10
+    labels[2:10, 20:28] = 3_000_000_000  # 2 pixels of background from 2: a narrow gap, huge id
+    labels[14:18, 33:37] = 5  # alone
+    zone = contact_zone(labels, radius=2)
+    assert zone[5, 8:12].all() and not zone[5, 7] and not zone[5, 12]  # 2 pixels either side of the seam
+    assert zone[5, 18:20].all() and not zone[5, 17] and not zone[5, 20]  # the gap, which both are near
+    assert not zone[:, :6].any() and not zone[12:, :].any()  # lone edges and the lone nucleus: no contact
+    assert not contact_zone(np.zeros((5, 5), np.uint8)).any()
 
 
 def test_measure_square_is_exact() -> None:

@@ -103,6 +103,41 @@ def test_fine_tune_from_a_model_directory(trained_model: Path, synthetic_dir: Pa
               base_filters=16, init_from=str(trained_model))
 
 
+def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_path: Path) -> None:
+    """`then`: each stage starts from the previous stage's model directory; the last one gets the name."""
+    from flows.train import train
+
+    common = dict(data_dir=str(synthetic_dir), out_dir=str(tmp_path), epochs=1, batch_size=4, crop_size=64,
+                  depth=3, base_filters=8, steps_per_epoch=1)
+    with pytest.raises(ValueError, match="crop_sise"):  # a typo in a late stage fails before any training
+        train(name="typo", then=[{"crop_sise": 96}], **common)
+    assert not list(tmp_path.iterdir())
+    path = Path(train(name="staged", then=[{"crop_size": 96, "contact_weight": 5.0}], **common))
+    assert path == tmp_path / "staged"
+    first = json.loads((tmp_path / "staged-stage1" / "config.json").read_text())
+    last = json.loads((path / "config.json").read_text())
+    assert first["init_from"] is None and first["crop_size"] == 64 and first["contact_weight"] == 0.0
+    assert last["init_from"] == str(tmp_path / "staged-stage1") and last["crop_size"] == 96
+    assert last["contact_weight"] == 5.0 and (path / "model.onnx").is_file()
+
+
+def test_contact_weights_make_seam_errors_cost_more() -> None:
+    """The last target plane weighs each pixel's cross-entropy: the same mistake costs more on a seam."""
+    from nuclei.training import make_targets, segmentation_loss
+
+    labels = np.zeros((16, 16), np.uint16)
+    labels[4:12, 2:8], labels[4:12, 8:14] = 1, 2
+    plain, weighted = make_targets(labels, ["foreground", "core"]), make_targets(labels, ["foreground", "core"], 5.0)
+    assert plain.shape == (16, 16, 3) and (plain[..., 2] == 1).all()
+    assert weighted[8, 8, 2] == 6.0 and weighted[8, 3, 2] == 1.0 and weighted[0, 0, 2] == 1.0
+    pred = plain[..., :2].copy()
+    seam_error, inner_error = pred.copy(), pred.copy()
+    seam_error[8, 8, 0], inner_error[8, 3, 0] = 0.0, 0.0
+    loss = {name: float(segmentation_loss(weighted[None], p[None].clip(0.01, 0.99)))
+            for name, p in (("seam", seam_error), ("inner", inner_error))}
+    assert loss["seam"] > loss["inner"] + 1e-3
+
+
 def test_category_weights_favour_rare_image_types() -> None:
     from nuclei.training import category_weights
 
