@@ -47,7 +47,7 @@ deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb20
 lint: install
 	$(VENV)/bin/ruff check nuclei flows tests benchmarks
 
-typecheck: install  ## not clean yet: zarr's and Prefect's typing trip mypy in store.py and the flows
+typecheck: install
 	$(VENV)/bin/mypy nuclei flows
 
 clean:

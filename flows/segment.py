@@ -33,12 +33,12 @@ def segment(
 ) -> dict:
     """Segment every image of ``inputs`` into ``store``; returns the run summary."""
     logger = get_run_logger()
-    plan = task(batch.plan, name="plan", cache_policy=NO_CACHE)(
+    plan = task(name="plan", cache_policy=NO_CACHE)(batch.plan)(
         inputs, store, model, images_per_task, overwrite, tile_size, tuple(providers), int8
     )
     logger.info("%d images: %d to segment in %d tasks, %d unchanged, %d unusable",
                 plan.n_found, len(plan.items), len(plan.batches), len(plan.unchanged), len(plan.problems))
-    results = task(batch.run, name="run on dask", cache_policy=NO_CACHE)(plan, dask_address, n_workers, progress)
+    results = task(name="run on dask", cache_policy=NO_CACHE)(batch.run)(plan, dask_address, n_workers, progress)
     summary = batch.summarize(plan, results)
     create_markdown_artifact(key="segment-summary", markdown=batch.summary_markdown(summary),
                              description=f"segmentation into {store}")

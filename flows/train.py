@@ -21,14 +21,14 @@ from nuclei.config import TrainConfig
 from nuclei.evaluation import format_table
 
 # Arrays stay in this process: no caching, no result persistence of big inputs.
-load = task(steps.load, name="load", cache_policy=NO_CACHE)
-split = task(steps.split, name="split", cache_policy=NO_CACHE)
-describe = task(steps.describe, name="describe", cache_policy=NO_CACHE)
-fit = task(steps.train_model, name="fit", cache_policy=NO_CACHE)
-export = task(steps.export, name="export", cache_policy=NO_CACHE)
-evaluate = task(steps.evaluate, name="evaluate", cache_policy=NO_CACHE)
-quantize = task(steps.quantize, name="quantize int8", cache_policy=NO_CACHE)
-publish = task(steps.publish, name="publish", cache_policy=NO_CACHE)
+load = task(name="load", cache_policy=NO_CACHE)(steps.load)
+split = task(name="split", cache_policy=NO_CACHE)(steps.split)
+describe = task(name="describe", cache_policy=NO_CACHE)(steps.describe)
+fit = task(name="fit", cache_policy=NO_CACHE)(steps.train_model)
+export = task(name="export", cache_policy=NO_CACHE)(steps.export)
+evaluate = task(name="evaluate", cache_policy=NO_CACHE)(steps.evaluate)
+quantize = task(name="quantize int8", cache_policy=NO_CACHE)(steps.quantize)
+publish = task(name="publish", cache_policy=NO_CACHE)(steps.publish)
 
 
 @flow(name="train", log_prints=True)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -101,8 +102,8 @@ def load_dataset(root: str | Path, on_error: OnError = "raise", progress: bool =
             _fail(exc, dataset.skipped, on_error)
     if not dataset.samples:
         raise InputError(root, f"no usable labelled images ({len(dataset.skipped)} skipped)")
-    for exc in dataset.skipped:
-        log.warning("skipped %s", exc)
+    for problem in dataset.skipped:
+        log.warning("skipped %s", problem)
     return dataset
 
 
@@ -158,7 +159,7 @@ def _paired_by_name(
             _fail(InputError(label_files[stem], f"mask/label has no image in {images}"), skipped, on_error)
         else:
             label_path = label_files[stem]
-            yield _Pair(stem, image_files[stem], lambda p=label_path: read_labels(p), subset)
+            yield _Pair(stem, image_files[stem], partial(read_labels, label_path), subset)
 
 
 def _kaggle_root(root: Path) -> Path | None:
@@ -178,7 +179,7 @@ def _kaggle_pairs(root: Path, skipped: list[InputError], on_error: OnError) -> I
         if not masks_dir.is_dir() or not _image_files(masks_dir):
             _fail(InputError(next(iter(images.values())), f"image has no masks in {masks_dir}"), skipped, on_error)
             continue
-        yield _Pair(sample_dir.name, next(iter(images.values())), lambda d=masks_dir: merge_instance_masks(d))
+        yield _Pair(sample_dir.name, next(iter(images.values())), partial(merge_instance_masks, masks_dir))
 
 
 def merge_instance_masks(masks_dir: Path) -> np.ndarray:

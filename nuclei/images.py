@@ -93,11 +93,12 @@ def _decode(data: bytes, name: str | Path) -> np.ndarray:
         if str(name).lower().endswith(TIFF_SUFFIXES):
             array = tifffile.imread(io.BytesIO(data))
             return np.squeeze(array) if array.ndim > 3 else array
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        decoded: np.ndarray | None = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception as exc:  # noqa: BLE001
         raise InputError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
-    if array is None:
+    if decoded is None:
         raise InputError(name, "cannot decode: truncated or not an image")
+    array = decoded
     if array.ndim == 3 and array.shape[2] >= 3:  # OpenCV decodes BGR(A)
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return array

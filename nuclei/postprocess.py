@@ -139,7 +139,9 @@ def binary_mask(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.bool_]
 
 
 def _grow(box: tuple[slice, slice], margin: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
-    return tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, shape, strict=True))
+    rows, cols = box
+    return (slice(max(0, rows.start - margin), min(shape[0], rows.stop + margin)),
+            slice(max(0, cols.start - margin), min(shape[1], cols.stop + margin)))
 
 
 def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[Any] | None,

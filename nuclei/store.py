@@ -76,14 +76,14 @@ class Store:
         self.mode = mode
         self.root = self._open_root(mode)
 
-    def _open_root(self, mode: str) -> zarr.Group:
+    def _open_root(self, mode: Literal["r", "a"]) -> zarr.Group:
         exists = self.fs.exists(f"{self.root_path}/zarr.json")
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
         if not exists:
             if self.fs.isfile(self.root_path):
                 raise StoreError(f"{self.url}: is a file, not a store folder")
-            attrs = {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}}
+            attrs: dict[str, Any] = {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}}
             root = zarr.open_group(self.url, mode="a", attributes=attrs, zarr_format=3)
             root.require_group("images")
             return root
@@ -91,7 +91,8 @@ class Store:
             root = zarr.open_group(self.url, mode=mode, zarr_format=3)
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"{self.url}: not a readable Zarr v3 store ({exc})") from exc
-        version = root.attrs.asdict().get("nuclei", {}).get("store_format_version")
+        ours = root.attrs.asdict().get("nuclei")
+        version = ours.get("store_format_version") if isinstance(ours, dict) else None
         if version != STORE_FORMAT_VERSION:
             raise StoreError(
                 f"{self.url}: store format version {version!r}; this nuclei reads version {STORE_FORMAT_VERSION}"
@@ -215,21 +216,33 @@ class Store:
     def entry(self, image_id: str) -> zarr.Group:
         if self.record(image_id) is None:
             raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
-        return self.root["images"][id_to_key(image_id)]
+        node = self.root[f"images/{id_to_key(image_id)}"]
+        if not isinstance(node, zarr.Group):
+            raise StoreError(f"{self.url}: entry {image_id!r} is not a group")
+        return node
+
+    def _array(self, image_id: str, path: str) -> zarr.Array:
+        node = self.entry(image_id)[path]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.url}: {image_id!r}/{path} is not an array")
+        return node
 
     def read_labels(self, image_id: str, level: int = 0) -> np.ndarray:
-        return np.asarray(self.entry(image_id)[f"labels/nuclei/s{level}"][...])
+        return np.asarray(self._array(image_id, f"labels/nuclei/s{level}")[...])
 
     def read_mask(self, image_id: str, level: int = 0) -> np.ndarray:
-        return np.asarray(self.entry(image_id)[f"labels/mask/s{level}"][...])
+        return np.asarray(self._array(image_id, f"labels/mask/s{level}")[...])
 
     def read_image(self, image_id: str, level: int = 0) -> np.ndarray:
         """The stored image as (y, x, c), in its original dtype."""
-        return np.moveaxis(np.asarray(self.entry(image_id)[f"s{level}"][...]), 0, -1)
+        return np.moveaxis(np.asarray(self._array(image_id, f"s{level}")[...]), 0, -1)
 
     def read_measurements(self, image_id: str) -> tuple[list[str], np.ndarray]:
-        array = self.entry(image_id)["measurements"]
-        return list(array.attrs["columns"]), np.asarray(array[...])
+        array = self._array(image_id, "measurements")
+        columns = array.attrs["columns"]
+        if not isinstance(columns, list):
+            raise StoreError(f"{self.url}: {image_id!r}/measurements has no column names")
+        return [str(c) for c in columns], np.asarray(array[...])
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
