@@ -20,7 +20,7 @@ MISSED = np.array([1.0, 0.1, 0.1], np.float32)
 def read_history(path: Path) -> dict[str, list[float]]:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    return {key: [float(r[key]) for r in rows] for key in (rows[0] if rows else {})}
+    return {key: [float(r[key]) if r[key] else float("nan") for r in rows] for key in (rows[0] if rows else {})}
 
 
 def training_curves(history: dict[str, list[float]], out: Path) -> Path:

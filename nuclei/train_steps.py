@@ -7,6 +7,7 @@ half-written model where a segmentation run would pick it up.
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import logging
 import platform
@@ -96,10 +97,40 @@ def train_model(config: TrainConfig, data: Split, model_dir: Path) -> keras.Mode
     started = time.perf_counter()
     fit(model, data.train, data.val, config, model_dir)
     log.info("training took %.0f s", time.perf_counter() - started)
+    if config.init_from:
+        chain_history(Path(config.init_from) / "history.csv", model_dir / "history.csv")
     training_curves(read_history(model_dir / "history.csv"), model_dir / "curves.png")
     model.save(model_dir / "model.keras")
     (model_dir / "checkpoint.keras").unlink(missing_ok=True)  # model.keras holds the restored best weights
     return model
+
+
+def chain_history(previous: Path, current: Path) -> None:
+    """Put the earlier stages' epochs before this fine-tuning run's, with a `stage` column, so history.csv and
+    curves.png tell the whole training of the model. Epochs count on across stages."""
+    if not previous.is_file():
+        return
+    earlier, latest = read_history(previous), read_history(current)
+    if not earlier or not latest:
+        return
+    n_earlier = len(earlier["epoch"])
+    earlier.setdefault("stage", [1.0] * n_earlier)
+    latest["stage"] = [max(earlier["stage"]) + 1] * len(latest["epoch"])
+    latest["epoch"] = [n_earlier + e for e in latest["epoch"]]
+    columns = ["epoch", "stage", *sorted((set(earlier) | set(latest)) - {"epoch", "stage"})]
+    with open(current, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for history in (earlier, latest):
+            for i in range(len(history["epoch"])):
+                writer.writerow([_cell(history, c, i) for c in columns])
+
+
+def _cell(history: dict[str, list[float]], column: str, row: int) -> str:
+    if column not in history:
+        return ""
+    value = history[column][row]
+    return str(int(value)) if column in ("epoch", "stage") else repr(value)
 
 
 def export(model: keras.Model, config: TrainConfig, model_dir: Path) -> float:

@@ -15,6 +15,7 @@ from nuclei.errors import ModelError
 from nuclei.export import export_onnx, parity_check
 from nuclei.model import unet, unet_receptive_field
 from nuclei.modeldir import load_model_dir
+from nuclei.plots import read_history
 from nuclei.tiling import pad_to_multiple
 from nuclei.training import predict_keras
 
@@ -119,6 +120,8 @@ def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_
     assert first["init_from"] is None and first["crop_size"] == 64 and first["contact_weight"] == 0.0
     assert last["init_from"] == str(tmp_path / "staged-stage1") and last["crop_size"] == 96
     assert last["contact_weight"] == 5.0 and (path / "model.onnx").is_file()
+    history = read_history(path / "history.csv")  # both stages, epochs counting on
+    assert history["stage"] == [1.0, 2.0] and history["epoch"] == [0.0, 1.0] and len(history["val_loss"]) == 2
 
 
 def test_contact_weights_make_seam_errors_cost_more() -> None:
