@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 demo: install  ## train a small model on the bundled samples, export it, segment the samples, query the store
 	$(NUCLEI) demo --out runs/demo
 
-test: install  ## the whole test suite (real TensorFlow, ONNX Runtime, Dask, Zarr and Prefect)
+test: lint typecheck  ## ruff, mypy, then the whole test suite (real TensorFlow, ONNX Runtime, Dask, Zarr, Prefect)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 server: install  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) (leave it running)
