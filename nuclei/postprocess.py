@@ -200,6 +200,18 @@ def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
     return out
 
 
+def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:
+    """Drop nuclei under `min_size` pixels and renumber the rest 1..N in their order: what `instances` does with
+    that min_size, so thresholds can be tuned without labelling again."""
+    arr = np.asarray(labels)
+    areas = np.bincount(arr.ravel().astype(np.intp))
+    keep = areas >= max(1, min_size)
+    keep[0] = False
+    renumber = np.zeros(areas.size, np.uint32)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+    return renumber[arr]
+
+
 def core_targets(labels: NDArray[Any]) -> NDArray[np.bool_]:
     """Training target for the core channel from ground-truth instance labels.
 

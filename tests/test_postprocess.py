@@ -15,6 +15,7 @@ from nuclei.postprocess import (
     binary_mask,
     contact_zone,
     core_targets,
+    remove_small,
     instances,
     measure,
 )
@@ -119,6 +120,19 @@ def test_small_objects_are_dropped_and_labels_consecutive() -> None:
         assert labels[45, 45] == 0
         kept = instances(_perfect_prob(truth, with_core), Thresholds(min_size=1))
         assert kept.max() == 3
+
+
+def test_remove_small_gives_what_instances_gives_with_that_min_size() -> None:
+    """Threshold tuning labels once and applies each min size afterwards: it must equal labelling again."""
+    rng = np.random.default_rng(3)
+    truth = _discs((96, 128), [(int(r), int(c), int(s)) for r, c, s in zip(
+        rng.integers(5, 91, 40), rng.integers(5, 123, 40), rng.integers(1, 9, 40), strict=True)])
+    prob = np.clip(_perfect_prob(truth, with_core=True) * 0.8 + rng.random((96, 128, 2)) * 0.3, 0, 1)
+    once = instances(prob, Thresholds(foreground=0.5, core=0.6, min_size=1))
+    for min_size in (1, 8, 24, 60):
+        expected = instances(prob, Thresholds(foreground=0.5, core=0.6, min_size=min_size))
+        assert np.array_equal(remove_small(once, min_size), expected)
+    assert remove_small(once, 24).max() < once.max()
 
 
 def test_empty_probability_gives_no_objects() -> None:
