@@ -40,7 +40,7 @@ worker: install  ## the process work pool and one worker for it (leave it runnin
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect work-pool create $(POOL) --type process --overwrite
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect worker start --pool $(POOL)
 
-deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb2018(-finetune), segment/watch-folder
+deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb2018, segment/watch-folder
 	mkdir -p incoming results
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 

@@ -30,7 +30,7 @@ def _quiet_environment() -> None:
 def _train(args: argparse.Namespace) -> int:
     from flows.train import train
 
-    params = {k: v for k, v in vars(args).items() if k in _TRAIN_OPTIONS and v is not None}
+    params = {k: v for k, v in vars(args).items() if k in (*_TRAIN_OPTIONS, *_TRAIN_FLAGS) and v is not None}
     model_dir = train(data_dir=args.data_dir, out_dir=args.out, then=args.then, **params)
     print(model_dir)
     return 0
@@ -54,6 +54,9 @@ _TRAIN_OPTIONS = {
     "init_from": (str, "fine-tune: start from this model directory's weights"),
     "contact_weight": (float, "extra loss weight where nuclei touch (e.g. 5): keeps them apart"),
 }
+
+# On/off switches, parsed as flags below; like the options above they are train flow parameters.
+_TRAIN_FLAGS = ("augment", "quantize_int8", "balance_categories", "instance_channel")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

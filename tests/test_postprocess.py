@@ -15,9 +15,9 @@ from nuclei.postprocess import (
     binary_mask,
     contact_zone,
     core_targets,
-    remove_small,
     instances,
     measure,
+    remove_small,
 )
 
 
