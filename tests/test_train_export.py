@@ -179,3 +179,16 @@ def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
     image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
     int8_prob = Engine(model, ("CPUExecutionProvider",)).predict(image)
     assert np.abs(int8_prob - float_engine.predict(image)).max() < 0.2  # quantised, not another model
+
+
+def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argument wiring only (the flow itself is tested above): switches like --quantize-int8 must arrive."""
+    import flows.train
+    from nuclei.cli import main
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or "models/x")
+    assert main(["train", "data", "--quantize-int8", "--balance-categories", "--no-augment", "--contact-weight", "5",
+                 "--then", '{"crop_size": 192}']) == 0
+    assert seen["quantize_int8"] is True and seen["balance_categories"] is True and seen["augment"] is False
+    assert seen["contact_weight"] == 5.0 and seen["then"] == [{"crop_size": 192}] and "instance_channel" not in seen
