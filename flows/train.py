@@ -3,8 +3,9 @@
     nuclei train DATA_DIR --out models --epochs 100
     prefect deployment run train/dsb2018
 
-`then` chains fine-tuning stages in the same run: each is a list of parameter changes, trained from the
-previous stage's weights. Earlier stages are published as NAME-stage1, NAME-stage2, ...; the last one as NAME.
+`then` chains fine-tuning stages in the same run: each is the previous stage's parameters with some changes,
+trained from the previous stage's weights. Earlier stages are published as NAME-stage1, NAME-stage2, ...; the
+last one as NAME.
 """
 
 from __future__ import annotations
@@ -84,13 +85,21 @@ def train(
     return str(model_dir)
 
 
+def plan_stages(params: dict[str, Any], then: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each stage's parameters: the first stage's, changed by `then` in turn; all but the last renamed NAME-stageK."""
+    stages = [dict(params)]
+    for changes in then:
+        stages.append({**stages[-1], **changes, "name": params["name"]})
+    for number, stage in enumerate(stages[:-1], start=1):
+        stage["name"] = f"{params['name']}-stage{number}"
+    for stage in stages:
+        TrainConfig(**{**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
+    return stages
+
+
 def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     """Run the stages one after the other as subflows, each from the previous one's model directory."""
-    stages = [params, *({**params, **changes} for changes in then)]
-    for number, stage in enumerate(stages, start=1):
-        if number < len(stages):
-            stage["name"] = f"{params['name']}-stage{number}"
-        TrainConfig(**{**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
+    stages = plan_stages(params, then)
     model_dir = None
     for stage in stages:
         model_dir = train(**{**stage, "init_from": model_dir or stage["init_from"]})

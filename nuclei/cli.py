@@ -73,7 +73,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-instance-channel", dest="instance_channel", action="store_false", default=None,
                         help="predict the mask only (no nucleus cores)")
     parser.add_argument("--then", action="append", type=json.loads, metavar="JSON",
-                        help='a further fine-tuning stage from the previous weights, as parameter changes, e.g. '
+                        help="a further fine-tuning stage from the previous weights: changes to the previous stage's "
+                             'parameters, e.g. '
                              '\'{"crop_size": 192, "learning_rate": 3e-4}\' (repeatable)')
     parser.set_defaults(handler=_train)
 

@@ -124,6 +124,21 @@ def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_
     assert history["stage"] == [1.0, 2.0] and history["epoch"] == [0.0, 1.0] and len(history["val_loss"]) == 2
 
 
+def test_stage_plan_names_each_stage_and_carries_changes_forward() -> None:
+    """Three stages: NAME-stage1, NAME-stage2, NAME; each is the previous stage with its changes."""
+    from flows.train import plan_stages
+
+    params = dict(data_dir="d", out_dir="m", name="unet", crop_size=128, learning_rate=1e-3, init_from=None)
+    stages = plan_stages(params, [{"crop_size": 192, "learning_rate": 3e-4}, {"contact_weight": 5.0}])
+    assert [s["name"] for s in stages] == ["unet-stage1", "unet-stage2", "unet"]
+    assert [s["crop_size"] for s in stages] == [128, 192, 192]
+    assert [s["learning_rate"] for s in stages] == [1e-3, 3e-4, 3e-4]
+    assert [s.get("contact_weight", 0.0) for s in stages] == [0.0, 0.0, 5.0]
+    assert params["name"] == "unet"  # the caller's parameters are left as they were
+    with pytest.raises(ValueError, match="crop_sise"):
+        plan_stages(params, [{"crop_size": 192}, {"crop_sise": 96}])
+
+
 def test_contact_weights_make_seam_errors_cost_more() -> None:
     """The last target plane weighs each pixel's cross-entropy: the same mistake costs more on a seam."""
     from nuclei.training import make_targets, segmentation_loss
