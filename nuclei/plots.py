@@ -23,8 +23,14 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) if r[key] else float("nan") for r in rows] for key in (rows[0] if rows else {})}
 
 
+def stage_starts(history: dict[str, list[float]]) -> list[tuple[int, int]]:
+    """(first epoch counting from 1, stage number) of every fine-tuning stage after the first."""
+    stages = history.get("stage", [])
+    return [(i + 1, int(stage)) for i, stage in enumerate(stages) if i and stage != stages[i - 1]]
+
+
 def training_curves(history: dict[str, list[float]], out: Path) -> Path:
-    """Loss and foreground metrics per epoch, training against validation."""
+    """Loss and foreground metrics per epoch, training against validation; dashed lines where a stage begins."""
     names = [k for k in ("loss", "foreground_iou", "pixel_accuracy", "dice") if k in history]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -32,6 +38,10 @@ def training_curves(history: dict[str, list[float]], out: Path) -> Path:
         ax.plot(epochs, history[name], label="train")
         if f"val_{name}" in history:
             ax.plot(epochs, history[f"val_{name}"], label="validation")
+        for epoch, stage in stage_starts(history):
+            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(f"stage {stage}", (epoch, 1.0), xycoords=("data", "axes fraction"), va="top",
+                        fontsize=8, color="grey")
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("epoch")
         ax.legend()

@@ -15,7 +15,7 @@ from nuclei.errors import ModelError
 from nuclei.export import export_onnx, parity_check
 from nuclei.model import unet, unet_receptive_field
 from nuclei.modeldir import load_model_dir
-from nuclei.plots import read_history
+from nuclei.plots import read_history, stage_starts
 from nuclei.tiling import pad_to_multiple
 from nuclei.training import predict_keras
 
@@ -122,6 +122,7 @@ def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_
     assert last["contact_weight"] == 5.0 and (path / "model.onnx").is_file()
     history = read_history(path / "history.csv")  # both stages, epochs counting on
     assert history["stage"] == [1.0, 2.0] and history["epoch"] == [0.0, 1.0] and len(history["val_loss"]) == 2
+    assert stage_starts(history) == [(2, 2)]  # curves.png marks where stage 2 begins
 
 
 def test_stage_plan_names_each_stage_and_carries_changes_forward() -> None:
