@@ -29,12 +29,13 @@ def segment(
     tile_size: int = 1024,
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
     int8: bool = True,
+    diameter: float | None = None,
     progress: bool = False,
 ) -> dict:
     """Segment every image of ``inputs`` into ``store``; returns the run summary."""
     logger = get_run_logger()
     plan = task(name="plan", cache_policy=NO_CACHE)(batch.plan)(
-        inputs, store, model, images_per_task, overwrite, tile_size, tuple(providers), int8
+        inputs, store, model, images_per_task, overwrite, tile_size, tuple(providers), int8, diameter
     )
     logger.info("%d images: %d to segment in %d tasks, %d unchanged, %d unusable",
                 plan.n_found, len(plan.items), len(plan.batches), len(plan.unchanged), len(plan.problems))

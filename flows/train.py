@@ -34,7 +34,7 @@ publish = task(name="publish", cache_policy=NO_CACHE)(steps.publish)
 
 @flow(name="train", log_prints=True)
 def train(
-    data_dir: str,
+    data_dir: str | list[str],
     out_dir: str = "models",
     name: str = "unet",
     architecture: str = "unet",
@@ -52,6 +52,9 @@ def train(
     learning_rate: float = 1e-3,
     crop_size: int = 256,
     augment: bool = True,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    normalization: dict[str, Any] | None = None,
+    held_out: list[str] | None = None,
     balance_categories: bool = False,
     max_images: int | None = None,
     on_error: str = "raise",
@@ -62,7 +65,7 @@ def train(
     params = {k: v for k, v in locals().items() if k != "then"}
     if then:
         return _staged(params, then)
-    config = TrainConfig(**params)  # validates every parameter up front
+    config = make_config(params)  # validates every parameter up front
     logger = get_run_logger()
     dataset = load(config)
     data = split(dataset, config)
@@ -71,14 +74,15 @@ def train(
     describe(config, dataset, data, staging)
     model = fit(config, data, staging)
     max_diff = export(model, config, staging)
-    thresholds, report = evaluate(staging, data.val)
+    thresholds, report, held_out_reports = evaluate(staging, data)
     if config.quantize_int8:
         quantize(staging, data, report)
     model_dir = publish(staging, config)
     create_markdown_artifact(
         key="train-metrics",
         markdown=_summary(model_dir, report_table=format_table(report), max_diff=max_diff,
-                          thresholds=thresholds.as_dict()),
+                          thresholds=thresholds.as_dict(),
+                          held_out={rule: format_table(r) for rule, r in held_out_reports.items()}),
         description=f"validation metrics of {model_dir}",
     )
     logger.info("model directory: %s\n%s", model_dir, format_table(report))
@@ -93,7 +97,7 @@ def plan_stages(params: dict[str, Any], then: list[dict[str, Any]]) -> list[dict
     for number, stage in enumerate(stages[:-1], start=1):
         stage["name"] = f"{params['name']}-stage{number}"
     for stage in stages:
-        TrainConfig(**{**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
+        make_config({**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
     return stages
 
 
@@ -106,8 +110,20 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     return str(model_dir)
 
 
-def _summary(model_dir: Path, report_table: str, max_diff: float, thresholds: dict[str, float]) -> str:
-    return (
+_NULLABLE = ("init_from", "steps_per_epoch", "max_images")
+
+
+def make_config(params: dict[str, Any]) -> TrainConfig:
+    """The flow's parameters as a TrainConfig; None means the config's default where None is not a value."""
+    return TrainConfig(**{k: v for k, v in params.items() if v is not None or k in _NULLABLE})
+
+
+def _summary(model_dir: Path, report_table: str, max_diff: float, thresholds: dict[str, float],
+             held_out: dict[str, str]) -> str:
+    text = (
         f"# Model `{model_dir}`\n\nValidation split, ONNX model, thresholds {thresholds}:\n\n"
         f"```\n{report_table}\n```\n\nONNX vs Keras max abs difference: {max_diff:.2e}\n"
     )
+    for rule, table in held_out.items():
+        text += f"\n## Held out of training: `{rule}`\n\n```\n{table}\n```\n"
+    return text

@@ -1,9 +1,12 @@
-"""Training crops and augmentation, pure numpy: flips, 90-degree rotations, crops and intensity changes."""
+"""Training crops and augmentation, pure numpy/OpenCV: zoom, flips, 90-degree rotations, intensity, blur, noise
+and colour changes. Images arrive normalised (`nuclei.normalize`), so intensity changes act around 0..1."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
+from nuclei.normalize import CLIP
 from nuclei.tiling import pad_to_at_least
 
 
@@ -17,6 +20,21 @@ def random_crop(
     return image[y : y + size, x : x + size], target[y : y + size, x : x + size]
 
 
+def zoomed_crop(
+    image: np.ndarray, target: np.ndarray, size: int, zoom: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random window of size / zoom pixels, resized to size x size: zoom > 1 makes nuclei bigger.
+    Targets are resized by nearest neighbour, so masks stay 0/1 and weights keep their values."""
+    if zoom == 1.0:
+        return random_crop(image, target, size, rng)
+    window = max(8, round(size / zoom))
+    image, target = random_crop(image, target, window, rng)
+    interpolation = cv2.INTER_AREA if zoom < 1.0 else cv2.INTER_LINEAR
+    image = cv2.resize(image, (size, size), interpolation=interpolation)
+    target = cv2.resize(target, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, target.reshape(size, size, -1)
+
+
 def flip_rotate(
     image: np.ndarray, target: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -28,21 +46,46 @@ def flip_rotate(
     return image, target
 
 
-def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gamma, contrast and brightness changes, and a channel shuffle for stained colour images."""
-    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.7, 1.4)
-    image = (image - image.mean()) * rng.uniform(0.75, 1.3) + image.mean() + rng.uniform(-0.08, 0.08)
-    if rng.random() < 0.3:
+def _is_grey(image: np.ndarray) -> bool:
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stain and colour changes for colour images: per-channel gain, a channel shuffle, or greyscale."""
+    if _is_grey(image):
+        return image
+    image = image * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
+    roll = rng.random()
+    if roll < 0.2:
         image = image[..., rng.permutation(3)]
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    elif roll < 0.4:
+        image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    return image
+
+
+def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gamma, contrast and offset changes, then sometimes blur (out of focus) and noise (a dim, short exposure)."""
+    image = np.clip(image, 0.0, None) ** rng.uniform(0.6, 1.6) if rng.random() < 0.6 else image
+    image = image * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
+    if rng.random() < 0.2:
+        image = cv2.GaussianBlur(np.ascontiguousarray(image, np.float32), (0, 0), rng.uniform(0.5, 1.5))
+    if rng.random() < 0.2:
+        image = image + rng.normal(0.0, rng.uniform(0.01, 0.08), image.shape[:2])[..., None]
+    return np.clip(image, *CLIP).astype(np.float32)
 
 
 def augmented_crop(
-    image: np.ndarray, target: np.ndarray, size: int, rng: np.random.Generator, augment: bool = True
+    image: np.ndarray,
+    target: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    augment: bool = True,
+    scale_range: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A training example: a random crop, then (optionally) symmetries and intensity jitter."""
-    image, target = random_crop(image, target, size, rng)
+    """A training example: a random (zoomed) crop, then (optionally) symmetries, colour and intensity jitter."""
+    zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
+    image, target = zoomed_crop(image, target, size, zoom, rng)
     if augment:
         image, target = flip_rotate(image, target, rng)
-        image = jitter_intensity(image, rng)
+        image = jitter_intensity(jitter_colour(image, rng), rng)
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(target, np.float32)

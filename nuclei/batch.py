@@ -63,11 +63,13 @@ def _unchanged(item: ImageItem, record: dict[str, Any] | None, model_version: st
 def plan(
     inputs: Sequence[str], store: str, model: str | None = None, images_per_task: int = 32,
     overwrite: bool = False, tile_size: int = 1024, providers: Sequence[str] = ("CPUExecutionProvider",),
-    int8: bool = True,
+    int8: bool = True, diameter: float | None = None,
 ) -> Plan:
     """Validate parameters, discover images, leave out unchanged ones, and group the rest into tasks."""
     if images_per_task < 1:
         raise ValueError(f"images_per_task must be >= 1, got {images_per_task}")
+    if diameter is not None and not 2.0 <= diameter <= 1000.0:
+        raise ValueError(f"diameter must be a nucleus diameter in pixels (2-1000), got {diameter}")
     model_dir = check_model(model, providers, tile_size, int8)
     records = Store(store, mode="a").records()
     found = discover(inputs)
@@ -78,7 +80,7 @@ def plan(
         else:
             todo.append(item)
     settings = SegmentSettings(model=str(model_dir.path), store=store, providers=tuple(providers),
-                               tile_size=tile_size, overwrite=overwrite, int8=int8)
+                               tile_size=tile_size, overwrite=overwrite, int8=int8, diameter=diameter)
     batches = [todo[i : i + images_per_task] for i in range(0, len(todo), images_per_task)]
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
                 found.problems, images_per_task=images_per_task)

@@ -94,7 +94,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     summary = segment(inputs=args.inputs, store=args.store, model=args.model, dask_address=args.dask_address,
                       n_workers=args.workers, images_per_task=args.images_per_task, overwrite=args.overwrite,
-                      tile_size=args.tile_size, int8=args.int8, progress=not args.json)
+                      tile_size=args.tile_size, int8=args.int8, diameter=args.diameter, progress=not args.json)
     if args.json:
         print_json(summary)
     return 1 if summary["failed"] else 0
@@ -109,6 +109,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     parser.add_argument("--images-per-task", type=int, default=32)
     parser.add_argument("--tile-size", type=int, default=1024, help="larger images run as overlapping tiles")
+    parser.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels: images are rescaled "
+                        "so their nuclei match the model's training scale (e.g. 100 for 63x images)")
     parser.add_argument("--overwrite", action="store_true", help="segment again even if unchanged")
     parser.add_argument("--float32", dest="int8", action="store_false",
                         help="on CPU, run the float32 model even where the model ships a validated int8 one")
@@ -136,7 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nuclei.evaluation import evaluate_against, format_table
 
     report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
-                                     progress=sys.stderr.isatty(), int8=args.int8)
+                                     progress=sys.stderr.isatty(), int8=args.int8, diameter=args.diameter)
     if args.json:
         print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
     else:
@@ -151,12 +153,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="segment with this model directory (default: the shipped model)")
     source.add_argument("--store", help="score the labels already in this store instead")
-    parser.add_argument("--split", choices=("all", "validation", "training"), default="all",
-                        help="only the model's validation or training images (from its data.json)")
+    parser.add_argument("--split", choices=("all", "validation", "training", "held_out"), default="all",
+                        help="only the model's validation, training or held-out images (from its data.json)")
     parser.add_argument("--out", default="evaluation", help="report folder: summary.json, per_image.csv, "
                         "worst_images.png")
     parser.add_argument("--float32", dest="int8", action="store_false",
                         help="score the float32 model even where the model ships an int8 one")
+    parser.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (see segment)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_evaluate)
 

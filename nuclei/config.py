@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nuclei.normalize import Normalization
+
 # Version knobs in one place.
 ONNX_OPSET = 17  # tf2onnx 1.17 supports <= 18
 STORE_FORMAT_VERSION = 1  # bump when the store layout changes; readers refuse other versions
@@ -18,7 +20,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str = Field(description="dataset folder (kaggle, seed or paired layout)")
+    data_dir: str | list[str] = Field(description="dataset folder (kaggle, seed or paired layout), or several: "
+                                      "each is split 80:20 on its own and sampled so none drowns the others")
     out_dir: str = Field("models", description="the model directory is created as OUT_DIR/NAME")
     name: str = Field("unet", pattern=r"^[A-Za-z0-9._-]+$", description="model directory name")
     architecture: Literal["unet", "mobilenet_unet"] = "unet"
@@ -37,7 +40,14 @@ class TrainConfig(BaseModel):
     patience: int = Field(10, ge=1, description="early stopping on val_loss, best weights restored")
     learning_rate: float = Field(1e-3, gt=0.0)
     crop_size: int = Field(256, ge=16, description="random training crops, a multiple of the pad multiple")
-    augment: bool = Field(True, description="flips, 90-degree rotations, intensity changes")
+    augment: bool = Field(True, description="flips, 90-degree rotations, scale, intensity, blur and noise changes")
+    scale_range: tuple[float, float] = Field((1.0, 1.0), description="random zoom of training crops (log-uniform), "
+                                             "so nuclei of other sizes than the data's are seen: e.g. [0.5, 2.0]")
+    normalization: Normalization = Field(Normalization(low=1.0, high=99.8),
+                                         description="per-image intensity scaling, the same in every consumer")
+    held_out: list[str] = Field(default_factory=list, description="whole groups never trained on, scored apart "
+                                "(what a new lab's images would get): DATASET:FIELD=REGEX on manifest.csv fields, "
+                                "id or category, e.g. 'bbbc039:id=_[A-C]\\d\\d_'")
     balance_categories: bool = Field(False, description="sample rare image types (grey/colour, dark/bright) "
                                      "more often: probability ~ 1/sqrt(images of the type)")
     max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
@@ -48,7 +58,17 @@ class TrainConfig(BaseModel):
     def _crop_fits_network(self) -> TrainConfig:
         if self.crop_size % self.pad_multiple:
             raise ValueError(f"crop_size {self.crop_size} must be a multiple of {self.pad_multiple}")
+        low, high = self.scale_range
+        if not 0.1 <= low <= high <= 10.0:
+            raise ValueError(f"scale_range {self.scale_range} must be (low, high) with 0.1 <= low <= high <= 10")
+        for rule in self.held_out:
+            if ":" not in rule or "=" not in rule.partition(":")[2]:
+                raise ValueError(f"held_out rule {rule!r} must read DATASET:FIELD=REGEX")
         return self
+
+    @property
+    def data_dirs(self) -> list[str]:
+        return [self.data_dir] if isinstance(self.data_dir, str) else list(self.data_dir)
 
     @property
     def pad_multiple(self) -> int:

@@ -8,11 +8,13 @@ Layouts (detected from the folder):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nuclei.errors import InputError
-from nuclei.images import IMAGE_SUFFIXES, binary_to_labels, read_image, read_labels, read_raw
+from nuclei.images import IMAGE_SUFFIXES, binary_to_labels, read_labels, read_raw, to_float_rgb
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +32,42 @@ OnError = Literal["raise", "skip"]
 
 @dataclass
 class Sample:
-    """One labelled image: float32 RGB in [0, 1] and uint16/uint32 instance labels of the same size."""
+    """One labelled image as read (any dtype) and uint16/uint32 instance labels of the same size.
+
+    ``dataset`` names the folder it came from; ``meta`` is its row of that folder's manifest.csv, if any
+    (category, preparation, ...), which held-out groups and per-category scores use.
+    """
 
     id: str
-    image: np.ndarray
+    raw: np.ndarray
     labels: np.ndarray
     image_path: Path
     subset: str = "train"
+    dataset: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """float32 RGB scaled by the dtype's range to [0, 1]: for display (the model's input is `normalized`)."""
+        return to_float_rgb(self.raw)
 
     @property
     def mask(self) -> np.ndarray:
         """The 0/1 nucleus mask."""
         return (self.labels > 0).astype(np.uint8)
+
+    @property
+    def category(self) -> str:
+        """The image type: the manifest's category or preparation, else grey/colour and dark/bright."""
+        from nuclei.evaluation import image_category
+
+        return self.meta.get("category") or self.meta.get("preparation") or image_category(self.image)
+
+    def field(self, name: str) -> str:
+        """A manifest field, or `id` / `category` / `dataset` (for held-out group rules)."""
+        if name in ("id", "category", "dataset"):
+            return str(getattr(self, name))
+        return self.meta.get(name, "")
 
 
 @dataclass
@@ -50,6 +76,7 @@ class Dataset:
 
     root: Path
     layout: Layout
+    roots: list[Path] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     skipped: list[InputError] = field(default_factory=list)
 
@@ -60,7 +87,7 @@ class Dataset:
         """A hash of ids, sizes and label contents: says whether two trainings saw the same data."""
         digest = hashlib.sha256()
         for s in sorted(self.samples, key=lambda s: s.id):
-            digest.update(f"{s.subset}/{s.id}:{s.image.shape}".encode())
+            digest.update(f"{s.dataset}/{s.subset}/{s.id}:{s.raw.shape[:2]}".encode())
             digest.update(np.ascontiguousarray(s.labels).tobytes())
         return digest.hexdigest()
 
@@ -95,9 +122,12 @@ def load_dataset(root: str | Path, on_error: OnError = "raise", progress: bool =
     layout = detect_layout(root)
     dataset = Dataset(root=root, layout=layout)
     pairs = list(_pairs(root, layout, dataset.skipped, on_error))
+    manifest = read_manifest(root)
     for pair in tqdm(pairs, desc=f"loading {root.name}", unit="img", disable=not progress):
         try:
-            dataset.samples.append(_load_pair(pair))
+            sample = _load_pair(pair)
+            sample.dataset, sample.meta = root.name, manifest.get(pair.id, {})
+            dataset.samples.append(sample)
         except InputError as exc:
             _fail(exc, dataset.skipped, on_error)
     if not dataset.samples:
@@ -107,6 +137,35 @@ def load_dataset(root: str | Path, on_error: OnError = "raise", progress: bool =
     return dataset
 
 
+def load_datasets(roots: Sequence[str | Path], on_error: OnError = "raise", progress: bool = True) -> Dataset:
+    """Several labelled folders as one dataset; each sample keeps the name of its folder in ``dataset``."""
+    parts = [load_dataset(root, on_error, progress) for root in roots]
+    names = [p.root.name for p in parts]
+    if len(set(names)) != len(names):
+        raise InputError(Path(roots[0]), f"dataset folders must have distinct names, got {names}")
+    combined = Dataset(root=parts[0].root, layout=parts[0].layout, roots=[p.root for p in parts])
+    for part in parts:
+        combined.samples.extend(part.samples)
+        combined.skipped.extend(part.skipped)
+    return combined
+
+
+def read_manifest(root: Path) -> dict[str, dict[str, str]]:
+    """ROOT/manifest.csv (an `id` column plus any others) by id; empty when there is none."""
+    path = root / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["id"]: row for row in csv.DictReader(handle) if row.get("id")}
+
+
+def matches_group(sample: Sample, rule: str) -> bool:
+    """Does the sample belong to a held-out group ``DATASET:FIELD=REGEX`` (e.g. ``bbbc039:id=_[A-C]\\d\\d_``)?"""
+    dataset, _, condition = rule.partition(":")
+    name, _, pattern = condition.partition("=")
+    return dataset in ("*", sample.dataset) and re.search(pattern, sample.field(name)) is not None
+
+
 def _fail(exc: InputError, skipped: list[InputError], on_error: OnError) -> None:
     if on_error == "raise":
         raise exc
@@ -114,14 +173,14 @@ def _fail(exc: InputError, skipped: list[InputError], on_error: OnError) -> None
 
 
 def _load_pair(pair: _Pair) -> Sample:
-    image = read_image(pair.image)
+    image = read_raw(pair.image)
     labels = pair.read_labels()
     if labels.shape[:2] != image.shape[:2]:
         raise InputError(
             pair.image, f"image is {image.shape[0]}x{image.shape[1]} but its labels are "
             f"{labels.shape[0]}x{labels.shape[1]}"
         )
-    return Sample(id=pair.id, image=image, labels=labels, image_path=pair.image, subset=pair.subset)
+    return Sample(id=pair.id, raw=image, labels=labels, image_path=pair.image, subset=pair.subset)
 
 
 def _pairs(root: Path, layout: Layout, skipped: list[InputError], on_error: OnError) -> Iterator[_Pair]:
@@ -208,4 +267,5 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[: n - n_val]), np.sort(order[n - n_val :])
 
 
-__all__ = ["Dataset", "Sample", "binary_to_labels", "detect_layout", "load_dataset", "split_indices"]
+__all__ = ["Dataset", "Sample", "binary_to_labels", "detect_layout", "load_dataset", "load_datasets",
+           "matches_group", "split_indices"]

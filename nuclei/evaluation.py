@@ -43,6 +43,12 @@ class Scored:
     id: str
     category: str
     scores: ImageScores
+    dataset: str = ""
+
+    @property
+    def group(self) -> str:
+        """The category, prefixed by the data set when there are several (``bbbc039/gray_dark``)."""
+        return f"{self.dataset}/{self.category}" if self.dataset else self.category
 
 
 @dataclass
@@ -55,18 +61,29 @@ class Report:
         return summarize([s.scores for s in self.images])
 
     def by_category(self) -> dict[str, dict[str, float]]:
-        categories = sorted({s.category for s in self.images})
-        return {c: summarize([s.scores for s in self.images if s.category == c]) for c in categories}
+        categories = sorted({s.group for s in self.images})
+        return {c: summarize([s.scores for s in self.images if s.group == c]) for c in categories}
+
+    def by_dataset(self) -> dict[str, dict[str, float]]:
+        datasets = sorted({s.dataset for s in self.images if s.dataset})
+        return {d: summarize([s.scores for s in self.images if s.dataset == d]) for d in datasets}
 
     def as_dict(self) -> dict[str, object]:
-        return {"overall": self.overall(), "by_category": self.by_category()}
+        found: dict[str, object] = {"overall": self.overall(), "by_category": self.by_category()}
+        if len(self.by_dataset()) > 1:
+            found["by_dataset"] = self.by_dataset()
+        return found
 
 
 def choose_thresholds(
-    probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], base: Thresholds | None = None
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    base: Thresholds | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Thresholds, float]:
     """The thresholds with the best mean DSB2018 score plus AP@0.5 on the given (validation) images: the DSB
-    score alone favours outlines exact at high IoU over finding every nucleus, which labs count on.
+    score alone favours outlines exact at high IoU over finding every nucleus, which labs count on. With
+    ``groups`` (each image's data set) the mean is over groups, so thresholds suit every set, not the largest.
 
     Each foreground/core pair labels the images once; the minimum sizes are then applied to those labels
     (`remove_small` gives what `instances` would).
@@ -79,12 +96,19 @@ def choose_thresholds(
         for min_size in MIN_SIZE_GRID:
             scores = [score_image(t, remove_small(labels, min_size))
                       for labels, t in zip(labelled, truths, strict=True)]
-            score = float(np.mean([s.dsb_score + s.ap50 for s in scores]))
+            score = _group_mean([s.dsb_score + s.ap50 for s in scores], groups)
             log.info("thresholds foreground %.2f core %.2f min size %d: DSB score + AP@0.5 %.4f",
                      fg, core, min_size, score)
             if score > best_score:
                 best, best_score = Thresholds(foreground=fg, core=core, min_size=min_size), score
     return best, best_score
+
+
+def _group_mean(values: Sequence[float], groups: Sequence[str] | None) -> float:
+    if not groups:
+        return float(np.mean(values))
+    names = sorted(set(groups))
+    return float(np.mean([np.mean([v for v, g in zip(values, groups, strict=True) if g == n]) for n in names]))
 
 
 def score_all(
@@ -93,11 +117,13 @@ def score_all(
     truths: Sequence[np.ndarray],
     categories: Sequence[str],
     progress: bool = True,
+    datasets: Sequence[str] | None = None,
 ) -> Report:
     """Score each image's predicted labels (``predicted(i)``) against its true labels."""
     report = Report()
     for i in tqdm(range(len(ids)), desc="scoring", unit="img", disable=not progress):
-        report.images.append(Scored(ids[i], categories[i], score_image(truths[i], predicted(i))))
+        dataset = datasets[i] if datasets else ""
+        report.images.append(Scored(ids[i], categories[i], score_image(truths[i], predicted(i)), dataset))
     return report
 
 
@@ -132,16 +158,19 @@ def write_report(
 def format_table(report: Report) -> str:
     """A readable table: one row per category and one overall."""
     columns = ("n_images", "pixel_accuracy", "foreground_iou", "dice", "dsb_score", "ap50")
-    rows = [("overall", report.overall()), *report.by_category().items()]
-    lines = [f"{'':14}" + "".join(f"{c:>16}" for c in columns)]
+    datasets = report.by_dataset()
+    rows = [("overall", report.overall()), *(datasets.items() if len(datasets) > 1 else ()),
+            *report.by_category().items()]
+    width = max(14, *(len(name) + 2 for name, _ in rows))
+    lines = [f"{'':{width}}" + "".join(f"{c:>16}" for c in columns)]
     for name, values in rows:
-        lines.append(f"{name:14}" + "".join(
+        lines.append(f"{name:{width}}" + "".join(
             f"{int(values[c]):>16d}" if c == "n_images" else f"{values[c]:>16.4f}" for c in columns
         ))
     return "\n".join(lines)
 
 
-Split = Literal["all", "validation", "training"]
+Split = Literal["all", "validation", "training", "held_out"]
 
 
 def score_samples(
@@ -154,8 +183,10 @@ def score_samples(
         preds[samples[i].id] = predicted(i)
         return preds[samples[i].id]
 
+    several = len({s.dataset for s in samples}) > 1
     report = score_all([s.id for s in samples], remember, [s.labels for s in samples],
-                       [image_category(s.image) for s in samples], progress=progress)
+                       [s.category for s in samples], progress=progress,
+                       datasets=[s.dataset for s in samples] if several else None)
     return report, preds
 
 
@@ -167,6 +198,7 @@ def evaluate_against(
     split: Split = "all",
     progress: bool = True,
     int8: bool = True,
+    diameter: float | None = None,
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
 
@@ -185,7 +217,10 @@ def evaluate_against(
     if split != "all":
         assert model_dir is not None
         data = json.loads((model_dir.path / "data.json").read_text())
-        keep = set(data["val_ids" if split == "validation" else "train_ids"])
+        if split == "held_out":
+            keep = {i for ids in data.get("held_out_ids", {}).values() for i in ids}
+        else:
+            keep = set(data["val_ids" if split == "validation" else "train_ids"])
         samples = [s for s in samples if s.id in keep]
     if not samples:
         raise InputError(Path(truth_dir), f"no labelled images to score (split {split!r})")
@@ -205,10 +240,10 @@ def evaluate_against(
             return results.read_labels(by_name[sample.id])
     else:
         assert model_dir is not None
-        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8)
+        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter)
 
         def predicted(i: int) -> np.ndarray:
-            return instances(engine.predict(samples[i].image), model_dir.thresholds)
+            return instances(engine.predict(samples[i].raw), engine.thresholds)
 
     report, preds = score_samples(samples, predicted, progress)
     by_id = {s.id: s for s in samples}

@@ -10,16 +10,18 @@ import ctypes
 import functools
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 
 from nuclei.config import DEFAULT_PROVIDERS
 from nuclei.errors import ModelError
-from nuclei.images import to_float_rgb
 from nuclei.modeldir import ModelDir
+from nuclei.normalize import apply_range, intensity_range
+from nuclei.postprocess import Thresholds
 from nuclei.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,19 @@ def _check_signature(session: ort.InferenceSession, onnx_path: str) -> None:
         raise ModelError(f"{onnx_path}: expected one NHWC float32 input with 3 channels, found {found}")
 
 
+def rescale(image: np.ndarray, zoom: float = 1.0, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize by ``zoom`` (or to ``size``): area averaging to shrink, bilinear to enlarge; keeps the channels."""
+    height, width = size or (max(1, round(image.shape[0] * zoom)), max(1, round(image.shape[1] * zoom)))
+    if image.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        image = image.astype(np.float32)
+    shrink = height * width < image.shape[0] * image.shape[1]
+    channels = image.shape[2] if image.ndim == 3 else 0
+    if channels > 4:  # OpenCV resizes at most 4 channels at once
+        return np.stack([rescale(image[..., c], size=(height, width)) for c in range(channels)], axis=-1)
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return resized.reshape(height, width, channels) if channels else resized
+
+
 @dataclass(frozen=True)
 class Engine:
     """Predicts per-pixel probabilities (H, W, C) for images of any size with one ONNX model."""
@@ -90,6 +105,19 @@ class Engine:
     tile_size: int = DEFAULT_TILE_SIZE
     batch_size: int = 8
     int8: bool = True
+    diameter: float | None = None  # nuclei of this many px across are rescaled to the model's training scale
+
+    @property
+    def zoom(self) -> float:
+        """Factor images are resized by before the model (1: as they are)."""
+        trained = self.model.nucleus_diameter
+        return trained / self.diameter if self.diameter and trained else 1.0
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The model's thresholds, the minimum nucleus size scaled to the original image when rescaling."""
+        found = self.model.thresholds
+        return replace(found, min_size=max(1, round(found.min_size / self.zoom**2))) if self.zoom != 1.0 else found
 
     def __post_init__(self) -> None:
         check_tile_size(self.tile_size, self.overlap, self.model.pad_multiple)
@@ -117,24 +145,36 @@ class Engine:
         """The providers the session really got (what ran, not what was asked for)."""
         return list(self.session.get_providers())
 
-    def _run(self, images: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> np.ndarray:
-        """One session run; each image is scaled to float32 RGB here, a tile at a time, not whole."""
+    def _run(self, inputs: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> np.ndarray:
+        """One session run on already normalised float32 RGB inputs of one shape."""
         session = self.session
-        batch = np.stack([to_float_rgb(image) for image in images])
-        return session.run(None, {session.get_inputs()[0].name: batch}, options)[0]
+        return session.run(None, {session.get_inputs()[0].name: np.stack(inputs)}, options)[0]
+
+    def _scaler(self, image: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """Normalises any part of ``image`` with the intensity range of the whole image (tiles included)."""
+        norm = self.model.normalization
+        lo, span = intensity_range(image, norm)
+        return lambda part: apply_range(part, norm, lo, span)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one image (any dtype, grey/RGB/RGBA, as read or as float32 RGB in [0, 1]);
-        large images run as overlapping tiles."""
+        """Probabilities for one image (any dtype, grey/RGB/RGBA, as read); large images run as overlapping
+        tiles, each scaled a tile at a time with the whole image's intensity range. With ``diameter`` the image
+        is resized to the model's training scale and the probabilities back to the image's size."""
+        if self.zoom == 1.0:
+            return self._predict(image)
+        return rescale(self._predict(rescale(image, self.zoom)), size=image.shape[:2])
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
+        scale = self._scaler(image)
         padded = pad_to_multiple(image, self.model.pad_multiple)
         if max(padded.shape[:2]) <= self.tile_size:
-            return self._run([padded])[0, :height, :width]
+            return self._run([scale(padded)])[0, :height, :width]
         # Tiles of a large image: give the activation memory back after each run, so post-processing the
         # image does not sit next to an arena sized for a tile.
         options = ort.RunOptions()
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        prob = predict_tiled(lambda tile: self._run([tile], options)[0], padded, self.tile_size, self.overlap)
+        prob = predict_tiled(lambda tile: self._run([scale(tile)], options)[0], padded, self.tile_size, self.overlap)
         return prob[:height, :width]
 
     def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -144,13 +184,13 @@ class Engine:
         for index, image in enumerate(images):
             groups.setdefault((image.shape[0], image.shape[1]), []).append(index)
         for (height, width), indices in groups.items():
-            if max(height, width) > self.tile_size:
+            if max(height, width) > self.tile_size or self.zoom != 1.0:
                 for i in indices:
                     results[i] = self.predict(images[i])
                 continue
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                batch = [pad_to_multiple(images[i], self.model.pad_multiple) for i in chunk]
+                batch = [self._scaler(images[i])(pad_to_multiple(images[i], self.model.pad_multiple)) for i in chunk]
                 for i, prob in zip(chunk, self._run(batch), strict=True):
                     results[i] = prob[:height, :width]
         return results

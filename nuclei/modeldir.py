@@ -20,6 +20,7 @@ from typing import Any
 
 from nuclei.config import MODEL_FORMAT_VERSION
 from nuclei.errors import ModelError
+from nuclei.normalize import LEGACY, Normalization
 from nuclei.postprocess import Thresholds
 
 DEFAULT_MODEL_NAME = "dsb2018-unet"
@@ -52,6 +53,18 @@ class ModelDir:
     @property
     def pad_multiple(self) -> int:
         return int(self.config["pad_multiple"])
+
+    @property
+    def normalization(self) -> Normalization:
+        """How inputs are scaled; models from before normalisation was recorded scale by the dtype's range."""
+        found = self.config.get("normalization")
+        return Normalization(**found) if found else LEGACY
+
+    @property
+    def nucleus_diameter(self) -> float | None:
+        """Median nucleus diameter (px) of the training images: `--diameter` rescales images to it."""
+        found = self.config.get("nucleus_diameter")
+        return float(found) if found else None
 
     @property
     def receptive_field(self) -> int:

@@ -46,6 +46,7 @@ class SegmentSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     int8: bool = True  # the model's validated int8 variant on CPU, when it has one
+    diameter: float | None = None  # typical nucleus diameter in px: rescales images to the model's scale
 
 
 @dataclass
@@ -88,7 +89,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list
     """Segment ``items`` into the store; returns one result per item, in order."""
     model = load_model_dir(settings.model)
     engine = Engine(model, settings.providers, settings.threads, settings.tile_size, settings.batch_size,
-                    settings.int8)
+                    settings.int8, settings.diameter)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
@@ -137,7 +138,7 @@ def _finish(
     item, model = decoded.item, engine.model
     try:
         started = time.perf_counter()
-        labels = instances(prob, model.thresholds)
+        labels = instances(prob, engine.thresholds)
         del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, engine, providers)
@@ -171,7 +172,10 @@ def _record(
         "mean_area": float(table[:, 1].mean()) if n else 0.0,
         "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
                   "precision": engine.precision},
-        "thresholds": model.thresholds.as_dict(),
+        "thresholds": engine.thresholds.as_dict(),
+        "diameter": engine.diameter,
+        "zoom": engine.zoom,
+        "normalization": model.normalization.model_dump(),
         "providers": providers,
         "nuclei_version": nuclei.__version__,
         "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -13,18 +13,20 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
-from nuclei.datasets import Dataset, Sample, load_dataset, split_indices
+from nuclei.datasets import Dataset, Sample, load_datasets, matches_group, split_indices
 from nuclei.evaluation import Report, choose_thresholds, score_samples, write_report
 from nuclei.export import export_onnx, parity_check
 from nuclei.inference import Engine
 from nuclei.model import build_model, receptive_field
 from nuclei.modeldir import load_model_dir, write_json
+from nuclei.normalize import normalized
 from nuclei.plots import read_history, training_curves
 from nuclei.postprocess import Thresholds, instances
 from nuclei.training import fit
@@ -36,22 +38,49 @@ VERSIONED = ("nuclei", "numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxr
 
 @dataclass
 class Split:
+    """Training and validation images, and the held-out groups (never trained on, scored per group)."""
+
     train: list[Sample]
     val: list[Sample]
+    held_out: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 def load(config: TrainConfig) -> Dataset:
-    dataset = load_dataset(config.data_dir, on_error=config.on_error)
+    dataset = load_datasets(config.data_dirs, on_error=config.on_error)
     if config.max_images:
         dataset.samples = dataset.samples[: config.max_images]
     return dataset
 
 
 def split(dataset: Dataset, config: TrainConfig) -> Split:
-    """Seeded 80:20 split of the training subset (a seed layout's test/ folder is never trained on)."""
-    pool = dataset.subset("train")
-    train_idx, val_idx = split_indices(len(pool), config.val_fraction, config.seed)
-    return Split([pool[i] for i in train_idx], [pool[i] for i in val_idx])
+    """Per data set, a seeded 80:20 split of its training subset (a seed layout's test/ folder is never trained
+    on); then every image of a held-out group leaves the training part. Validation images stay validation
+    images, so one data set's split is the same whether or not others are trained beside it."""
+    data = Split([], [])
+    for name in dict.fromkeys(s.dataset for s in dataset.samples):
+        pool = [s for s in dataset.subset("train") if s.dataset == name]
+        if len(pool) < 2:
+            data.train.extend(pool)
+            continue
+        train_idx, val_idx = split_indices(len(pool), config.val_fraction, config.seed)
+        data.train.extend(pool[i] for i in train_idx)
+        data.val.extend(pool[i] for i in val_idx)
+    for rule in config.held_out:
+        data.held_out[rule] = [s for s in dataset.samples if matches_group(s, rule)]
+        if not data.held_out[rule]:
+            raise ValueError(f"held_out rule {rule!r} matches no image")
+    held = {id(s) for group in data.held_out.values() for s in group}
+    data.train = [s for s in data.train if id(s) not in held]
+    if not data.train or not data.val:
+        raise ValueError(f"{len(data.train)} training and {len(data.val)} validation images: need both")
+    return data
+
+
+def nucleus_diameter(samples: list[Sample]) -> float:
+    """Median equivalent diameter (px) of the nuclei in these images: the scale the model learnt."""
+    areas = np.concatenate([np.bincount(s.labels.ravel())[1:] for s in samples])
+    areas = areas[areas > 0]
+    return float(np.median(2.0 * np.sqrt(areas / np.pi))) if areas.size else 0.0
 
 
 def staging_dir(config: TrainConfig) -> Path:
@@ -70,13 +99,16 @@ def describe(config: TrainConfig, dataset: Dataset, data: Split, model_dir: Path
         "pad_multiple": config.pad_multiple,
         "receptive_field": receptive_field(config),
         "onnx_opset": ONNX_OPSET,
-        "input": "image: NHWC float32 RGB scaled by the dtype's range to [0, 1]",
+        "input": f"image: NHWC float32, {config.normalization.describe()}",
+        "nucleus_diameter": round(nucleus_diameter(data.train), 2),
         "output": "mask: NHWC float32 sigmoid probabilities, one channel per entry of `channels`",
     })
     write_json(model_dir / "data.json", {
-        "root": str(dataset.root), "layout": dataset.layout, "fingerprint": dataset.fingerprint(),
-        "n_images": len(dataset.samples), "skipped": [str(e) for e in dataset.skipped],
+        "root": str(dataset.root), "roots": [str(r) for r in dataset.roots], "layout": dataset.layout,
+        "fingerprint": dataset.fingerprint(), "n_images": len(dataset.samples),
+        "skipped": [str(e) for e in dataset.skipped],
         "train_ids": [s.id for s in data.train], "val_ids": [s.id for s in data.val],
+        "held_out_ids": {rule: [s.id for s in group] for rule, group in data.held_out.items()},
     })
     write_json(model_dir / "versions.json", {"python": platform.python_version(), **_versions()})
 
@@ -139,19 +171,29 @@ def export(model: keras.Model, config: TrainConfig, model_dir: Path) -> float:
     return parity_check(model, onnx_path, config.pad_multiple)
 
 
-def evaluate(model_dir: Path, val: list[Sample]) -> tuple[Thresholds, Report]:
-    """Run the exported ONNX model on the validation images, pick thresholds, score, write the report."""
+def evaluate(model_dir: Path, data: Split) -> tuple[Thresholds, Report, dict[str, Report]]:
+    """Run the exported ONNX model on the validation images, pick thresholds, score them and each held-out group,
+    write the report. Thresholds maximise the mean over data sets (not over images), so the largest set does
+    not choose them alone; held-out groups play no part in choosing anything."""
+    val = data.val
     write_json(model_dir / "thresholds.json", Thresholds().as_dict())
     engine = Engine(load_model_dir(model_dir), providers=("CPUExecutionProvider",), int8=False)
-    probs = [engine.predict(s.image) for s in val]
-    thresholds, _ = choose_thresholds(probs, [s.labels for s in val])
+    probs = [engine.predict(s.raw) for s in val]
+    thresholds, _ = choose_thresholds(probs, [s.labels for s in val], groups=[s.dataset for s in val])
     write_json(model_dir / "thresholds.json", thresholds.as_dict())
     report, preds = score_samples(val, lambda i: instances(probs[i], thresholds))
     by_id = {s.id: s for s in val}
     write_report(report, model_dir / "evaluation", images=lambda i: (by_id[i].image, by_id[i].labels, preds[i]))
-    write_json(model_dir / "metrics.json", {"split": "validation", "thresholds": thresholds.as_dict(),
-                                            **report.as_dict()})
-    return thresholds, report
+    held_out = {
+        rule: score_samples(group, lambda i, g=group: instances(engine.predict(g[i].raw), thresholds),  # type: ignore[misc]
+                            progress=False)[0]
+        for rule, group in data.held_out.items()
+    }
+    write_json(model_dir / "metrics.json", {
+        "split": "validation", "thresholds": thresholds.as_dict(), **report.as_dict(),
+        "held_out": {rule: r.as_dict() for rule, r in held_out.items()},
+    })
+    return thresholds, report, held_out
 
 
 def quantize(model_dir: Path, data: Split, float_report: Report, calibration: int = 64) -> dict[str, object]:
@@ -160,11 +202,14 @@ def quantize(model_dir: Path, data: Split, float_report: Report, calibration: in
     from nuclei.quantize import DSB_TOLERANCE, quantize_int8
 
     multiple = int(load_model_dir(model_dir).pad_multiple)
-    path = quantize_int8(model_dir, [s.image for s in data.train[:calibration]], multiple)
+    norm = load_model_dir(model_dir).normalization
+    rng = np.random.default_rng(0)  # calibrate on a mix of every data set, not the first one's images
+    picks = rng.choice(len(data.train), min(calibration, len(data.train)), replace=False)
+    path = quantize_int8(model_dir, [normalized(data.train[i].raw, norm) for i in picks], multiple)
     model = load_model_dir(model_dir)
     engine = Engine(model, providers=("CPUExecutionProvider",))
     assert engine.precision == "int8"
-    report, _ = score_samples(data.val, lambda i: instances(engine.predict(data.val[i].image), model.thresholds),
+    report, _ = score_samples(data.val, lambda i: instances(engine.predict(data.val[i].raw), model.thresholds),
                               progress=False)
     int8_dsb, float_dsb = report.overall()["dsb_score"], float_report.overall()["dsb_score"]
     kept = abs(int8_dsb - float_dsb) <= DSB_TOLERANCE
