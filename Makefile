@@ -17,7 +17,7 @@ PREFECT_PORT ?= 4200
 POOL ?= nuclei-local
 API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install demo test lint typecheck clean server worker deploy
+.PHONY: install demo test test-fast lint typecheck clean server worker deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ install: $(VENV)/.installed
 demo: install  ## train a small model on the bundled samples, export it, segment the samples, query the store
 	$(NUCLEI) demo --out runs/demo
 
-test: lint typecheck  ## ruff, mypy, then the whole test suite (real TensorFlow, ONNX Runtime, Dask, Zarr, Prefect)
+test: lint typecheck  ## ruff, import contracts, mypy, then the whole suite (real TensorFlow, ORT, Dask, Zarr, Prefect)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the unit tests only (pure numpy, configs, CLI wiring): under a minute
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 server: install  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) (leave it running)
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
@@ -46,6 +49,7 @@ deploy: install  ## register deployments/prefect.yaml: train/sample, train/dsb20
 
 lint: install
 	$(VENV)/bin/ruff check nuclei flows tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
 	$(VENV)/bin/mypy nuclei flows

@@ -26,7 +26,7 @@ from scaling import images_256, peak_rss_mb  # noqa: E402 - same folder
 
 
 def mosaic(size: int) -> np.ndarray:
-    from nuclei.images import read_raw
+    from nuclei.io.images import read_raw
 
     tiles = [read_raw(p) for p in images_256()]
     tiles = [t[..., :3] if t.ndim == 3 else np.dstack([t] * 3) for t in tiles]
@@ -53,10 +53,10 @@ def segment_on_one_worker(path: Path, store: Path, model: str, tile_size: int) -
 
 
 def seams(model: str) -> tuple[float, bool]:
-    from nuclei.images import to_float_rgb
-    from nuclei.inference import Engine
+    from nuclei.core.postprocess import instances
+    from nuclei.inference.engine import Engine
+    from nuclei.io.images import to_float_rgb
     from nuclei.modeldir import load_model_dir
-    from nuclei.postprocess import instances
 
     model_dir = load_model_dir(model)
     image = to_float_rgb(mosaic(2048))

@@ -33,7 +33,7 @@ LEVELS = {
 
 
 def load_images(limit: int) -> list[np.ndarray]:
-    from nuclei.images import read_image
+    from nuclei.io.images import read_image
 
     with open(DEV / "manifest.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if (r["height"], r["width"]) == ("256", "256")][:limit]
@@ -73,8 +73,8 @@ def processes_layout(onnx_path: Path, limit: int, processes: int, threads: int) 
 
 def quantize(model_dir: Path, out_dir: Path, calibration: int) -> Path:
     """A copy of the model directory with model.int8.onnx, quantised as the train flow does."""
-    from nuclei.images import read_image
-    from nuclei.quantize import quantize_int8
+    from nuclei.io.images import read_image
+    from nuclei.training.quantize import quantize_int8
 
     shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
     (out_dir / "model.int8.onnx").unlink(missing_ok=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nuclei.postprocess import measure
-from nuclei.query import open_store
-from nuclei.store import Store
-from nuclei.synthetic import make_sample
+from nuclei.core.measure import measure
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import Store
+from nuclei.store.query import open_store
 
 
 def build(path: Path, n: int) -> None:

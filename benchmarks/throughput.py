@@ -38,7 +38,7 @@ def time_ort_loop(model: str, images: list, providers: list[str]) -> float:
     import numpy as np
     import onnxruntime as ort
 
-    from nuclei.tiling import pad_to_multiple
+    from nuclei.core.tiling import pad_to_multiple
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
@@ -59,7 +59,7 @@ def time_keras_loop(model: str, images: list) -> float | None:
         import keras
     except ImportError:
         return None
-    from nuclei.tiling import pad_to_multiple
+    from nuclei.core.tiling import pad_to_multiple
 
     net = keras.saving.load_model(Path(model) / "model.keras", compile=False)
     net.predict(pad_to_multiple(images[0], 16)[None], verbose=0)
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     if not DEV.is_dir():
         raise SystemExit(f"{DEV} is absent: this benchmark needs the DSB2018 development set")
-    from nuclei.images import read_image
+    from nuclei.io.images import read_image
 
     paths = pick_images(args.limit, args.size)
     images = [read_image(p) for p in paths]

@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from nuclei import train_steps as steps
 from nuclei.config import TrainConfig
 from nuclei.evaluation import format_table
+from nuclei.training import steps
 
 # Arrays stay in this process: no caching, no result persistence of big inputs.
 load = task(name="load", cache_policy=NO_CACHE)(steps.load)
@@ -41,6 +41,7 @@ def train(
     depth: int = 4,
     base_filters: int = 16,
     instance_channel: bool = True,
+    encoder_weights: str | None = None,
     init_from: str | None = None,
     contact_weight: float = 0.0,
     epochs: int = 100,
@@ -110,7 +111,7 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     return str(model_dir)
 
 
-_NULLABLE = ("init_from", "steps_per_epoch", "max_images")
+_NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights")
 
 
 def make_config(params: dict[str, Any]) -> TrainConfig:

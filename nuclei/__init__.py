@@ -17,14 +17,14 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so `import nuclei` stays light (and never pulls in TensorFlow).
 _LAZY = {
-    "open_store": "nuclei.query",
-    "NucleiStore": "nuclei.query",
-    "segment": "nuclei.batch",
-    "load_dataset": "nuclei.datasets",
-    "read_image": "nuclei.images",
+    "open_store": "nuclei.store.query",
+    "NucleiStore": "nuclei.store.query",
+    "segment": "nuclei.inference.run",
+    "load_dataset": "nuclei.io.datasets",
+    "read_image": "nuclei.io.images",
     "load_model_dir": "nuclei.modeldir",
-    "Engine": "nuclei.inference",
-    "Thresholds": "nuclei.postprocess",
+    "Engine": "nuclei.inference.engine",
+    "Thresholds": "nuclei.core.postprocess",
 }
 
 __all__ = ["__version__", *_LAZY]

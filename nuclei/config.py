@@ -6,13 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nuclei.normalize import Normalization
+from nuclei.core.normalize import Normalization
 
 # Version knobs in one place.
 ONNX_OPSET = 17  # tf2onnx 1.17 supports <= 18
 STORE_FORMAT_VERSION = 1  # bump when the store layout changes; readers refuse other versions
 MODEL_FORMAT_VERSION = 1
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+DEFAULT_TILE_SIZE = 1024
+# Larger images must be asked for: a tiny file can claim a huge size (a decompression bomb).
+DEFAULT_MAX_PIXELS = 2**28  # 268 Mpixel, e.g. 16384 x 16384
 
 
 class TrainConfig(BaseModel):
@@ -78,3 +81,30 @@ class TrainConfig(BaseModel):
     @property
     def channels(self) -> list[str]:
         return ["foreground", "core"] if self.instance_channel else ["foreground"]
+
+
+class SegmentConfig(BaseModel):
+    """How to segment: inputs, store, model, where to run. The `segment` flow's parameters, the CLI's options
+    (derived from these fields), the plan and every Dask task use this one type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: list[str] = Field(min_length=1, description="folders (recursive), globs or files; local or fsspec URLs")
+    store: str = Field(min_length=1, description="Zarr store path or URL (created if missing)")
+    model: str | None = Field(None, description="model directory (default: $NUCLEI_MODEL, else the shipped model)")
+    dask_address: str | None = Field(None, description="existing Dask scheduler (default: $NUCLEI_DASK_ADDRESS, "
+                                     "else a LocalCluster)")
+    n_workers: int | None = Field(None, ge=1, le=1024, description="LocalCluster worker processes (default: one "
+                                  "per core)")
+    images_per_task: int = Field(32, ge=1, description="images one Dask task segments")
+    overwrite: bool = Field(False, description="segment again even if the store holds the image unchanged")
+    tile_size: int = Field(DEFAULT_TILE_SIZE, ge=64, le=16384, description="larger images run as overlapping "
+                           "tiles of this size (a multiple of the model's pad multiple)")
+    providers: list[str] = Field(list(DEFAULT_PROVIDERS), min_length=1, description="ONNX Runtime execution "
+                                 "providers in order of preference (CPU is always the last resort)")
+    int8: bool = Field(True, description="on CPU, run the model's validated int8 variant when it ships one")
+    diameter: float | None = Field(None, ge=2.0, le=1000.0, description="typical nucleus diameter in pixels: "
+                                   "images are rescaled so nuclei match the model's training scale")
+    threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the cores a worker has)")
+    batch_size: int = Field(8, ge=1, le=256, description="same-sized images per model run")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images (decompression bombs)")

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tqdm import tqdm
 
+from nuclei.core.metrics import ImageScores, score_image, summarize
+from nuclei.core.postprocess import Thresholds, instances, remove_small
 from nuclei.errors import InputError
-from nuclei.metrics import ImageScores, score_image, summarize
 from nuclei.plots import image_grid, overlay
-from nuclei.postprocess import Thresholds, instances, remove_small
 
 if TYPE_CHECKING:
-    from nuclei.datasets import Sample
+    from nuclei.io.datasets import Sample
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,6 @@ FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7)
 CORE_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Specks under a few dozen pixels are mostly debris or noise on DSB2018-like images (about 20x-40x).
 MIN_SIZE_GRID = (8, 16, 24, 32)
-
-
-def image_category(image: np.ndarray) -> str:
-    """gray_dark / gray_bright / color_dark / color_bright, as the DSB2018 image types are named."""
-    grey = np.allclose(image[..., 0], image[..., 1], atol=1e-3) and np.allclose(image[..., 1], image[..., 2], atol=1e-3)
-    return f"{'gray' if grey else 'color'}_{'bright' if float(image.mean()) > 0.5 else 'dark'}"
 
 
 @dataclass
@@ -207,10 +201,10 @@ def evaluate_against(
     thresholds (int8 if it ships a validated int8 variant and ``int8``). ``split`` keeps the model's
     validation (or training) images only, from its data.json.
     """
-    from nuclei.datasets import load_dataset
-    from nuclei.inference import Engine
+    from nuclei.inference.engine import Engine
+    from nuclei.io.datasets import load_dataset
     from nuclei.modeldir import resolve_model
-    from nuclei.store import Store
+    from nuclei.store.backend import Store
 
     samples = load_dataset(truth_dir, progress=progress).samples
     model_dir = resolve_model(model) if (store is None or split != "all") else None

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from nuclei.config import MODEL_FORMAT_VERSION
+from nuclei.core.normalize import LEGACY, Normalization
+from nuclei.core.postprocess import Thresholds
 from nuclei.errors import ModelError
-from nuclei.normalize import LEGACY, Normalization
-from nuclei.postprocess import Thresholds
 
 DEFAULT_MODEL_NAME = "dsb2018-unet"
 INT8_FILE = "model.int8.onnx"

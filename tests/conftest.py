@@ -26,7 +26,7 @@ def shared_data(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nuclei.synthetic import write_dataset
+    from nuclei.io.synthetic import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synthetic"), n=10, shape=(96, 128))
 

@@ -8,9 +8,9 @@ import pytest
 from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 
 from flows.segment import segment
-from nuclei.images import write_png
-from nuclei.store import Store
-from nuclei.synthetic import make_sample
+from nuclei.io.images import write_png
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import Store
 
 
 def _cluster(gpu_worker: bool) -> SpecCluster:

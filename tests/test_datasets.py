@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from nuclei.datasets import detect_layout, load_dataset, split_indices
 from nuclei.errors import InputError
-from nuclei.images import read_image, read_labels, write_png
-from nuclei.synthetic import make_sample
+from nuclei.io.datasets import detect_layout, load_dataset, split_indices
+from nuclei.io.images import read_image, read_labels, write_png
+from nuclei.io.synthetic import make_sample
 from tests.conftest import SAMPLES, shared_data
 
 
@@ -39,7 +39,7 @@ def _write_kaggle_layout(root: Path, n: int = 2) -> dict[str, np.ndarray]:
 
 def test_paired_layout_loads_float_rgb_and_instance_labels() -> None:
     dataset = load_dataset(SAMPLES, progress=False)
-    assert dataset.layout == "paired" and len(dataset.samples) == 11
+    assert dataset.layout == "paired" and len(dataset.samples) == 12
     for sample in dataset.samples:
         assert sample.image.dtype == np.float32 and sample.image.shape[2] == 3
         assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from nuclei.images import write_png
+from nuclei.io.images import write_png
+from nuclei.io.synthetic import make_sample, write_dataset
 from nuclei.modeldir import load_model_dir
-from nuclei.query import open_store
-from nuclei.synthetic import make_sample, write_dataset
+from nuclei.store.query import open_store
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(600)

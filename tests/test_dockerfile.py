@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from nuclei.images import write_png
-from nuclei.store import Store
-from nuclei.synthetic import make_sample
+from nuclei.io.images import write_png
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import Store
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(600)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.segment import segment
-from nuclei.cli import main
+from nuclei.cli.main import main
 from nuclei.evaluation import evaluate_against
 
 

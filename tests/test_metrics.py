@@ -1,11 +1,11 @@
-"""nuclei.metrics against small cases computed by hand (the arithmetic is in the comments)."""
+"""nuclei.core.metrics against small cases computed by hand (the arithmetic is in the comments)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nuclei.metrics import (
+from nuclei.core.metrics import (
     DSB_THRESHOLDS,
     ImageScores,
     average_precision,
@@ -194,7 +194,7 @@ def test_iou_matrix_equals_brute_force() -> None:
 
 
 def test_sparse_overlap_counting_agrees_with_dense(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nuclei import metrics
+    from nuclei.core import metrics as metrics
 
     rng = np.random.default_rng(7)
     truth = rng.choice([0, 3, 4, 11, 250], size=(40, 50))

@@ -1,4 +1,4 @@
-"""Tests for nuclei.postprocess on small synthetic images."""
+"""Tests for nuclei.core.postprocess on small synthetic images."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import pytest
 from numpy.typing import NDArray
 from skimage.draw import disk, ellipse
 
-from nuclei.postprocess import (
-    MEASUREMENT_COLUMNS,
-    Thresholds,
-    binary_mask,
-    contact_zone,
-    core_targets,
-    instances,
-    measure,
-    remove_small,
-)
+from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
+from nuclei.core.postprocess import Thresholds, binary_mask, instances, remove_small
+from nuclei.core.targets import contact_zone, core_targets
 
 
 def _discs(shape: tuple[int, int], discs: list[tuple[int, int, int]]) -> NDArray[np.uint32]:

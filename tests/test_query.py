@@ -1,4 +1,4 @@
-"""Tests for nuclei.query and `nuclei query`, on a small real store written with Store.write_entry."""
+"""Tests for nuclei.store.query and `nuclei query`, on a small real store written with Store.write_entry."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import zarr
 
-import nuclei.cli
+import nuclei.cli.main
+from nuclei.cli.query import add_query
+from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
 from nuclei.errors import StoreError
-from nuclei.postprocess import MEASUREMENT_COLUMNS, measure
-from nuclei.query import ImageInfo, NucleiStore, open_store
-from nuclei.query_cli import add_query
-from nuclei.store import Store, id_to_key
-from nuclei.synthetic import make_sample
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import Store, id_to_key
+from nuclei.store.query import ImageInfo, NucleiStore, open_store
 
 
 @dataclass
@@ -284,10 +284,10 @@ def test_other_format_version(tmp_path: Path) -> None:
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         built: tuple[Path, dict[str, Entry]]) -> Any:
     """Run `nuclei query STORE ...`; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(nuclei.cli, "_EXTRA_COMMANDS", [add_query])
+    monkeypatch.setattr(nuclei.cli.main, "COMMANDS", [add_query])
 
     def run(*argv: str, store: Path | None = None) -> tuple[int, str, str]:
-        code = nuclei.cli.main(["query", str(store or built[0]), *argv])
+        code = nuclei.cli.main.main(["query", str(store or built[0]), *argv])
         out, err = capsys.readouterr()
         return code, out, err
 

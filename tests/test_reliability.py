@@ -24,9 +24,9 @@ from onnx import TensorProto, helper
 
 from flows.segment import segment
 from nuclei.errors import ModelError, StoreError
-from nuclei.images import write_png
-from nuclei.store import Store
-from nuclei.synthetic import make_sample
+from nuclei.io.images import write_png
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import Store
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(300)
@@ -265,7 +265,7 @@ def test_no_unsafe_loading_anywhere_in_the_code() -> None:
 
 
 def test_services_the_project_starts_listen_on_localhost_and_the_image_is_not_root() -> None:
-    from nuclei.cluster import dask_client
+    from nuclei.inference.cluster import dask_client
 
     with dask_client(n_workers=1) as client:
         addresses = [client.scheduler.address, *client.scheduler_info()["workers"]]

@@ -13,14 +13,14 @@ import zarr
 from ome_zarr_models.v05.image import Image as OmeImage
 
 from flows.segment import segment
+from nuclei.core.postprocess import instances
 from nuclei.errors import ModelError
-from nuclei.images import read_image, write_png
-from nuclei.inference import Engine
+from nuclei.inference.engine import Engine
+from nuclei.io.images import read_image, write_png
+from nuclei.io.synthetic import make_sample
 from nuclei.modeldir import load_model_dir
-from nuclei.postprocess import instances
-from nuclei.store import Store
-from nuclei.synthetic import make_sample
-from nuclei.training import predict_keras
+from nuclei.store.backend import Store
+from nuclei.training.fit import predict_keras
 
 
 def _write_inputs(root: Path) -> dict[str, Path]:
@@ -107,7 +107,7 @@ def test_bad_files_are_reported_and_the_rest_complete(tmp_path: Path, trained_mo
 
 
 def test_cli_exits_non_zero_when_an_image_failed(tmp_path: Path, trained_model: Path) -> None:
-    from nuclei.cli import main
+    from nuclei.cli.main import main
 
     inputs = tmp_path / "in"
     write_png(inputs / "good.png", make_sample((64, 64), seed=4)[0])
@@ -151,7 +151,7 @@ def test_bad_model_and_parameters_fail_before_any_work(tmp_path: Path, trained_m
 
 
 def test_query_a_store_written_by_the_flow(first_run: tuple, tmp_path: Path) -> None:
-    from nuclei.query import open_store
+    from nuclei.store.query import open_store
 
     _, store_path, paths, _ = first_run
     store = open_store(store_path)
@@ -168,7 +168,7 @@ def test_queries_during_a_run_see_only_complete_entries(tmp_path: Path, trained_
     """A reader polling the store while the flow writes never meets a record whose arrays are incomplete."""
     import threading
 
-    from nuclei.query import open_store
+    from nuclei.store.query import open_store
 
     inputs = tmp_path / "in"
     for i in range(12):

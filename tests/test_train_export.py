@@ -11,13 +11,13 @@ import onnxruntime as ort
 import pytest
 
 from nuclei.config import TrainConfig
+from nuclei.core.tiling import pad_to_multiple
 from nuclei.errors import ModelError
-from nuclei.export import export_onnx, parity_check
-from nuclei.model import unet, unet_receptive_field
 from nuclei.modeldir import load_model_dir
 from nuclei.plots import read_history, stage_starts
-from nuclei.tiling import pad_to_multiple
-from nuclei.training import predict_keras
+from nuclei.training.export import export_onnx, parity_check
+from nuclei.training.fit import predict_keras
+from nuclei.training.model import unet, unet_receptive_field
 
 MODEL_FILES = ("config.json", "model.onnx", "model.keras", "thresholds.json", "metrics.json", "history.csv",
                "curves.png", "data.json", "versions.json", "evaluation/per_image.csv")
@@ -142,7 +142,7 @@ def test_stage_plan_names_each_stage_and_carries_changes_forward() -> None:
 
 def test_contact_weights_make_seam_errors_cost_more() -> None:
     """The last target plane weighs each pixel's cross-entropy: the same mistake costs more on a seam."""
-    from nuclei.training import make_targets, segmentation_loss
+    from nuclei.training.fit import make_targets, segmentation_loss
 
     labels = np.zeros((16, 16), np.uint16)
     labels[4:12, 2:8], labels[4:12, 8:14] = 1, 2
@@ -157,20 +157,28 @@ def test_contact_weights_make_seam_errors_cost_more() -> None:
     assert loss["seam"] > loss["inner"] + 1e-3
 
 
-def test_category_weights_favour_rare_image_types() -> None:
-    from nuclei.training import category_weights
+def test_sampling_weights_give_each_data_set_a_share_and_favour_rare_types() -> None:
+    from nuclei.io.datasets import Sample
+    from nuclei.training.fit import sampling_weights
 
-    grey = np.zeros((4, 4, 3), np.float32)
-    colour = np.dstack([np.ones((4, 4)), np.zeros((4, 4)), np.ones((4, 4))]).astype(np.float32)
-    weights = category_weights([grey] * 9 + [colour])
+    def sample(dataset: str, category: str) -> Sample:
+        return Sample("x", np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint16), Path("x.png"),
+                      dataset=dataset, meta={"category": category})
+
+    samples = [sample("big", "grey")] * 81 + [sample("big", "colour")] * 9 + [sample("small", "grey")] * 16
+    weights = sampling_weights(samples, by_category=True)
     assert weights.sum() == pytest.approx(1.0)
-    assert weights[-1] == pytest.approx(3 * weights[0])  # 1/sqrt(1) vs 1/sqrt(9)
+    big, small = weights[:90].sum(), weights[90:].sum()
+    assert big / small == pytest.approx(90**0.25 / 16**0.25)  # fourth root of each set's size
+    assert weights[81] == pytest.approx(3 * weights[0])  # 1/sqrt(9) vs 1/sqrt(81) within a set
+    flat = sampling_weights(samples[:90], by_category=False)
+    assert np.allclose(flat, 1 / 90)
 
 
 def test_int8_variant_is_kept_only_when_as_good(trained_model: Path, synthetic_dir: Path, tmp_path: Path) -> None:
     """quantize_int8: ONNX Runtime static quantisation; the verdict and the file agree, and inference uses it."""
     from flows.train import train
-    from nuclei.inference import Engine
+    from nuclei.inference.engine import Engine
 
     path = Path(train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="q", epochs=1, batch_size=4,
                       crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, quantize_int8=True))
@@ -182,7 +190,7 @@ def test_int8_variant_is_kept_only_when_as_good(trained_model: Path, synthetic_d
 
 
 def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
-    from nuclei.inference import Engine, cuda_device_count
+    from nuclei.inference.engine import Engine, cuda_device_count
     from nuclei.modeldir import resolve_model
 
     model = resolve_model(None)
@@ -200,7 +208,7 @@ def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
 def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argument wiring only (the flow itself is tested above): switches like --quantize-int8 must arrive."""
     import flows.train
-    from nuclei.cli import main
+    from nuclei.cli.main import main
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or "models/x")
@@ -208,3 +216,29 @@ def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pyt
                  "--then", '{"crop_size": 192}']) == 0
     assert seen["quantize_int8"] is True and seen["balance_categories"] is True and seen["augment"] is False
     assert seen["contact_weight"] == 5.0 and seen["then"] == [{"crop_size": 192}] and "instance_channel" not in seen
+
+
+def test_split_keeps_each_sets_validation_and_holds_whole_groups_out_of_training() -> None:
+    from nuclei.io.datasets import Dataset, Sample
+    from nuclei.training.steps import split
+
+    def samples(dataset: str, n: int, prefix: str) -> list[Sample]:
+        return [Sample(f"{prefix}{i:02d}", np.zeros((2, 2)), np.zeros((2, 2), np.uint16), Path("x"), dataset=dataset)
+                for i in range(n)]
+
+    alone = split(Dataset(Path("a"), "paired", samples=samples("a", 20, "a")),
+                  TrainConfig(data_dir="a", crop_size=64))
+    both = Dataset(Path("a"), "paired",
+                   samples=samples("a", 20, "a") + samples("b", 10, "group") + samples("b", 10, "b"))
+    data = split(both, TrainConfig(data_dir=["a", "b"], crop_size=64, held_out=["b:id=^group"]))
+    assert [s.id for s in data.val if s.dataset == "a"] == [s.id for s in alone.val]  # same split either way
+    assert len(data.held_out["b:id=^group"]) == 10
+    assert not any(s.id.startswith("group") for s in data.train)
+    assert {s.dataset for s in data.val} == {"a", "b"}
+    with pytest.raises(ValueError, match="matches no image"):
+        split(both, TrainConfig(data_dir=["a", "b"], crop_size=64, held_out=["b:id=^nothing"]))
+
+
+def test_config_rejects_a_malformed_held_out_rule() -> None:
+    with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
+        TrainConfig(data_dir="x", held_out=["bbbc039"])

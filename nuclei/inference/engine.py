@@ -17,17 +17,16 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from nuclei.config import DEFAULT_PROVIDERS
+from nuclei.config import DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE
+from nuclei.core.normalize import apply_range, intensity_range
+from nuclei.core.postprocess import Thresholds
+from nuclei.core.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 from nuclei.errors import ModelError
 from nuclei.modeldir import ModelDir
-from nuclei.normalize import apply_range, intensity_range
-from nuclei.postprocess import Thresholds
-from nuclei.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-DEFAULT_TILE_SIZE = 1024
 
 
 @functools.cache

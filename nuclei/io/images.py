@@ -16,14 +16,14 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from nuclei.config import DEFAULT_MAX_PIXELS
+from nuclei.core.normalize import to_float_rgb
 from nuclei.errors import InputError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
-# Larger images must be asked for: a tiny file can claim a huge size (a decompression bomb).
-DEFAULT_MAX_PIXELS = 2**28  # 268 Mpixel, e.g. 16384 x 16384
 
 # Pillow's own bomb check would raise before ours can name the limit the user may raise.
 Image.MAX_IMAGE_PIXELS = None
@@ -102,24 +102,6 @@ def _decode(data: bytes, name: str | Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] >= 3:  # OpenCV decodes BGR(A)
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return array
-
-
-def to_float_rgb(array: np.ndarray) -> np.ndarray:
-    """Scale by the dtype's range to float32 [0, 1] and make 3 channels (grey copied, alpha dropped)."""
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[2] == 2:  # grey + alpha
-        array = array[..., :1]
-    array = array[..., :3]
-    if np.issubdtype(array.dtype, np.integer):
-        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    elif array.dtype == bool:
-        scaled = array.astype(np.float32)
-    else:
-        scaled = np.clip(array.astype(np.float32), 0.0, 1.0)
-    if scaled.shape[2] == 1:
-        scaled = np.repeat(scaled, 3, axis=2)
-    return np.ascontiguousarray(scaled)
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -19,34 +19,19 @@ import fsspec
 import numpy as np
 
 import nuclei
-from nuclei.config import DEFAULT_PROVIDERS
-from nuclei.discovery import ImageItem
+from nuclei.config import SegmentConfig
+from nuclei.core.measure import measure
+from nuclei.core.postprocess import instances
 from nuclei.errors import NucleiError
-from nuclei.images import DEFAULT_MAX_PIXELS, decode
-from nuclei.inference import DEFAULT_TILE_SIZE, Engine
+from nuclei.inference.engine import Engine
+from nuclei.io.discovery import ImageItem
+from nuclei.io.images import decode
 from nuclei.modeldir import load_model_dir
-from nuclei.postprocess import instances, measure
-from nuclei.store import Store
+from nuclei.store.backend import Store
 
 log = logging.getLogger(__name__)
 
 Status = Literal["done", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """Everything a worker needs, small enough to send with every task."""
-
-    model: str
-    store: str
-    providers: tuple[str, ...] = DEFAULT_PROVIDERS
-    threads: int = 0
-    tile_size: int = DEFAULT_TILE_SIZE
-    batch_size: int = 8
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    overwrite: bool = False
-    int8: bool = True  # the model's validated int8 variant on CPU, when it has one
-    diameter: float | None = None  # typical nucleus diameter in px: rescales images to the model's scale
 
 
 @dataclass
@@ -72,7 +57,7 @@ class _Decoded:
     sha256: str
 
 
-def _read(item: ImageItem, settings: SegmentSettings) -> _Decoded:
+def _read(item: ImageItem, settings: SegmentConfig) -> _Decoded:
     with fsspec.open(item.url, "rb") as handle:
         data = handle.read()
     raw = decode(data, item.url, settings.max_pixels)
@@ -85,10 +70,11 @@ def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str
                 and record.get("model", {}).get("version") == model_version)
 
 
-def segment_batch(items: Sequence[ImageItem], settings: SegmentSettings) -> list[ImageResult]:
+def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[ImageResult]:
     """Segment ``items`` into the store; returns one result per item, in order."""
+    assert settings.model is not None, "the plan resolves the model before any task is sent"
     model = load_model_dir(settings.model)
-    engine = Engine(model, settings.providers, settings.threads, settings.tile_size, settings.batch_size,
+    engine = Engine(model, tuple(settings.providers), settings.threads, settings.tile_size, settings.batch_size,
                     settings.int8, settings.diameter)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from nuclei.errors import StoreError
-from nuclei.images import write_png
-from nuclei.store import Store, validate_id
+from nuclei.io.images import write_png
+from nuclei.store.backend import Store, validate_id
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """A segmentation run: plan the work, fan it out on Dask, and summarize what happened.
 
-The flow wires these steps as Prefect tasks; the Python API and CLI call the flow.
+The `segment` flow wires these steps as Prefect tasks; `segment()` below runs the same steps without Prefect
+(the Python API), so a library call never starts a server.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from os import PathLike, fspath
 from typing import Any
 
 from distributed import as_completed
 from tqdm import tqdm
 
-from nuclei.cluster import dask_client, task_resources
-from nuclei.discovery import ImageItem, discover
+from nuclei.config import SegmentConfig
 from nuclei.errors import InputError
-from nuclei.inference import Engine
+from nuclei.inference.cluster import dask_client, task_resources
+from nuclei.inference.engine import Engine
+from nuclei.inference.worker import ImageResult, segment_batch
+from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import ModelDir, resolve_model
-from nuclei.segmentation import ImageResult, SegmentSettings, segment_batch
-from nuclei.store import Store
+from nuclei.store.backend import Store
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +34,24 @@ log = logging.getLogger(__name__)
 class Plan:
     """What a run will do: the settings every task gets, and the images grouped into tasks."""
 
-    settings: SegmentSettings
+    settings: SegmentConfig  # with the model resolved to its directory
     model_version: str
     n_found: int
     batches: list[list[ImageItem]]
     unchanged: list[str] = field(default_factory=list)
     problems: list[InputError] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
-    images_per_task: int = 32
 
     @property
     def items(self) -> list[ImageItem]:
         return [item for batch in self.batches for item in batch]
 
 
-def check_model(model: str | None, providers: Sequence[str], tile_size: int, int8: bool = True) -> ModelDir:
+def check_model(config: SegmentConfig) -> ModelDir:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
-    model_dir = resolve_model(model)
-    engine = Engine(model_dir, tuple(providers), tile_size=tile_size, int8=int8)
+    model_dir = resolve_model(config.model)
+    engine = Engine(model_dir, tuple(config.providers), tile_size=config.tile_size, int8=config.int8,
+                    diameter=config.diameter)
     log.info("model %s (%s) on providers %s", model_dir.version, engine.precision, engine.session_providers())
     return model_dir
 
@@ -60,40 +63,33 @@ def _unchanged(item: ImageItem, record: dict[str, Any] | None, model_version: st
                 and item.mtime is not None and record.get("source_mtime") == item.mtime)
 
 
-def plan(
-    inputs: Sequence[str], store: str, model: str | None = None, images_per_task: int = 32,
-    overwrite: bool = False, tile_size: int = 1024, providers: Sequence[str] = ("CPUExecutionProvider",),
-    int8: bool = True, diameter: float | None = None,
-) -> Plan:
-    """Validate parameters, discover images, leave out unchanged ones, and group the rest into tasks."""
-    if images_per_task < 1:
-        raise ValueError(f"images_per_task must be >= 1, got {images_per_task}")
-    if diameter is not None and not 2.0 <= diameter <= 1000.0:
-        raise ValueError(f"diameter must be a nucleus diameter in pixels (2-1000), got {diameter}")
-    model_dir = check_model(model, providers, tile_size, int8)
-    records = Store(store, mode="a").records()
-    found = discover(inputs)
+def plan(config: SegmentConfig) -> Plan:
+    """Check the model, discover images, leave out unchanged ones, and group the rest into tasks."""
+    model_dir = check_model(config)
+    records = Store(config.store, mode="a").records()
+    found = discover(config.inputs)
     todo, unchanged = [], []
     for item in found.items:
-        if not overwrite and _unchanged(item, records.get(item.id), model_dir.version):
+        if not config.overwrite and _unchanged(item, records.get(item.id), model_dir.version):
             unchanged.append(item.id)
         else:
             todo.append(item)
-    settings = SegmentSettings(model=str(model_dir.path), store=store, providers=tuple(providers),
-                               tile_size=tile_size, overwrite=overwrite, int8=int8, diameter=diameter)
-    batches = [todo[i : i + images_per_task] for i in range(0, len(todo), images_per_task)]
+    settings = config.model_copy(update={"model": str(model_dir.path)})
+    size = config.images_per_task
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
-                found.problems, images_per_task=images_per_task)
+                found.problems)
 
 
-def run(plan: Plan, dask_address: str | None = None, n_workers: int | None = None,
-        progress: bool = False) -> list[ImageResult]:
+def run(plan: Plan, progress: bool = False) -> list[ImageResult]:
     """Run every task on Dask; a task that fails as a whole marks its images failed with the reason."""
     if not plan.batches:
         return []
     results: list[ImageResult] = []
-    with dask_client(dask_address, n_workers) as client:
-        batches = balanced(plan.items, plan.images_per_task, len(client.scheduler_info(n_workers=-1)["workers"]))
+    config = plan.settings
+    with dask_client(config.dask_address, config.n_workers) as client:
+        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        batches = balanced(plan.items, config.images_per_task, n_workers)
         resources = task_resources(client)
         if resources:
             log.info("inference tasks request %s per task", resources)
@@ -161,9 +157,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{failures}\n"
 
 
-def segment(inputs: Sequence[str] | str, store: str, model: str | None = None, **options: Any) -> dict[str, Any]:
-    """Python API: run the `segment` flow (Prefect's embedded mode unless PREFECT_API_URL is set)."""
-    from flows.segment import segment as segment_flow
+def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],
+            model: str | PathLike[str] | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Python API: segment ``inputs`` into ``store`` (the `segment` flow's steps, without Prefect).
 
-    return segment_flow(inputs=[inputs] if isinstance(inputs, str) else list(inputs), store=store, model=model,
-                        **options)
+    ``options`` are the other fields of `SegmentConfig` (dask_address, n_workers, diameter, ...).
+    """
+    listed = [inputs] if isinstance(inputs, str | PathLike) else list(inputs)
+    config = SegmentConfig(inputs=[fspath(i) for i in listed], store=fspath(store),
+                           model=fspath(model) if model is not None else None, **options)
+    work = plan(config)
+    return summarize(work, run(work, progress))

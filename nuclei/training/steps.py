@@ -20,16 +20,16 @@ import keras
 import numpy as np
 
 from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
-from nuclei.datasets import Dataset, Sample, load_datasets, matches_group, split_indices
+from nuclei.core.normalize import normalized
+from nuclei.core.postprocess import Thresholds, instances
 from nuclei.evaluation import Report, choose_thresholds, score_samples, write_report
-from nuclei.export import export_onnx, parity_check
-from nuclei.inference import Engine
-from nuclei.model import build_model, receptive_field
+from nuclei.inference.engine import Engine
+from nuclei.io.datasets import Dataset, Sample, load_datasets, matches_group, split_indices
 from nuclei.modeldir import load_model_dir, write_json
-from nuclei.normalize import normalized
 from nuclei.plots import read_history, training_curves
-from nuclei.postprocess import Thresholds, instances
-from nuclei.training import fit
+from nuclei.training.export import export_onnx, parity_check
+from nuclei.training.fit import fit
+from nuclei.training.model import build_model, receptive_field
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def evaluate(model_dir: Path, data: Split) -> tuple[Thresholds, Report, dict[str
 def quantize(model_dir: Path, data: Split, float_report: Report, calibration: int = 64) -> dict[str, object]:
     """model.int8.onnx, calibrated on training images; kept only if its validation DSB score is within
     DSB_TOLERANCE of float32's. The verdict and both scores go into int8.json."""
-    from nuclei.quantize import DSB_TOLERANCE, quantize_int8
+    from nuclei.training.quantize import DSB_TOLERANCE, quantize_int8
 
     multiple = int(load_model_dir(model_dir).pad_multiple)
     norm = load_model_dir(model_dir).normalization

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nuclei.images import write_png
+from nuclei.io.images import write_png
 
 
 def make_sample(

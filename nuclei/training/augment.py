@@ -1,13 +1,13 @@
 """Training crops and augmentation, pure numpy/OpenCV: zoom, flips, 90-degree rotations, intensity, blur, noise
-and colour changes. Images arrive normalised (`nuclei.normalize`), so intensity changes act around 0..1."""
+and colour changes. Images arrive normalised (`nuclei.core.normalize`), so intensity changes act around 0..1."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from nuclei.normalize import CLIP
-from nuclei.tiling import pad_to_at_least
+from nuclei.core.normalize import CLIP
+from nuclei.core.tiling import pad_to_at_least
 
 
 def random_crop(

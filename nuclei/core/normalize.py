@@ -18,14 +18,31 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nuclei.images import to_float_rgb
-
 # Percentiles of a huge image come from a strided sample of about this many pixels (np.percentile sorts).
 PERCENTILE_SAMPLE = 2_000_000
 # A range narrower than this (after scaling by the dtype) is a uniform image: it maps to 0, not to noise / 0.
 MIN_RANGE = 1e-6
 # Bounds for values far outside the percentile range (hot pixels), so one outlier cannot dominate an input.
 CLIP = (-1.0, 4.0)
+
+
+def to_float_rgb(array: np.ndarray) -> np.ndarray:
+    """Scale by the dtype's range to float32 [0, 1] and make 3 channels (grey copied, alpha dropped)."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[2] == 2:  # grey + alpha
+        array = array[..., :1]
+    array = array[..., :3]
+    if np.issubdtype(array.dtype, np.integer):
+        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif array.dtype == bool:
+        scaled = array.astype(np.float32)
+    else:
+        scaled = np.clip(array.astype(np.float32), 0.0, 1.0)
+    if scaled.shape[2] == 1:
+        scaled = np.repeat(scaled, 3, axis=2)
+    return np.ascontiguousarray(scaled)
+
 
 
 class Normalization(BaseModel):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nuclei.core.tiling import pad_to_multiple
 from nuclei.modeldir import INT8_FILE
-from nuclei.tiling import pad_to_multiple
 
 log = logging.getLogger(__name__)
 

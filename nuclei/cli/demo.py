@@ -6,6 +6,7 @@ into a Zarr store, and prints what the store holds, with overlay pictures to loo
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def run_demo(out: Path, epochs: int = 30) -> dict[str, object]:
 def _demo(out: Path, epochs: int) -> dict[str, object]:
     from flows.segment import segment
     from flows.train import train
-    from nuclei.query import open_store
+    from nuclei.store.query import open_store
 
     model_dir = train(data_dir=str(SAMPLES), out_dir=str(out / "models"), name="demo-unet", epochs=epochs,
                       crop_size=128, batch_size=8, steps_per_epoch=8, depth=3, base_filters=8, patience=10)
@@ -40,3 +41,15 @@ def _demo(out: Path, epochs: int) -> dict[str, object]:
     print(f"overlays: {len(overlays)} PNGs in {out / 'overlays'}")
     print(f"query it: nuclei query {out / 'results.zarr'} list")
     return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = run_demo(Path(args.out), epochs=args.epochs)
+    return 1 if summary["failed"] else 0
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="train, export, segment and query the bundled sample images")
+    parser.add_argument("--out", default="runs/demo", help="where the model, store and overlays go")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.set_defaults(handler=run)

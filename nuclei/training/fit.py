@@ -12,12 +12,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from nuclei.augment import augmented_crop
 from nuclei.config import TrainConfig
-from nuclei.datasets import Sample
-from nuclei.normalize import normalized
-from nuclei.postprocess import contact_zone, core_targets
-from nuclei.tiling import pad_to_multiple
+from nuclei.core.normalize import normalized
+from nuclei.core.targets import contact_zone, core_targets
+from nuclei.core.tiling import pad_to_multiple
+from nuclei.io.datasets import Sample
+from nuclei.training.augment import augmented_crop
 
 log = logging.getLogger(__name__)
 

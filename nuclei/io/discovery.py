@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import fsspec
 
 from nuclei.errors import InputError
-from nuclei.images import IMAGE_SUFFIXES
+from nuclei.io.images import IMAGE_SUFFIXES
 
 GLOB_CHARS = "*?["
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nuclei.query import ExportKind, NucleiStore
+    from nuclei.store.query import ExportKind, NucleiStore
 
 SHOW_ROWS = 20
 _INTEGER_COLUMNS = frozenset({"label", "area", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"})
@@ -69,13 +69,13 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> NucleiStore:
-    from nuclei.query import open_store  # zarr and fsspec only when a query runs
+    from nuclei.store.query import open_store  # zarr and fsspec only when a query runs
 
     return open_store(args.store)
 
 
 def _print_json(data: object) -> None:
-    from nuclei.cli import print_json  # not at import time: nuclei.cli imports this module
+    from nuclei.cli.options import print_json
 
     print_json(data)
 
@@ -129,7 +129,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nuclei.query import EXPORT_KINDS
+    from nuclei.store.query import EXPORT_KINDS
 
     kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
     store = _open(args)

@@ -33,8 +33,8 @@ import zarr
 from filelock import FileLock
 
 from nuclei.config import STORE_FORMAT_VERSION
+from nuclei.core.measure import MEASUREMENT_COLUMNS
 from nuclei.errors import StoreError
-from nuclei.postprocess import MEASUREMENT_COLUMNS
 
 log = logging.getLogger(__name__)
 

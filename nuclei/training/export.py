@@ -13,8 +13,8 @@ import tensorflow as tf
 import tf2onnx
 
 from nuclei.config import ONNX_OPSET
+from nuclei.core.tiling import pad_to_multiple
 from nuclei.errors import ModelError
-from nuclei.tiling import pad_to_multiple
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nuclei.errors import InputError
-from nuclei.images import IMAGE_SUFFIXES, binary_to_labels, read_labels, read_raw, to_float_rgb
+from nuclei.io.images import IMAGE_SUFFIXES, binary_to_labels, read_labels, read_raw, to_float_rgb
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ class Sample:
     @property
     def category(self) -> str:
         """The image type: the manifest's category or preparation, else grey/colour and dark/bright."""
-        from nuclei.evaluation import image_category
-
         return self.meta.get("category") or self.meta.get("preparation") or image_category(self.image)
 
     def field(self, name: str) -> str:
@@ -256,6 +254,12 @@ def merge_instance_masks(masks_dir: Path) -> np.ndarray:
         labels[mask] = index
     assert labels is not None
     return labels
+
+
+def image_category(image: np.ndarray) -> str:
+    """gray_dark / gray_bright / color_dark / color_bright, as the DSB2018 image types are named."""
+    grey = np.allclose(image[..., 0], image[..., 1], atol=1e-3) and np.allclose(image[..., 1], image[..., 2], atol=1e-3)
+    return f"{'gray' if grey else 'color'}_{'bright' if float(image.mean()) > 0.5 else 'dark'}"
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

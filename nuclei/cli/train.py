@@ -1,0 +1,30 @@
+"""`nuclei train DATA_DIR...`: the `train` flow from the command line; options are TrainConfig's fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nuclei.cli.options import add_config_options, given
+from nuclei.config import TrainConfig
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a U-Net and export it to ONNX (needs nuclei[train])")
+    parser.add_argument("data_dir", nargs="+", help="dataset folder(s): stage1_train/, train|test/inputs|masks, or "
+                        "images/+labels/; several are split 80:20 each and sampled so none drowns the others")
+    parser.add_argument("--out", dest="out_dir", help="parent folder of the model directory (default: models)")
+    add_config_options(parser, TrainConfig, skip=("data_dir", "out_dir"))
+    parser.add_argument("--then", action="append", type=json.loads, metavar="JSON",
+                        help="a further fine-tuning stage from the previous weights: changes to the previous stage's "
+                             'parameters, e.g. \'{"crop_size": 192, "learning_rate": 3e-4}\' (repeatable)')
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.train import train
+
+    params = given(args, TrainConfig)
+    data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
+    print(train(**{**params, "data_dir": data_dir}, then=args.then))
+    return 0

@@ -1,0 +1,1 @@
+"""Reading images and labelled datasets from files and URLs; finding the images of a run."""

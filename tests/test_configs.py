@@ -1,0 +1,82 @@
+"""Every option exists once: the configs' fields are the flows' parameters and the CLI's options."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from nuclei.config import SegmentConfig, TrainConfig
+
+EXTRA_FLOW_PARAMETERS = {"segment": {"progress"}, "train": {"then"}}
+
+
+def _flow_parameters(flow: Any) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(flow.fn).parameters.items()}
+
+
+@pytest.mark.parametrize("flow_name,config", [("segment", SegmentConfig), ("train", TrainConfig)])
+def test_flow_parameters_are_the_config_fields_with_the_same_defaults(flow_name: str, config: Any) -> None:
+    import flows.segment
+    import flows.train
+
+    flow = {"segment": flows.segment.segment, "train": flows.train.train}[flow_name]
+    parameters = _flow_parameters(flow)
+    assert set(parameters) - EXTRA_FLOW_PARAMETERS[flow_name] == set(config.model_fields)
+    for name, field in config.model_fields.items():
+        if field.is_required():
+            assert parameters[name] is inspect.Parameter.empty, name
+            continue
+        default = field.get_default(call_default_factory=True)
+        flow_default = parameters[name]
+        if name == "normalization":  # a dict parameter in the flow (None: the config's default)
+            assert flow_default is None
+            continue
+        if name == "held_out":
+            assert flow_default is None and default == []
+            continue
+        assert (list(default) if isinstance(default, tuple | list) else default) == (
+            list(flow_default) if isinstance(flow_default, tuple | list) else flow_default), name
+
+
+def _parsed(argv: list[str]) -> dict[str, Any]:
+    from nuclei.cli.main import build_parser
+    from nuclei.cli.options import given
+
+    args = build_parser().parse_args(argv)
+    config = TrainConfig if argv[0] == "train" else SegmentConfig
+    return given(args, config)
+
+
+def test_every_segment_option_reaches_the_config() -> None:
+    params = _parsed(["segment", "a/", "b.tif", "--store", "s.zarr", "--model", "m", "--dask-address", "tcp://x:1",
+                      "--workers", "2", "--images-per-task", "4", "--overwrite", "--tile-size", "512",
+                      "--providers", "CPUExecutionProvider", "--float32", "--diameter", "60", "--threads", "1",
+                      "--batch-size", "2", "--max-pixels", "1000"])
+    assert set(params) == set(SegmentConfig.model_fields)  # each field is reachable from the command line
+    config = SegmentConfig(**params)
+    assert config.inputs == ["a/", "b.tif"] and config.n_workers == 2 and config.int8 is False
+    assert config.diameter == 60.0 and config.providers == ["CPUExecutionProvider"]
+
+
+def test_every_train_option_reaches_the_config() -> None:
+    params = _parsed(["train", "d1", "d2", "--out", "o", "--name", "n", "--architecture", "unet", "--depth", "3",
+                      "--base-filters", "8", "--no-instance-channel", "--encoder-weights", "w.h5", "--init-from", "m",
+                      "--contact-weight", "5", "--epochs", "2", "--batch-size", "4", "--steps-per-epoch", "3",
+                      "--val-fraction", "0.3", "--seed", "1", "--patience", "2", "--learning-rate", "0.01",
+                      "--crop-size", "64", "--no-augment", "--scale-range", "0.5", "2", "--normalization",
+                      '{"low": 2, "high": 99}', "--held-out", "d1:id=^a", "--held-out", "d2:id=^b",
+                      "--balance-categories", "--max-images", "5", "--on-error", "skip", "--quantize-int8"])
+    assert set(params) == set(TrainConfig.model_fields)
+    config = TrainConfig(**params)
+    assert config.data_dir == ["d1", "d2"]
+    assert config.scale_range == (0.5, 2.0) and config.held_out == ["d1:id=^a", "d2:id=^b"]
+    assert config.normalization.low == 2 and config.augment is False and config.instance_channel is False
+
+
+def test_bad_values_are_refused_by_the_config() -> None:
+    with pytest.raises(ValueError, match="images_per_task"):
+        SegmentConfig(inputs=["a"], store="s", images_per_task=0)
+    with pytest.raises(ValueError, match="diameter"):
+        SegmentConfig(inputs=["a"], store="s", diameter=0.5)
