@@ -6,12 +6,9 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: workers and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no backend switch, no global state in the user's process
+from skimage.segmentation import find_boundaries
 
 OUTLINE = np.array([1.0, 0.9, 0.0], np.float32)  # yellow shows on dark fluorescence and purple stains
 MISSED = np.array([1.0, 0.1, 0.1], np.float32)
@@ -32,7 +29,8 @@ def stage_starts(history: dict[str, list[float]]) -> list[tuple[int, int]]:
 def training_curves(history: dict[str, list[float]], out: Path) -> Path:
     """Loss and foreground metrics per epoch, training against validation; dashed lines where a stage begins."""
     names = [k for k in ("loss", "foreground_iou", "pixel_accuracy", "dice") if k in history]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    fig = Figure(figsize=(4 * len(names), 3.2))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         epochs = np.arange(1, len(history[name]) + 1)
         ax.plot(epochs, history[name], label="train")
@@ -47,7 +45,6 @@ def training_curves(history: dict[str, list[float]], out: Path) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -71,7 +68,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = No
 def image_grid(panels: Sequence[tuple[str, np.ndarray]], out: Path, columns: int = 4) -> Path:
     """Titled RGB panels in a grid, saved as one PNG."""
     rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * columns, 4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, panel) in zip(axes.flat, panels, strict=False):
@@ -79,5 +77,4 @@ def image_grid(panels: Sequence[tuple[str, np.ndarray]], out: Path, columns: int
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out

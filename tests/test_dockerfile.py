@@ -103,7 +103,7 @@ def test_worker_and_train_stages_install_and_run(tmp_path: Path) -> None:
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["done"] == 2 and summary["model"].startswith("dsb2018-unet@")
     record = Store(tmp_path / "o.zarr").record("cell0")
-    assert record is not None and record["model"]["path"] == str(app / "models" / "dsb2018-unet")  # $NUCLEI_MODEL
+    assert record is not None and record.model.path == str(app / "models" / "dsb2018-unet")  # $NUCLEI_MODEL
 
     train = _stage("train")
     for instruction, argument in train:

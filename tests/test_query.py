@@ -143,18 +143,26 @@ def test_stats(store: NucleiStore, entries: dict[str, Entry]) -> None:
     assert stats["models"] == {"v1.0": 1, "v1.1": 1, "v2.0": 1}
 
 
-def test_missing_summary_keys_are_none(tmp_path: Path) -> None:
+def test_a_damaged_record_hides_only_its_entry(tmp_path: Path) -> None:
+    """A record that does not parse (empty, truncated, missing fields) makes that entry invisible and reported,
+    never the whole store unreadable."""
     store = Store(tmp_path / "s.zarr", "a")
-    image, labels = make_sample((32, 32), n_nuclei=2, seed=5)
-    store.write_entry("bare", image, labels, measure(labels, image), {"status": "complete"})
+    for image_id in ("good", "empty", "truncated", "no-id"):
+        _write(store, image_id, (32, 32), 2, seed=5, version="v1")
+    index = tmp_path / "s.zarr" / "index"
+    (index / "empty.json").write_text("")
+    (index / "truncated.json").write_text((index / "truncated.json").read_text()[:40])
+    record = json.loads((index / "no-id.json").read_text())
+    del record["id"]
+    (index / "no-id.json").write_text(json.dumps(record))
     query = open_store(tmp_path / "s.zarr")
-    assert query.images() == [ImageInfo("bare", None, None, None, None, "complete", None)]
-    assert query.images(min_nuclei=0) == []
-    assert query.summary()[0]["height"] is None
-    assert query.stats()["models"] == {"unknown": 1}
-
-
-# --- one image -------------------------------------------------------------------------------------------
+    assert [i.id for i in query.images()] == ["good"]
+    assert "empty" not in query and query.stats()["n_images"] == 1
+    assert sorted(Path(p).name for p in store.records() and store.damaged) == [
+        "empty.json", "no-id.json", "truncated.json"]
+    with pytest.raises(ValueError, match="source"):
+        store.write_entry("bare", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16), np.zeros((0, 9)),
+                          {"status": "complete"})  # a record without provenance is never written
 
 
 def test_arrays_equal_what_was_written(store: NucleiStore, entries: dict[str, Entry]) -> None:
@@ -216,7 +224,8 @@ def test_export_rejects_labels_above_uint16(tmp_path: Path) -> None:
     labels = np.zeros((16, 16), np.uint32)
     labels[4:8, 4:8] = 70000
     image = np.zeros((16, 16), np.uint8)
-    store.write_entry("big", image, labels, measure(labels, image), {"n_nuclei": 1, "status": "complete"})
+    table = measure(labels, image)
+    store.write_entry("big", image, labels, table, _record("big", labels, table, "v1"))
     with pytest.raises(StoreError, match="'big'.*65535"):
         open_store(tmp_path / "big.zarr").export(tmp_path / "out", "labels")
     assert open_store(tmp_path / "big.zarr").export(tmp_path / "out", "masks")  # masks are fine
@@ -226,7 +235,9 @@ def test_export_never_writes_outside_out_dir(tmp_path: Path) -> None:
     path = tmp_path / "evil.zarr"
     Store(path, "a")
     (path / "index").mkdir()
-    (path / "index" / "x.json").write_text(json.dumps({"id": "../evil", "status": "complete"}))
+    labels = np.zeros((8, 8), np.uint16)
+    record = {**_record("x", labels, np.zeros((0, 9)), "v1"), "id": "../evil"}
+    (path / "index" / "x.json").write_text(json.dumps(record))
     with pytest.raises(StoreError, match="invalid image id"):
         open_store(path).export(tmp_path / "out", "labels")
     assert not (tmp_path / "evil.png").exists()
@@ -331,7 +342,8 @@ def test_cli_show_truncates_to_20_rows(cli: Any, tmp_path: Path) -> None:
     for i in range(25):
         labels[1 + (i // 10) * 10:(i // 10) * 10 + 8, 1 + (i % 10) * 6:(i % 10) * 6 + 5] = i + 1
     image = np.full((30, 60), 100, np.uint8)
-    Store(path, "a").write_entry("many", image, labels, measure(labels, image), {"status": "complete"})
+    table = measure(labels, image)
+    Store(path, "a").write_entry("many", image, labels, table, _record("many", labels, table, "v1"))
     code, out, _ = cli("show", "many", store=path)
     table = out.split("\n\n", 1)[1].splitlines()
     assert code == 0 and len(table) == 1 + 20 + 1 and table[-1].startswith("25 nuclei (first 20")

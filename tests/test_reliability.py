@@ -50,7 +50,7 @@ def _contents(store_path: Path) -> dict[str, tuple[bytes, bytes, str]]:
     out = {}
     for image_id, record in store.records().items():
         _, table = store.read_measurements(image_id)
-        out[image_id] = (store.read_labels(image_id).tobytes(), table.tobytes(), record["source_sha256"])
+        out[image_id] = (store.read_labels(image_id).tobytes(), table.tobytes(), record.source_sha256)
     return out
 
 

@@ -65,9 +65,9 @@ def test_every_image_lands_with_the_keras_mask(first_run: tuple, trained_model: 
         assert mask.shape == expected.shape
         assert np.mean(mask.astype(bool) != expected) < 1e-3, image_id
         record = store.record(image_id)
-        assert record["model"]["version"] == model_dir.version
-        assert record["providers"] == ["CPUExecutionProvider"]
-        assert record["n_nuclei"] == int(store.read_labels(image_id).max())
+        assert record is not None and record.model.version == model_dir.version
+        assert record.providers == ["CPUExecutionProvider"]
+        assert record.n_nuclei == int(store.read_labels(image_id).max())
 
 
 def test_second_run_skips_everything_and_new_images_are_the_only_work(first_run: tuple, trained_model: Path) -> None:
@@ -85,7 +85,7 @@ def test_store_is_valid_ome_zarr_05(first_run: tuple) -> None:
     _, store_path, paths, _ = first_run
     store = Store(store_path)
     for image_id in paths:
-        group = zarr.open_group(store_path / "images" / store.record(image_id)["key"], mode="r")
+        group = zarr.open_group(store_path / "images" / store.record(image_id).key, mode="r")
         OmeImage.from_zarr(group)  # raises on any spec violation, labels included
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from skimage.segmentation import relabel_sequential
 
 #: IoU thresholds of the 2018 Data Science Bowl: 0.50, 0.55, ..., 0.95 (rounded so that 0.6 is exactly 0.6).
 DSB_THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -69,12 +70,8 @@ def dice(true_mask: np.ndarray, pred_mask: np.ndarray) -> float:
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Flat labels mapped to 0..n (0 = background, objects 1..n in id order), and n: ids may have gaps."""
-    flat = np.asarray(labels).reshape(-1)
-    fg = flat > 0
-    ids = np.unique(flat[fg])
-    out = np.zeros(flat.shape, np.intp)
-    out[fg] = np.searchsorted(ids, flat[fg]) + 1
-    return out, int(ids.size)
+    relabelled, _, _ = relabel_sequential(np.asarray(labels).reshape(-1))
+    return relabelled.astype(np.intp, copy=False), int(relabelled.max(initial=0))
 
 
 def _dense_iou(t: np.ndarray, n_true: int, p: np.ndarray, n_pred: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 from nuclei.core.labels import edt as _edt
 
@@ -113,12 +113,8 @@ def _split_blob(
         pieces = own.astype(np.int32)
     else:
         pieces = np.asarray(watershed(-distance, seeds, connectivity=1, mask=own), dtype=np.int32)
-    sizes = np.bincount(pieces[own], minlength=max(n, 1) + 1)
-    keep = sizes >= max(1, thresholds.min_size)
-    keep[0] = False
-    renumber = np.zeros(sizes.size, np.int32)
-    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
-    return renumber[pieces], int(keep.sum())
+    kept = remove_small(pieces, thresholds.min_size)
+    return kept.astype(np.int32, copy=False), int(kept.max(initial=0))
 
 
 def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
@@ -149,10 +145,7 @@ def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
 def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:
     """Drop nuclei under `min_size` pixels and renumber the rest 1..N in their order: what `instances` does with
     that min_size, so thresholds can be tuned without labelling again."""
-    arr = np.asarray(labels)
-    areas = np.bincount(arr.ravel().astype(np.intp))
-    keep = areas >= max(1, min_size)
-    keep[0] = False
-    renumber = np.zeros(areas.size, np.uint32)
-    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
-    return renumber[arr]
+    arr = np.asarray(labels).astype(np.uint32, copy=False)
+    small = np.bincount(arr.ravel()) < max(1, min_size)
+    relabelled, _, _ = relabel_sequential(np.where(small[arr], np.uint32(0), arr))
+    return np.asarray(relabelled, dtype=np.uint32)

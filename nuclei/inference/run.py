@@ -26,6 +26,7 @@ from nuclei.inference.worker import ImageResult, segment_batch
 from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import ModelDir, resolve_model
 from nuclei.store.backend import Store
+from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,10 @@ def check_model(config: SegmentConfig) -> ModelDir:
     return model_dir
 
 
-def _unchanged(item: ImageItem, record: dict[str, Any] | None, model_version: str) -> bool:
+def _unchanged(item: ImageItem, record: EntryRecord | None, model_version: str) -> bool:
     """Same model, and the same file by size and modification time (the worker checks the hash)."""
-    return bool(record and record.get("model", {}).get("version") == model_version
-                and record.get("source") == item.url and record.get("source_size") == item.size
-                and item.mtime is not None and record.get("source_mtime") == item.mtime)
+    return bool(record and record.model.version == model_version and record.source == item.url
+                and record.source_size == item.size and item.mtime is not None and record.source_mtime == item.mtime)
 
 
 def plan(config: SegmentConfig) -> Plan:

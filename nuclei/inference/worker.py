@@ -66,8 +66,7 @@ def _read(item: ImageItem, settings: SegmentConfig) -> _Decoded:
 
 def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str) -> bool:
     record = store.record(item.id)
-    return bool(record and record.get("source_sha256") == sha256
-                and record.get("model", {}).get("version") == model_version)
+    return bool(record and record.source_sha256 == sha256 and record.model.version == model_version)
 
 
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[ImageResult]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -25,8 +26,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
-# Pillow's own bomb check would raise before ours can name the limit the user may raise.
-Image.MAX_IMAGE_PIXELS = None
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_image_file(path: Path) -> bool:
@@ -41,9 +41,13 @@ def image_size(data: bytes, name: str | Path) -> tuple[int, int]:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 shape = tif.pages[0].shape
                 return int(shape[0]), int(shape[1])
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            return int(height), int(width)
+        if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":  # the header says the size: no decoder
+            return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+        with warnings.catch_warnings():  # our max_pixels check names the limit; Pillow's global one stays as is
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                return int(height), int(width)
     except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
         raise InputError(name, f"not a readable image ({type(exc).__name__}: {exc})") from exc
 

@@ -35,6 +35,7 @@ from filelock import FileLock
 from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.core.measure import MEASUREMENT_COLUMNS
 from nuclei.errors import StoreError
+from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,24 @@ PYRAMID_MIN_SIZE = 1024  # add half-resolution levels until the smallest is at m
 CHUNK = 1024
 LABEL_NAMES = ("nuclei", "mask")
 
-# zarr warns about index/, which is ours and not a Zarr node.
-warnings.filterwarnings("ignore", message="Object at index is not recognized", module="zarr")
+
+
+@contextlib.contextmanager
+def _index_is_ours() -> Iterator[None]:
+    """zarr warns about index/, which is ours and not a Zarr node: silence that warning here only (a global
+    filter would change the warnings of the user's whole process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at index is not recognized")
+        yield
+
+
+def _parse_record(blob: bytes, path: str) -> EntryRecord | None:
+    """The record in ``blob``, or None (logged) when it is empty, truncated or not a valid record."""
+    try:
+        return EntryRecord.model_validate_json(blob)
+    except ValueError as exc:  # pydantic's ValidationError (bad JSON included) is a ValueError
+        log.warning("damaged index record %s: %s", path, str(exc).splitlines()[0])
+        return None
 
 
 def validate_id(image_id: str) -> str:
@@ -74,9 +91,14 @@ class Store:
         self.fs, self.root_path = fsspec.core.url_to_fs(self.url)
         self.local = "file" in _protocols(self.fs)
         self.mode = mode
+        self.damaged: list[str] = []  # index records the last `records()` could not read
         self.root = self._open_root(mode)
 
     def _open_root(self, mode: Literal["r", "a"]) -> zarr.Group:
+        with _index_is_ours():
+            return self._open_root_quietly(mode)
+
+    def _open_root_quietly(self, mode: Literal["r", "a"]) -> zarr.Group:
         exists = self.fs.exists(f"{self.root_path}/zarr.json")
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
@@ -105,15 +127,17 @@ class Store:
     def _record_path(self, image_id: str) -> str:
         return f"{self.root_path}/index/{id_to_key(image_id)}.json"
 
-    def record(self, image_id: str) -> dict[str, Any] | None:
-        """The record of a complete entry, or None."""
+    def record(self, image_id: str) -> EntryRecord | None:
+        """The record of a complete entry, or None (also when the record is damaged: see `damaged`)."""
+        path = self._record_path(image_id)
         try:
-            return json.loads(self.fs.cat_file(self._record_path(image_id)))
+            return _parse_record(self.fs.cat_file(path), path)
         except FileNotFoundError:
             return None
 
-    def records(self) -> dict[str, dict[str, Any]]:
-        """Every complete entry's record, by id (reads only the small index files, never arrays)."""
+    def records(self) -> dict[str, EntryRecord]:
+        """Every complete entry's record, by id (reads only the small index files, never arrays). A damaged
+        record hides its entry only: it is logged and listed in `damaged`."""
         index = f"{self.root_path}/index"
         try:
             paths = [p for p in self.fs.ls(index, detail=False) if p.endswith(".json")]
@@ -122,21 +146,21 @@ class Store:
         if not paths:  # fsspec's cat([]) raises; an index holding only a record being written is empty
             return {}
         found = {}
+        self.damaged.clear()
         for path, blob in self.fs.cat(paths, on_error="omit").items():
-            try:
-                record = json.loads(blob)
-            except json.JSONDecodeError:
-                log.warning("ignoring unreadable index record %s", path)
+            record = _parse_record(blob, path)
+            if record is None:
+                self.damaged.append(path)
                 continue
-            found[record["id"]] = record
+            found[record.id] = record
         return dict(sorted(found.items()))
 
     def ids(self) -> list[str]:
         return list(self.records())
 
-    def _commit(self, record: dict[str, Any]) -> None:
-        path = self._record_path(record["id"])
-        blob = json.dumps(record, sort_keys=True, default=str).encode()
+    def _commit(self, record: EntryRecord) -> None:
+        path = self._record_path(record.id)
+        blob = json.dumps(record.as_dict(), sort_keys=True).encode()
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -171,19 +195,20 @@ class Store:
     def write_entry(
         self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
         record: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Write one image's arrays, then commit its record; returns the record."""
+    ) -> EntryRecord:
+        """Write one image's arrays, then commit its (validated) record; returns the record."""
         if self.mode == "r":
             raise StoreError(f"{self.url}: opened read-only")
         key = id_to_key(image_id)
         self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
-        record = {**record, "id": image_id, "key": key, "store_format_version": STORE_FORMAT_VERSION}
+        typed = EntryRecord(**{**record, "id": image_id, "key": key,
+                               "store_format_version": STORE_FORMAT_VERSION})
         # The entry is composed in memory, then written as plain files in one batch: one round trip per file
         # (a batched upload on object stores) instead of many small async Zarr calls per array.
         files: dict[str, Any] = {}
         levels = list(_levels(_to_cyx(image), nearest=False))
         entry = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3, attributes={
-            "nuclei": record, "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
+            "nuclei": typed.as_dict(), "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
         })
         _write_levels(entry, levels)
         label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
@@ -195,8 +220,8 @@ class Store:
                            chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
                            attributes={"columns": list(MEASUREMENT_COLUMNS)})
         self._put_files(f"{self.root_path}/images/{key}", {k: v.to_bytes() for k, v in files.items()})
-        self._commit(record)
-        return record
+        self._commit(typed)
+        return typed
 
     def _put_files(self, prefix: str, files: dict[str, bytes]) -> None:
         """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes)."""
@@ -216,7 +241,8 @@ class Store:
     def entry(self, image_id: str) -> zarr.Group:
         if self.record(image_id) is None:
             raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
-        node = self.root[f"images/{id_to_key(image_id)}"]
+        with _index_is_ours():
+            node = self.root[f"images/{id_to_key(image_id)}"]
         if not isinstance(node, zarr.Group):
             raise StoreError(f"{self.url}: entry {image_id!r} is not a group")
         return node

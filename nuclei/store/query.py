@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 from nuclei.errors import StoreError
 from nuclei.io.images import write_png
 from nuclei.store.backend import Store, validate_id
+from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ class _Filters:
     max_nuclei: int | None = None
     model: str | None = None
 
-    def matches(self, record: dict[str, Any]) -> bool:
+    def matches(self, record: EntryRecord) -> bool:
         """True when the record passes every filter that is set."""
         return (
-            (self.pattern is None or fnmatchcase(str(record.get("id", "")), self.pattern))
-            and (self.source is None or _source_matches(record.get("source"), self.source))
-            and _in_range(_as_int(record.get("n_nuclei")), self.min_nuclei, self.max_nuclei)
-            and (self.model is None or (_model_version(record) or "").startswith(self.model))
+            (self.pattern is None or fnmatchcase(record.id, self.pattern))
+            and (self.source is None or _source_matches(record.source, self.source))
+            and (self.min_nuclei is None or record.n_nuclei >= self.min_nuclei)
+            and (self.max_nuclei is None or record.n_nuclei <= self.max_nuclei)
+            and (self.model is None or record.model.version.startswith(self.model))
         )
 
 
@@ -82,7 +84,7 @@ class NucleiStore:
 
     # --- listing (records only) ----------------------------------------------------------------------
 
-    def _records(self, filters: _Filters | None = None) -> list[dict[str, Any]]:
+    def _records(self, filters: _Filters | None = None) -> list[EntryRecord]:
         """The records of complete entries, sorted by id, that pass the filters."""
         records = self._store.records().values()
         return [r for r in records if filters is None or filters.matches(r)]
@@ -129,7 +131,7 @@ class NucleiStore:
         record = self._store.record(validate_id(image_id))
         if record is None:
             raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
-        return record
+        return record.as_dict()
 
     def labels(self, image_id: str) -> np.ndarray:
         """Instance labels (H, W): 0 background, 1..N nuclei (uint16, or uint32 above 65535)."""
@@ -161,13 +163,13 @@ class NucleiStore:
         if what not in EXPORT_KINDS:
             raise ValueError(f"what must be one of {EXPORT_KINDS}, got {what!r}")
         out = Path(out_dir)
-        records = [r for r in self._records() if r.get("status", "complete") == "complete"]
+        records = self._records()
         if what == "labels":
             _check_label_range(records)
         render = self._renderer(what)
         written = []
         for record in records:
-            path = self._export_one(record["id"], out, render)
+            path = self._export_one(record.id, out, render)
             if path is not None:
                 written.append(path)
         return written
@@ -204,108 +206,47 @@ class NucleiStore:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _as_int(value: Any) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _shape(record: dict[str, Any]) -> tuple[int, int] | None:
-    shape = record.get("shape")
-    if not isinstance(shape, list | tuple) or len(shape) < 2:
-        return None
-    height, width = _as_int(shape[0]), _as_int(shape[1])
-    return None if height is None or width is None else (height, width)
-
-
-def _model_version(record: dict[str, Any]) -> str | None:
-    model = record.get("model")
-    version = model.get("version") if isinstance(model, dict) else None
-    return None if version is None else str(version)
-
-
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _source_matches(source: Any, wanted: str) -> bool:
+def _source_matches(source: str, wanted: str) -> bool:
     """A glob when `wanted` has glob characters, else a substring test."""
-    if source is None:
-        return False
     if _GLOB_CHARS & set(wanted):
-        return fnmatchcase(str(source), wanted)
-    return wanted in str(source)
+        return fnmatchcase(source, wanted)
+    return wanted in source
 
 
-def _in_range(value: int | None, low: int | None, high: int | None) -> bool:
-    """Unknown counts pass only when no bound is set."""
-    if low is None and high is None:
-        return True
-    return value is not None and (low is None or value >= low) and (high is None or value <= high)
+def _info(record: EntryRecord) -> ImageInfo:
+    return ImageInfo(id=record.id, source=record.source, shape=record.shape, n_nuclei=record.n_nuclei,
+                     model_version=record.model.version, status=record.status, written=record.written)
 
 
-def _info(record: dict[str, Any]) -> ImageInfo:
-    return ImageInfo(
-        id=str(record["id"]),
-        source=_optional_str(record.get("source")),
-        shape=_shape(record),
-        n_nuclei=_as_int(record.get("n_nuclei")),
-        model_version=_model_version(record),
-        status=_optional_str(record.get("status")),
-        written=_optional_str(record.get("written")),
-    )
-
-
-def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
-    shape = _shape(record)
+def _summary_row(record: EntryRecord) -> dict[str, Any]:
     return {
-        "id": str(record["id"]),
-        "source": _optional_str(record.get("source")),
-        "n_nuclei": _as_int(record.get("n_nuclei")),
-        "covered_fraction": _as_float(record.get("covered_fraction")),
-        "mean_area": _as_float(record.get("mean_area")),
-        "height": shape[0] if shape else None,
-        "width": shape[1] if shape else None,
-        "model_version": _model_version(record),
+        "id": record.id, "source": record.source, "n_nuclei": record.n_nuclei,
+        "covered_fraction": record.covered_fraction, "mean_area": record.mean_area,
+        "height": record.shape[0], "width": record.shape[1], "model_version": record.model.version,
     }
 
 
-def _known(values: Iterable[Any]) -> list[Any]:
-    return [v for v in values if v is not None]
-
-
-def _stats(records: list[dict[str, Any]]) -> dict[str, Any]:
-    counts = _known(_as_int(r.get("n_nuclei")) for r in records)
-    covered = _known(_as_float(r.get("covered_fraction")) for r in records)
+def _stats(records: list[EntryRecord]) -> dict[str, Any]:
+    counts = [r.n_nuclei for r in records]
     models: dict[str, int] = {}
     for record in records:
-        version = _model_version(record) or "unknown"
-        models[version] = models.get(version, 0) + 1
+        models[record.model.version] = models.get(record.model.version, 0) + 1
     return {
         "n_images": len(records),
         "n_nuclei": sum(counts),
         "mean_nuclei_per_image": statistics.fmean(counts) if counts else None,
         "median_nuclei_per_image": float(statistics.median(counts)) if counts else None,
-        "mean_covered_fraction": statistics.fmean(covered) if covered else None,
+        "mean_covered_fraction": statistics.fmean(r.covered_fraction for r in records) if records else None,
         "models": dict(sorted(models.items())),
     }
 
 
-def _check_label_range(records: list[dict[str, Any]]) -> None:
+def _check_label_range(records: list[EntryRecord]) -> None:
     """Fail before writing anything when a record already says its labels cannot fit 16 bits."""
     for record in records:
-        n = _as_int(record.get("n_nuclei"))
-        if n is not None and n > _UINT16_MAX:
-            raise StoreError(f"image {record['id']!r} has {n} nuclei; a 16-bit label PNG holds at most "
-                             f"{_UINT16_MAX}")
+        if record.n_nuclei > _UINT16_MAX:
+            raise StoreError(f"image {record.id!r} has {record.n_nuclei} nuclei; a 16-bit label PNG holds at "
+                             f"most {_UINT16_MAX}")
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,56 @@
+"""The entry record: one small JSON file per image under STORE/index/, written last (it commits the entry).
+
+Typed and validated on read: a record that does not parse makes that one entry invisible (and reported by
+`Store.damaged`), never the whole store unreadable. Listings read only these records, never arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nuclei.config import STORE_FORMAT_VERSION
+
+
+class ModelInfo(BaseModel):
+    """Which model made the labels: name@hash, where it was, and the precision that ran."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    version: str
+    path: str = ""
+    onnx_sha256: str = ""
+    precision: Literal["float32", "int8"] = "float32"
+
+
+class EntryRecord(BaseModel):
+    """Provenance and a per-image summary of one store entry."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # newer writers may add fields; keep them
+
+    id: str = Field(min_length=1)
+    key: str = ""
+    source: str
+    source_sha256: str
+    source_size: int | None = None
+    source_mtime: float | None = None
+    shape: tuple[int, int]
+    dtype: str = ""
+    channels: int = Field(1, ge=1)
+    n_nuclei: int = Field(ge=0)
+    covered_fraction: float = Field(ge=0.0, le=1.0)
+    mean_area: float = Field(ge=0.0)
+    model: ModelInfo
+    thresholds: dict[str, float]
+    diameter: float | None = None
+    zoom: float = 1.0
+    normalization: dict[str, Any] = Field(default_factory=dict)
+    providers: list[str] = Field(default_factory=list)
+    nuclei_version: str = ""
+    written: str = ""
+    status: Literal["complete"] = "complete"
+    store_format_version: int = STORE_FORMAT_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
