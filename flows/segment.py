@@ -9,9 +9,13 @@ embedded run starts exactly one temporary Prefect server (the flow's).
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from typing import cast
+from uuid import UUID
+
+from prefect import State, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from nuclei.config import DEFAULT_MAX_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE, SegmentConfig
 from nuclei.inference import run as batch
@@ -40,11 +44,32 @@ def segment(
     logger = get_run_logger()
     config = SegmentConfig(**{k: v for k, v in locals().items() if k in SegmentConfig.model_fields})
     plan = task(name="plan", cache_policy=NO_CACHE)(batch.plan)(config)
-    logger.info("%d images: %d to segment in %d tasks, %d unchanged, %d unusable",
+    logger.info("%d images: %d to segment in %d batches, %d unchanged, %d unusable",
                 plan.n_found, len(plan.items), len(plan.batches), len(plan.unchanged), len(plan.problems))
-    results = task(name="run on dask", cache_policy=NO_CACHE)(batch.run)(plan, progress)
+    # The fan-out shows as a progress bar in the UI, updated as each batch finishes (no task per image).
+    bar = cast(UUID, create_progress_artifact(0.0, key="segment-progress",
+                                               description=f"images segmented into {store}"))
+    results = task(name=f"segment {len(plan.items)} images in {len(plan.batches)} batches",
+                   cache_policy=NO_CACHE)(batch.run)(plan, progress, _progress(bar))
     summary = batch.summarize(plan, results)
     create_markdown_artifact(key="segment-summary", markdown=batch.summary_markdown(summary),
                              description=f"segmentation into {store}")
     logger.info(batch.summary_text(summary))
-    return summary
+    # Prefect hands callers the state's data (the summary).
+    return final_state(summary)  # type: ignore[return-value]
+
+
+def _progress(artifact_id: UUID) -> batch.OnBatch:
+    def update(done: int, total: int) -> None:
+        update_progress_artifact(artifact_id, 100.0 * done / max(1, total))
+
+    return update
+
+
+def final_state(summary: dict) -> State:
+    """Completed, or Completed named "Completed with failures" whose message counts them: the UI and the
+    CLI's exit code say a run had failed images, and the run's result is still the summary."""
+    if summary["failed"]:
+        message = f"{summary['failed']} failed, {summary['done']} segmented, {summary['skipped']} skipped"
+        return Completed(name="Completed with failures", message=message, data=summary)
+    return Completed(message=f"{summary['done']} segmented, {summary['skipped']} skipped", data=summary)

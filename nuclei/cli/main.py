@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from nuclei.cli import demo, evaluate, query, segment, train
 from nuclei.errors import NucleiError
 
@@ -23,10 +25,16 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-def _quiet_environment() -> None:
-    """Defaults for an offline, one-machine run (no telemetry; TensorFlow's CUDA chatter off)."""
+def _quiet_environment(verbose: bool) -> None:
+    """Defaults for an offline, one-machine run, set before Prefect is imported: no telemetry, TensorFlow's
+    CUDA chatter off, Prefect's console at WARNING unless -v (the UI still gets every log line), and a
+    temporary server that may take 90 s to start on a busy machine instead of failing the run at 20 s."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_environment()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    _quiet_environment(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
@@ -49,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except NucleiError as exc:
         print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a bad option value, caught by the stage's config
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        print(f"nuclei: error: {problems}", file=sys.stderr)
         return 2
 
 

@@ -19,9 +19,15 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.segment import segment
+    from nuclei.inference.run import preflight, summary_text
 
-    summary = segment(**given(args, SegmentConfig), progress=not args.json)
+    config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
+
+    from flows.segment import segment  # Prefect (and its temporary server) only once the run is sound
+
+    summary = segment(**config.model_dump(), progress=not args.json)
     if args.json:
         print_json(summary)
+    else:
+        print(summary_text(summary))
     return 1 if summary["failed"] else 0

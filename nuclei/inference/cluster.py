@@ -38,10 +38,15 @@ def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a run uses: the given address, else $NUCLEI_DASK_ADDRESS, else None (a LocalCluster)."""
+    return address or os.environ.get(DASK_ADDRESS_ENV) or None
+
+
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
     """A client for ``address`` (or $NUCLEI_DASK_ADDRESS), else for a new LocalCluster of worker processes."""
-    address = address or os.environ.get(DASK_ADDRESS_ENV)
+    address = cluster_address(address)
     if address:
         with Client(address) as client:
             log.info("using the Dask cluster at %s", address)

@@ -8,27 +8,33 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike, fspath
+from pathlib import Path
 from typing import Any
 
 from distributed import as_completed
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
-from nuclei.errors import InputError
-from nuclei.inference.cluster import dask_client, task_resources
+from nuclei.errors import InputError, StoreError
+from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import Engine
 from nuclei.inference.worker import ImageResult, segment_batch
-from nuclei.io.discovery import ImageItem, discover
+from nuclei.io.discovery import GLOB_CHARS, ImageItem, discover
 from nuclei.modeldir import ModelDir, resolve_model
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
+
+# Up to this many images a run without a cluster address segments in-process: a LocalCluster's start-up
+# (about 5 s on 2 cores) is more than such a run costs.
+IN_PROCESS_MAX = 16
 
 
 @dataclass
@@ -48,6 +54,27 @@ class Plan:
         return [item for batch in self.batches for item in batch]
 
 
+def preflight(config: SegmentConfig) -> SegmentConfig:
+    """Cheap checks before anything heavy starts (no session, no cluster, no store created): the model
+    directory reads, every local input exists, the store is not a file. Returns the config with local paths
+    made absolute, so tasks on any worker find them. Raises NucleiError naming the problem."""
+    for spec in config.inputs:
+        if "://" in spec and not spec.startswith("file://"):
+            continue
+        local = spec.removeprefix("file://")
+        if not Path(local).exists() and not any(c in local for c in GLOB_CHARS):
+            raise InputError(local, "input does not exist")
+    store = config.store
+    if "://" not in store:
+        if Path(store).is_file():
+            raise StoreError(f"{store}: is a file, not a store folder")
+        store = os.path.abspath(store)
+    resolve_model(config.model)
+    inputs = [s if "://" in s else os.path.abspath(s) for s in config.inputs]
+    model = os.path.abspath(config.model) if config.model and "://" not in config.model else config.model
+    return config.model_copy(update={"store": store, "inputs": inputs, "model": model})
+
+
 def check_model(config: SegmentConfig) -> ModelDir:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
     model_dir = resolve_model(config.model)
@@ -65,6 +92,7 @@ def _unchanged(item: ImageItem, record: EntryRecord | None, model_version: str) 
 
 def plan(config: SegmentConfig) -> Plan:
     """Check the model, discover images, leave out unchanged ones, and group the rest into tasks."""
+    config = preflight(config)
     model_dir = check_model(config)
     records = Store(config.store, mode="a").records()
     found = discover(config.inputs)
@@ -75,31 +103,57 @@ def plan(config: SegmentConfig) -> Plan:
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
-    size = config.images_per_task
-    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    batches = balanced(todo, config.images_per_task, expected_workers(config))
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
                 found.problems)
 
 
-def run(plan: Plan, progress: bool = False) -> list[ImageResult]:
-    """Run every task on Dask; a task that fails as a whole marks its images failed with the reason."""
+OnBatch = Callable[[int, int], None]  # (images finished, images in the run): e.g. a Prefect progress artifact
+
+
+def expected_workers(config: SegmentConfig) -> int:
+    """Workers the run will have: a LocalCluster's size, else 1 (an external cluster's is not known yet)."""
+    if in_process(config, n_items=config.images_per_task + 1):
+        return 1
+    return 1 if cluster_address(config.dask_address) else local_cluster_size(config.n_workers)[0]
+
+
+def in_process(config: SegmentConfig, n_items: int) -> bool:
+    """Small local runs segment in this process: starting a LocalCluster costs more than it saves."""
+    return cluster_address(config.dask_address) is None and config.n_workers is None and n_items <= IN_PROCESS_MAX
+
+
+def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> list[ImageResult]:
+    """Run the planned batches, in this process for a few images, else as Dask tasks; a task that fails as a
+    whole marks its images failed with the reason."""
     if not plan.batches:
         return []
-    results: list[ImageResult] = []
+    total, results = len(plan.items), []
+    with tqdm(total=total, unit="img", desc="segmenting", disable=not progress) as bar:
+        for batch, found in _batches(plan):
+            results += found
+            bar.update(len(batch))
+            if on_batch:
+                on_batch(len(results), total)
+    return results
+
+
+def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
+    """(batch, its results) as each batch finishes."""
     config = plan.settings
+    if in_process(config, len(plan.items)):
+        log.info("%d images: segmenting in this process (no cluster needed)", len(plan.items))
+        for batch in plan.batches:
+            yield batch, segment_batch(batch, config)
+        return
     with dask_client(config.dask_address, config.n_workers) as client:
-        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        batches = balanced(plan.items, config.images_per_task, n_workers)
         resources = task_resources(client)
         if resources:
             log.info("inference tasks request %s per task", resources)
-        futures = client.map(segment_batch, batches, settings=plan.settings, pure=False, resources=resources)
-        batch_of = {f.key: b for f, b in zip(futures, batches, strict=True)}
-        with tqdm(total=len(plan.items), unit="img", desc="segmenting", disable=not progress) as bar:
-            for future in as_completed(futures):
-                results += _collect(future, batch_of[future.key])
-                bar.update(len(batch_of[future.key]))
-    return results
+        futures = client.map(segment_batch, plan.batches, settings=config, pure=False, resources=resources)
+        batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
+        for future in as_completed(futures):
+            yield batch_of[future.key], _collect(future, batch_of[future.key])
 
 
 def balanced(items: list[ImageItem], images_per_task: int, n_workers: int) -> list[list[ImageItem]]:

@@ -53,6 +53,8 @@ def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
         for name in sorted(dirs):
             if _is_image_name(name):
                 yield Path(folder) / name, "is a directory, not an image file"
+            elif os.path.islink(os.path.join(folder, name)):
+                yield Path(folder) / name, "is a symlinked folder: not followed (give it as an input to include it)"
         for name in sorted(files):
             if _is_image_name(name):
                 path = Path(folder) / name
@@ -73,7 +75,8 @@ def _local(root: Path, files: Sequence[Path] | None = None) -> Discovery:
             continue
         stat = path.stat()
         rel = os.path.relpath(path, root)
-        found.items.append(ImageItem(_image_id(rel), str(path), stat.st_size, stat.st_mtime))
+        # Absolute: a task may run on a worker whose working directory is not ours.
+        found.items.append(ImageItem(_image_id(rel), os.path.abspath(path), stat.st_size, stat.st_mtime))
     return found
 
 
@@ -108,7 +111,7 @@ def discover_one(spec: str) -> Discovery:
     if "://" in spec and not spec.startswith("file://"):
         return _remote(spec)
     spec = spec.removeprefix("file://")
-    if any(c in spec for c in GLOB_CHARS):
+    if not Path(spec).exists() and any(c in spec for c in GLOB_CHARS):  # an existing path is never a glob
         root = Path(_glob_root(spec))
         matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if _is_image_name(p)]
         dirs = [p for p in matches if p.is_dir()]
@@ -124,13 +127,16 @@ def discover_one(spec: str) -> Discovery:
 
 
 def discover(inputs: Sequence[str]) -> Discovery:
-    """Images of every input; two inputs giving the same id is a problem (the later one is reported)."""
+    """Images of every input; the same file named twice counts once; two files giving the same id is a problem
+    (the later one is reported)."""
     found = Discovery([], [])
     seen: dict[str, str] = {}
     for spec in inputs:
         part = discover_one(str(spec))
         found.problems += part.problems
         for item in part.items:
+            if seen.get(item.id) == item.url:
+                continue
             if item.id in seen:
                 found.problems.append(InputError(item.url, f"id {item.id!r} is also {seen[item.id]}"))
                 continue

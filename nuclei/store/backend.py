@@ -208,7 +208,8 @@ class Store:
         files: dict[str, Any] = {}
         levels = list(_levels(_to_cyx(image), nearest=False))
         entry = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3, attributes={
-            "nuclei": typed.as_dict(), "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
+            "nuclei": typed.as_dict(),
+            "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
         })
         _write_levels(entry, levels)
         label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
