@@ -37,7 +37,8 @@ test-fast: install  ## the unit tests only (pure numpy, configs, CLI wiring): un
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 server: install  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) (leave it running)
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_UI_API_URL=$(API_URL) PREFECT_API_URL=$(API_URL) \
+		$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 worker: install  ## the process work pool and one worker for it (leave it running)
 	PREFECT_API_URL=$(API_URL) $(VENV)/bin/prefect work-pool create $(POOL) --type process --overwrite

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from nuclei.config import TrainConfig
 from nuclei.evaluation import format_table
@@ -87,6 +88,12 @@ def train(
         description=f"validation metrics of {model_dir}",
     )
     logger.info("model directory: %s\n%s", model_dir, format_table(report))
+    ap50 = report.overall()["ap50"]
+    if ap50 < MIN_AP50:  # a model that finds (almost) nothing must not look like a finished model
+        message = (f"{model_dir}: the model finds almost no nuclei: validation AP@0.5 {ap50:.3f} < {MIN_AP50} "
+                   "(check the labels, train longer, or lower the learning rate)")
+        logger.error(message)
+        return Failed(message=message, data=str(model_dir))  # type: ignore[return-value]
     return str(model_dir)
 
 
@@ -110,6 +117,9 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
         model_dir = train(**{**stage, "init_from": model_dir or stage["init_from"]})
     return str(model_dir)
 
+
+# Validation AP@0.5 under this ends the run Failed: a model that finds no nucleus is no model.
+MIN_AP50 = 0.05
 
 _NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights")
 

@@ -211,7 +211,9 @@ def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pyt
     from nuclei.cli.main import main
 
     seen: dict[str, object] = {}
-    monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or "models/x")
+    from prefect.states import Completed
+
+    monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or Completed(data="models/x"))
     assert main(["train", "data", "--quantize-int8", "--balance-categories", "--no-augment", "--contact-weight", "5",
                  "--then", '{"crop_size": 192}']) == 0
     assert seen["quantize_int8"] is True and seen["balance_categories"] is True and seen["augment"] is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from nuclei.cli.options import add_config_options, given
 from nuclei.config import TrainConfig
@@ -26,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     params = given(args, TrainConfig)
     data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
-    print(train(**{**params, "data_dir": data_dir}, then=args.then))
+    state = train(**{**params, "data_dir": data_dir}, then=args.then, return_state=True)
+    if not state.is_completed():
+        print(f"nuclei: error: {state.message}", file=sys.stderr)
+        return 1
+    print(state.result())
     return 0

@@ -46,6 +46,7 @@ class Plan:
     n_found: int
     batches: list[list[ImageItem]]
     unchanged: list[str] = field(default_factory=list)
+    failed_before: list[dict[str, Any]] = field(default_factory=list)  # unchanged files that failed last time
     problems: list[InputError] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -94,18 +95,30 @@ def plan(config: SegmentConfig) -> Plan:
     """Check the model, discover images, leave out unchanged ones, and group the rest into tasks."""
     config = preflight(config)
     model_dir = check_model(config)
-    records = Store(config.store, mode="a").records()
+    store = Store(config.store, mode="a")
+    records, failures = store.records(), store.failures()
     found = discover(config.inputs)
-    todo, unchanged = [], []
+    todo, unchanged, failed_before = [], [], []
     for item in found.items:
-        if not config.overwrite and _unchanged(item, records.get(item.id), model_dir.version):
+        failure = failures.get(item.id)
+        if config.overwrite:
+            todo.append(item)
+        elif _unchanged(item, records.get(item.id), model_dir.version):
             unchanged.append(item.id)
+        elif failure and _same_file(item, failure):
+            failed_before.append({"file": item.url, "reason": failure.get("reason", "")})
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
     batches = balanced(todo, config.images_per_task, expected_workers(config))
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
-                found.problems)
+                failed_before, found.problems)
+
+
+def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
+    """The file that failed, unchanged: same source, size and modification time."""
+    return (failure.get("source") == item.url and failure.get("size") == item.size and item.mtime is not None
+            and failure.get("mtime") == item.mtime)
 
 
 OnBatch = Callable[[int, int], None]  # (images finished, images in the run): e.g. a Prefect progress artifact
@@ -183,7 +196,8 @@ def summarize(plan: Plan, results: Sequence[ImageResult]) -> dict[str, Any]:
         "model": plan.model_version,
         "found": plan.n_found,
         "done": done,
-        "skipped": len(plan.unchanged) + status["skipped"],
+        "skipped": len(plan.unchanged) + status["skipped"] + len(plan.failed_before),
+        "skipped_failed_before": plan.failed_before,
         "failed": len(failed),
         "failures": failed,
         "nuclei": sum(r.n_nuclei for r in results),
@@ -200,6 +214,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"on {', '.join(summary['providers']) or '-'}; store {summary['store']}",
     ]
     lines += [f"  failed: {f['file']}: {f['reason']}" for f in summary["failures"]]
+    lines += [f"  skipped, failed before and unchanged: {f['file']}: {f['reason']}"
+              for f in summary.get("skipped_failed_before", [])]
     return "\n".join(lines)
 
 
@@ -208,7 +224,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                      ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
                       "images_per_second", "providers"))
     failures = "\n".join(f"- `{f['file']}`: {f['reason']}" for f in summary["failures"]) or "none"
-    return f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{failures}\n"
+    before = "\n".join(f"- `{f['file']}`: {f['reason']}" for f in summary.get("skipped_failed_before", [])) or "none"
+    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{failures}\n\n"
+            f"## Skipped: failed before, unchanged since\n\n{before}\n")
 
 
 def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],

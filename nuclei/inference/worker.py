@@ -82,7 +82,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
         try:
             decoded = _read(item, settings)
         except (NucleiError, OSError) as exc:
-            results[item.id] = ImageResult(item.id, item.url, "failed", _reason(exc))
+            results[item.id] = _failed(store, item, _reason(exc))
             continue
         if not settings.overwrite and _already_done(store, item, decoded.sha256, model.version):
             results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
@@ -136,7 +136,18 @@ def _finish(
                            providers=providers)
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         log.exception("failed on %s", item.url)
-        return ImageResult(item.id, item.url, "failed", _reason(exc))
+        return _failed(store, item, _reason(exc), decoded.sha256)
+
+
+def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = None) -> ImageResult:
+    """The failed result; the store remembers it (with the file's size, mtime and hash) so that a scheduled run
+    skips the file until it changes, instead of failing on it again every time."""
+    try:
+        store.record_failure(item.id, {"source": item.url, "size": item.size, "mtime": item.mtime,
+                                       "sha256": sha256, "reason": reason})
+    except Exception:  # noqa: BLE001 - remembering is a convenience; the result still says it failed
+        log.warning("could not record the failure of %s", item.url, exc_info=True)
+    return ImageResult(item.id, item.url, "failed", reason)
 
 
 def _record(

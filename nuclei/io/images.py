@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import os
 import warnings
 from pathlib import Path
@@ -27,6 +28,12 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_reason(exc: Exception) -> str:
+    """A decoder's message without the in-memory buffer it was given (`<_io.BytesIO object at 0x...>`)."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def is_image_file(path: Path) -> bool:
@@ -49,7 +56,7 @@ def image_size(data: bytes, name: str | Path) -> tuple[int, int]:
                 width, height = im.size
                 return int(height), int(width)
     except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
-        raise InputError(name, f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        raise InputError(name, f"not a readable image ({_plain_reason(exc)})") from exc
 
 
 def read_raw(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -99,7 +106,7 @@ def _decode(data: bytes, name: str | Path) -> np.ndarray:
             return np.squeeze(array) if array.ndim > 3 else array
         decoded: np.ndarray | None = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
+        raise InputError(name, f"cannot decode ({_plain_reason(exc)})") from exc
     if decoded is None:
         raise InputError(name, "cannot decode: truncated or not an image")
     array = decoded

@@ -159,16 +159,60 @@ class Store:
         return list(self.records())
 
     def _commit(self, record: EntryRecord) -> None:
-        path = self._record_path(record.id)
-        blob = json.dumps(record.as_dict(), sort_keys=True).encode()
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(blob)
-            os.replace(tmp, path)
-        else:
+        self._put_json(self._record_path(record.id), record.as_dict())
+        self.clear_failure(record.id)
+
+    def _put_json(self, path: str, data: dict[str, Any]) -> None:
+        """Write a small JSON file durably: temp file, fsync, rename, fsync the folder (local stores); a
+        reader sees the old file or the new one, never half of one, even after a power cut."""
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        if not self.local:
             self.fs.pipe_file(path, blob)
+            return
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    # --- files that failed: remembered so a schedule does not retry them until they change ---------------
+
+    def _failure_path(self, image_id: str) -> str:
+        return f"{self.root_path}/failed/{id_to_key(image_id)}.json"
+
+    def record_failure(self, image_id: str, failure: dict[str, Any]) -> None:
+        """Remember why an input failed, with what identifies its content (source, size, mtime, hash)."""
+        if self.mode != "r":
+            self._put_json(self._failure_path(image_id), {**failure, "id": image_id})
+
+    def clear_failure(self, image_id: str) -> None:
+        path = self._failure_path(image_id)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """The remembered failures by id (unreadable ones are ignored: the file is simply tried again)."""
+        folder = f"{self.root_path}/failed"
+        try:
+            paths = [p for p in self.fs.ls(folder, detail=False) if p.endswith(".json")]
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for blob in (self.fs.cat(paths, on_error="omit") if paths else {}).values():
+            try:
+                failure = json.loads(blob)
+                found[str(failure["id"])] = failure
+            except (ValueError, KeyError, TypeError):
+                continue
+        return found
 
     def _uncommit(self, image_id: str) -> None:
         path = self._record_path(image_id)
