@@ -20,7 +20,7 @@ from typing import Any
 
 from nuclei.config import MODEL_FORMAT_VERSION
 from nuclei.core.normalize import LEGACY, Normalization
-from nuclei.core.postprocess import Thresholds
+from nuclei.core.thresholds import Thresholds
 from nuclei.errors import ModelError
 
 DEFAULT_MODEL_NAME = "dsb2018-unet"

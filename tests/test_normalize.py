@@ -76,3 +76,56 @@ def test_held_out_rules_match_manifest_fields_ids_and_categories() -> None:
     assert not matches_group(sample, r"bbbc039:id=_[D-P]\d\d_")
     assert not matches_group(sample, r"dsb2018-dev:id=_[A-C]\d\d_")  # another data set
     assert matches_group(sample, "*:preparation=^BM cytospin$")
+
+
+# --- through `nuclei segment` with the shipped default model -------------------------------------------------
+
+
+def _segment_folder(folder: Path, store: Path) -> dict[str, np.ndarray]:
+    from nuclei.inference.run import segment
+    from nuclei.store.backend import Store
+
+    summary = segment([folder], store)
+    assert summary["failed"] == 0, summary["failures"]
+    written = Store(store)
+    return {image_id: written.read_labels(image_id) for image_id in written.ids()}
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a > 0) == (b > 0)))
+
+
+@pytest.mark.slow
+def test_a_12_bit_camera_image_and_its_8_bit_copy_give_the_same_nuclei(tmp_path: Path) -> None:
+    """Tolerance: the same nucleus count and >= 99.5% of pixels called alike (int8 rounding can move a few edge
+    pixels: the inputs agree to 1e-5, not bit for bit)."""
+    from nuclei.io.images import read_raw, write_png
+
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "images"
+    eight = read_raw(next(p for p in sorted(sample.glob("*.png")) if read_raw(p).dtype == np.uint8))[..., 0]
+    write_png(tmp_path / "in" / "eight.png", eight)
+    write_png(tmp_path / "in" / "twelve.png", eight.astype(np.uint16) * 12 + 100)  # values 100..3160
+    labels = _segment_folder(tmp_path / "in", tmp_path / "s.zarr")
+    assert labels["eight"].max() >= 5  # the model finds nuclei at all
+    assert abs(int(labels["eight"].max()) - int(labels["twelve"].max())) <= 1
+    assert _agreement(labels["eight"], labels["twelve"]) >= 0.995
+
+
+@pytest.mark.slow
+def test_a_dim_16_bit_image_is_segmented_like_its_stretched_copy(tmp_path: Path) -> None:
+    """The vendored BBBC039 field as the microscope wrote it (12-bit values in uint16), the same field at a
+    tenth of the brightness, and stretched to 8 bits: nuclei counts within 5%, >= 97% of pixels alike."""
+    from nuclei.io.images import read_raw, write_png
+
+    path = Path(__file__).resolve().parent.parent / "data" / "sample" / "images"
+    raw = read_raw(next(path.glob("IXMtest_*.png")))
+    lo, hi = np.percentile(raw, (1, 99.8))
+    write_png(tmp_path / "in" / "camera.png", raw)
+    write_png(tmp_path / "in" / "dim.png", (raw // 10).astype(np.uint16))
+    write_png(tmp_path / "in" / "stretched.png", (np.clip((raw - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
+    labels = _segment_folder(tmp_path / "in", tmp_path / "s.zarr")
+    counts = {k: int(v.max()) for k, v in labels.items()}
+    assert counts["camera"] >= 50, counts  # 110 nuclei in the ground truth
+    for other in ("dim", "stretched"):
+        assert abs(counts[other] - counts["camera"]) <= 0.05 * counts["camera"], counts
+        assert _agreement(labels[other], labels["camera"]) >= 0.97

@@ -19,11 +19,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nuclei.inference.run import preflight, summary_text
+    from nuclei.inference.preflight import preflight
 
     config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
 
     from flows.segment import segment  # Prefect (and its temporary server) only once the run is sound
+    from nuclei.inference.run import summary_text
 
     summary = segment(**config.model_dump(), progress=not args.json)
     if args.json:

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from nuclei.config import DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE
 from nuclei.core.normalize import apply_range, intensity_range
-from nuclei.core.postprocess import Thresholds
+from nuclei.core.thresholds import Thresholds
 from nuclei.core.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 from nuclei.errors import ModelError
 from nuclei.modeldir import ModelDir

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike, fspath
-from pathlib import Path
 from typing import Any
 
 from distributed import as_completed
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
-from nuclei.errors import InputError, StoreError
+from nuclei.errors import InputError
 from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import Engine
+from nuclei.inference.preflight import preflight
 from nuclei.inference.worker import ImageResult, segment_batch
-from nuclei.io.discovery import GLOB_CHARS, ImageItem, discover
+from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import ModelDir, resolve_model
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord
@@ -55,27 +54,6 @@ class Plan:
         return [item for batch in self.batches for item in batch]
 
 
-def preflight(config: SegmentConfig) -> SegmentConfig:
-    """Cheap checks before anything heavy starts (no session, no cluster, no store created): the model
-    directory reads, every local input exists, the store is not a file. Returns the config with local paths
-    made absolute, so tasks on any worker find them. Raises NucleiError naming the problem."""
-    for spec in config.inputs:
-        if "://" in spec and not spec.startswith("file://"):
-            continue
-        local = spec.removeprefix("file://")
-        if not Path(local).exists() and not any(c in local for c in GLOB_CHARS):
-            raise InputError(local, "input does not exist")
-    store = config.store
-    if "://" not in store:
-        if Path(store).is_file():
-            raise StoreError(f"{store}: is a file, not a store folder")
-        store = os.path.abspath(store)
-    resolve_model(config.model)
-    inputs = [s if "://" in s else os.path.abspath(s) for s in config.inputs]
-    model = os.path.abspath(config.model) if config.model and "://" not in config.model else config.model
-    return config.model_copy(update={"store": store, "inputs": inputs, "model": model})
-
-
 def check_model(config: SegmentConfig) -> ModelDir:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
     model_dir = resolve_model(config.model)
@@ -93,7 +71,7 @@ def _unchanged(item: ImageItem, record: EntryRecord | None, model_version: str) 
 
 def plan(config: SegmentConfig) -> Plan:
     """Check the model, discover images, leave out unchanged ones, and group the rest into tasks."""
-    config = preflight(config)
+    config = preflight(config)  # again: the flow and the API may be called without the CLI
     model_dir = check_model(config)
     store = Store(config.store, mode="a")
     records, failures = store.records(), store.failures()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import os
+import re
 import warnings
 from pathlib import Path
 

@@ -1,0 +1,34 @@
+"""Checks a segmentation run makes before anything heavy starts: cheap imports only, so a user error is one
+line in well under a second or two (no ONNX Runtime, no Dask, no Prefect, no store created)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nuclei.config import SegmentConfig
+from nuclei.errors import InputError, StoreError
+from nuclei.modeldir import resolve_model
+
+GLOB_CHARS = "*?["
+
+
+def preflight(config: SegmentConfig) -> SegmentConfig:
+    """Cheap checks before anything heavy starts (no session, no cluster, no store created): the model
+    directory reads, every local input exists, the store is not a file. Returns the config with local paths
+    made absolute, so tasks on any worker find them. Raises NucleiError naming the problem."""
+    for spec in config.inputs:
+        if "://" in spec and not spec.startswith("file://"):
+            continue
+        local = spec.removeprefix("file://")
+        if not Path(local).exists() and not any(c in local for c in GLOB_CHARS):
+            raise InputError(local, "input does not exist")
+    store = config.store
+    if "://" not in store:
+        if Path(store).is_file():
+            raise StoreError(f"{store}: is a file, not a store folder")
+        store = os.path.abspath(store)
+    resolve_model(config.model)
+    inputs = [s if "://" in s else os.path.abspath(s) for s in config.inputs]
+    model = os.path.abspath(config.model) if config.model and "://" not in config.model else config.model
+    return config.model_copy(update={"store": store, "inputs": inputs, "model": model})

@@ -1,0 +1,123 @@
+"""Runs that start fast, say the truth (Prefect states, exit codes) and stay quiet: real Prefect, real stores."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nuclei.io.images import write_png
+from nuclei.io.synthetic import make_sample
+
+NUCLEI = [sys.executable, "-m", "nuclei.cli.main"]
+
+
+def _cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_user_error_is_one_line_exit_2_no_store_and_costs_under_2_cpu_seconds(tmp_path: Path) -> None:
+    """CPU time, not wall time: the machine may be busy, the work done before the error must stay small."""
+    store = tmp_path / "s.zarr"
+    for argv in (["segment", str(tmp_path / "missing"), "--store", str(store)],
+                 ["segment", str(tmp_path), "--store", str(store), "--tile-size", "0"],
+                 ["segment", str(tmp_path), "--store", str(store), "--model", str(tmp_path / "no-model")]):
+        before = _cpu_seconds_of_children()
+        done = subprocess.run([*NUCLEI, *argv], capture_output=True, text=True, timeout=120)
+        cpu = _cpu_seconds_of_children() - before
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("nuclei: error:"), done.stderr
+        assert "Traceback" not in done.stderr and not store.exists()
+        assert cpu < 2.0, f"{argv}: {cpu:.2f} s of CPU before the error"
+
+
+@pytest.mark.slow
+def test_failed_images_flag_the_run_and_the_next_run_skips_them_until_they_change(
+    tmp_path: Path, trained_model: Path, prefect_harness: None
+) -> None:
+    from flows.segment import segment
+
+    inputs, store = tmp_path / "in", tmp_path / "s.zarr"
+    write_png(inputs / "good.png", make_sample((64, 64), seed=4)[0])
+    (inputs / "junk.png").write_bytes(b"not an image at all")
+    state = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model), return_state=True)
+    assert state.is_completed() and state.name == "Completed with failures"
+    assert state.message.startswith("1 failed, 1 segmented")
+    summary = state.result()
+    assert summary["failed"] == 1 and "cannot identify image file" in summary["failures"][0]["reason"]
+    assert "BytesIO" not in summary["failures"][0]["reason"]
+
+    again = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model), return_state=True)
+    assert again.name == "Completed"  # nothing failed this time: the bad file is skipped, and said to be
+    assert [f["file"] for f in again.result()["skipped_failed_before"]] == [str(inputs / "junk.png")]
+
+    time.sleep(0.01)
+    (inputs / "junk.png").write_bytes(b"changed, still not an image")  # a new version is tried again
+    third = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model), return_state=True)
+    assert third.name == "Completed with failures" and third.result()["failed"] == 1
+
+
+@pytest.mark.slow
+def test_the_cli_exit_code_agrees_with_the_run_state(tmp_path: Path, trained_model: Path,
+                                                     prefect_harness: None) -> None:
+    from nuclei.cli.main import main
+
+    inputs = tmp_path / "in"
+    write_png(inputs / "good.png", make_sample((64, 64), seed=4)[0])
+    (inputs / "bad.png").write_text("nope")
+    args = ["segment", str(inputs), "--model", str(trained_model), "--store", str(tmp_path / "s.zarr")]
+    assert main(args) == 1
+    assert main(args) == 0  # unchanged bad file: skipped, reported, not failed again
+
+
+@pytest.mark.slow
+def test_a_temporary_prefect_server_starts_under_cpu_load(tmp_path: Path, trained_model: Path) -> None:
+    """Two busy processes on a 2-core machine: the run must still get its temporary server and finish."""
+    inputs = tmp_path / "in"
+    write_png(inputs / "a.png", make_sample((64, 64), seed=5)[0])
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        done = subprocess.run([*NUCLEI, "segment", str(inputs), "--store", str(tmp_path / "s.zarr"), "--model",
+                               str(trained_model)], capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        for burner in burners:
+            burner.kill()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 segmented" in done.stdout
+    assert "distributed." not in done.stderr and "absl" not in done.stderr  # quiet by default
+
+
+@pytest.mark.slow
+def test_a_training_run_whose_model_finds_nothing_is_flagged(tmp_path: Path, synthetic_dir: Path,
+                                                             prefect_harness: None) -> None:
+    import shutil
+
+    from flows.train import train
+
+    blank = tmp_path / "blank"
+    shutil.copytree(synthetic_dir, blank)
+    for label in (blank / "labels").iterdir():
+        write_png(label, np.zeros((96, 128), np.uint16))
+    state = train(data_dir=str(blank), out_dir=str(tmp_path / "models"), name="blank", epochs=1, batch_size=4,
+                  crop_size=64, depth=2, base_filters=4, steps_per_epoch=1, return_state=True)
+    assert state.is_failed() and "finds almost no nuclei" in (state.message or "")
+
+
+def test_small_local_runs_need_no_cluster() -> None:
+    from nuclei.config import SegmentConfig
+    from nuclei.inference.run import in_process
+
+    config = SegmentConfig(inputs=["x"], store="s")
+    assert in_process(config, 3)
+    assert not in_process(config, 500)
+    assert not in_process(config.model_copy(update={"n_workers": 2}), 3)  # asked for workers: a cluster
+    assert not in_process(config.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}), 3)
