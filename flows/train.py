@@ -61,6 +61,7 @@ def train(
     max_images: int | None = None,
     on_error: str = "raise",
     quantize_int8: bool = False,
+    min_ap50: float = 0.05,
     then: list[dict[str, Any]] | None = None,
 ) -> str:
     """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path."""
@@ -89,8 +90,8 @@ def train(
     )
     logger.info("model directory: %s\n%s", model_dir, format_table(report))
     ap50 = report.overall()["ap50"]
-    if ap50 < MIN_AP50:  # a model that finds (almost) nothing must not look like a finished model
-        message = (f"{model_dir}: the model finds almost no nuclei: validation AP@0.5 {ap50:.3f} < {MIN_AP50} "
+    if ap50 < config.min_ap50:  # a model that finds (almost) nothing must not look like a finished model
+        message = (f"{model_dir}: the model finds almost no nuclei: validation AP@0.5 {ap50:.3f} < {config.min_ap50} "
                    "(check the labels, train longer, or lower the learning rate)")
         logger.error(message)
         return Failed(message=message, data=str(model_dir))  # type: ignore[return-value]
@@ -117,9 +118,6 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
         model_dir = train(**{**stage, "init_from": model_dir or stage["init_from"]})
     return str(model_dir)
 
-
-# Validation AP@0.5 under this ends the run Failed: a model that finds no nucleus is no model.
-MIN_AP50 = 0.05
 
 _NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights")
 

@@ -56,6 +56,8 @@ class TrainConfig(BaseModel):
     max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
     on_error: Literal["raise", "skip"] = "raise"
     quantize_int8: bool = Field(False, description="also write model.int8.onnx, kept if as good on validation")
+    min_ap50: float = Field(0.05, ge=0.0, le=1.0, description="the run ends Failed when validation AP@0.5 is "
+                            "below this: a model that finds no nuclei is not a finished model (0: never)")
 
     @model_validator(mode="after")
     def _crop_fits_network(self) -> TrainConfig:

@@ -96,7 +96,7 @@ def test_fine_tune_from_a_model_directory(trained_model: Path, synthetic_dir: Pa
 
     path = Path(train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="tuned", epochs=1, batch_size=4,
                       crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, init_from=str(trained_model),
-                      balance_categories=True))
+                      balance_categories=True, min_ap50=0.0))
     config = json.loads((path / "config.json").read_text())
     assert config["init_from"] == str(trained_model) and (path / "model.onnx").is_file()
     with pytest.raises(ValueError, match="architecture differs"):
@@ -109,7 +109,7 @@ def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_
     from flows.train import train
 
     common = dict(data_dir=str(synthetic_dir), out_dir=str(tmp_path), epochs=1, batch_size=4, crop_size=64,
-                  depth=3, base_filters=8, steps_per_epoch=1)
+                  depth=3, base_filters=8, steps_per_epoch=1, min_ap50=0.0)
     with pytest.raises(ValueError, match="crop_sise"):  # a typo in a late stage fails before any training
         train(name="typo", then=[{"crop_sise": 96}], **common)
     assert not list(tmp_path.iterdir())
@@ -181,7 +181,7 @@ def test_int8_variant_is_kept_only_when_as_good(trained_model: Path, synthetic_d
     from nuclei.inference.engine import Engine
 
     path = Path(train(data_dir=str(synthetic_dir), out_dir=str(tmp_path), name="q", epochs=1, batch_size=4,
-                      crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, quantize_int8=True))
+                      crop_size=64, depth=3, base_filters=8, steps_per_epoch=1, quantize_int8=True, min_ap50=0.0))
     verdict = json.loads((path / "int8.json").read_text())
     assert verdict["kept"] == (path / "model.int8.onnx").is_file()
     assert verdict["kept"] == (abs(verdict["dsb_score"] - verdict["float32_dsb_score"]) <= verdict["tolerance"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -139,6 +141,20 @@ class Engine:
             str(self.model.int8_sha256 if int8 else self.model.onnx_sha256),
             tuple(usable_providers(self.providers)), self.threads or default_threads(),
         )
+
+    @property
+    def output_key(self) -> str:
+        """A hash of everything that decides the labels this engine's images get: the ONNX file that runs
+        (float32 or int8), the thresholds (min size rescaled with --diameter), the zoom and the normalisation.
+        A store entry is current only while its record carries the same key (tile size is left out: tiled
+        equals untiled)."""
+        int8 = self.precision == "int8"
+        parts = {
+            "onnx": self.model.int8_sha256 if int8 else self.model.onnx_sha256, "precision": self.precision,
+            "thresholds": self.thresholds.as_dict(), "zoom": round(self.zoom, 6),
+            "normalization": self.model.normalization.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def session_providers(self) -> list[str]:
         """The providers the session really got (what ran, not what was asked for)."""

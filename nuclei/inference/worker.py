@@ -64,9 +64,11 @@ def _read(item: ImageItem, settings: SegmentConfig) -> _Decoded:
     return _Decoded(item, raw, hashlib.sha256(data).hexdigest())
 
 
-def _already_done(store: Store, item: ImageItem, sha256: str, model_version: str) -> bool:
+def _already_done(store: Store, item: ImageItem, sha256: str, output_key: str) -> bool:
+    """The store holds this content, from this source, made with the same model files and settings."""
     record = store.record(item.id)
-    return bool(record and record.source_sha256 == sha256 and record.model.version == model_version)
+    return bool(record and record.source == item.url and record.source_sha256 == sha256
+                and record.output_key == output_key)
 
 
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[ImageResult]:
@@ -84,7 +86,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
         except (NucleiError, OSError) as exc:
             results[item.id] = _failed(store, item, _reason(exc))
             continue
-        if not settings.overwrite and _already_done(store, item, decoded.sha256, model.version):
+        if not settings.overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
             results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
         else:
             todo.append(decoded)
@@ -120,7 +122,7 @@ def _finish(
     overwrite: bool,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
-    item, model = decoded.item, engine.model
+    item = decoded.item
     try:
         started = time.perf_counter()
         labels = instances(prob, engine.thresholds)
@@ -128,7 +130,7 @@ def _finish(
         table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, engine, providers)
         with store.writing(item.id):
-            if not overwrite and _already_done(store, item, decoded.sha256, model.version):
+            if not overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
@@ -169,6 +171,7 @@ def _record(
         "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
                   "precision": engine.precision},
         "thresholds": engine.thresholds.as_dict(),
+        "output_key": engine.output_key,
         "diameter": engine.diameter,
         "zoom": engine.zoom,
         "normalization": model.normalization.model_dump(),

@@ -16,6 +16,7 @@ replaced atomically (rename on local disks, a single PUT on object stores).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,13 @@ def _index_is_ours() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Object at index is not recognized")
         yield
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Content hash of an array as stored (dtype, shape and C-order bytes)."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _parse_record(blob: bytes, path: str) -> EntryRecord | None:
@@ -214,6 +222,15 @@ class Store:
                 continue
         return found
 
+    def hide(self, image_id: str) -> None:
+        """Make an entry invisible (its arrays stay until rewritten): the next run segments it again."""
+        self._uncommit(image_id)
+
+    def remove_record_file(self, path: str) -> None:
+        """Delete an index file that does not parse (`damaged`)."""
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
     def _uncommit(self, image_id: str) -> None:
         path = self._record_path(image_id)
         if self.fs.exists(path):
@@ -245,7 +262,10 @@ class Store:
             raise StoreError(f"{self.url}: opened read-only")
         key = id_to_key(image_id)
         self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
-        typed = EntryRecord(**{**record, "id": image_id, "key": key,
+        label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+        labels = labels.astype(label_dtype, copy=False)
+        sums = {"image": array_sha256(image), "labels": array_sha256(labels)}  # `nuclei check` re-reads them
+        typed = EntryRecord(**{**record, "id": image_id, "key": key, "arrays_sha256": sums,
                                "store_format_version": STORE_FORMAT_VERSION})
         # The entry is composed in memory, then written as plain files in one batch: one round trip per file
         # (a batched upload on object stores) instead of many small async Zarr calls per array.
@@ -258,8 +278,7 @@ class Store:
         _write_levels(entry, levels)
         label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
                                                                        "labels": list(LABEL_NAMES)}})
-        label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
-        _write_ome_label(label_root, "nuclei", labels.astype(label_dtype))
+        _write_ome_label(label_root, "nuclei", labels)
         _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8))
         entry.create_array("measurements", data=np.asarray(measurements, dtype=np.float64),
                            chunks=(max(1, measurements.shape[0]), measurements.shape[1]),

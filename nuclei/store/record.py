@@ -43,6 +43,8 @@ class EntryRecord(BaseModel):
     mean_area: float = Field(ge=0.0)
     model: ModelInfo
     thresholds: dict[str, float]
+    arrays_sha256: dict[str, str] = Field(default_factory=dict)  # image and labels as stored: `nuclei check`
+    output_key: str = ""  # Engine.output_key: model file, precision, thresholds, zoom, normalisation
     diameter: float | None = None
     zoom: float = 1.0
     normalization: dict[str, Any] = Field(default_factory=dict)
