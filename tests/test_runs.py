@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -87,7 +88,8 @@ def test_a_temporary_prefect_server_starts_under_cpu_load(tmp_path: Path, traine
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         done = subprocess.run([*NUCLEI, "segment", str(inputs), "--store", str(tmp_path / "s.zarr"), "--model",
-                               str(trained_model)], capture_output=True, text=True, timeout=600, env=env)
+                               str(trained_model), "--prefect"], capture_output=True, text=True, timeout=600,
+                              env=env)
     finally:
         for burner in burners:
             burner.kill()
@@ -121,3 +123,33 @@ def test_small_local_runs_need_no_cluster() -> None:
     assert not in_process(config, 500)
     assert not in_process(config.model_copy(update={"n_workers": 2}), 3)  # asked for workers: a cluster
     assert not in_process(config.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}), 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_stops_within_seconds_and_a_rerun_finishes_it(
+    tmp_path: Path, trained_model: Path, how: signal.Signals
+) -> None:
+    from nuclei.store.check import check
+
+    inputs, store = tmp_path / "in", tmp_path / "s.zarr"
+    for i in range(60):
+        write_png(inputs / f"img{i:02d}.png", make_sample((128, 128), n_nuclei=10, seed=i)[0])
+    argv = [*NUCLEI, "segment", str(inputs), "--store", str(store), "--model", str(trained_model),
+            "--workers", "2", "--images-per-task", "2"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (store / "index").is_dir() or not any((store / "index").glob("*.json")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, how)  # Ctrl-C reaches the whole process group; SIGTERM as a scheduler sends it
+    stopped = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - stopped < 10
+    assert process.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("nuclei: interrupted"), err[-3000:]
+    assert check(store).ok  # whatever was written is whole
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((store / "index").glob("*.json"))) == 60 and check(store).ok

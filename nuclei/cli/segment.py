@@ -1,8 +1,20 @@
-"""`nuclei segment INPUT... --store STORE`: the `segment` flow; options are SegmentConfig's fields."""
+"""`nuclei segment INPUT... --store STORE`: options are SegmentConfig's fields.
+
+With a Prefect server (`PREFECT_API_URL` set, or `--prefect`) the run is the `segment` flow, recorded there
+with its progress and summary artifacts. Without one, the CLI runs the same steps directly: no temporary
+Prefect server to start (about 11 s, and a run that cannot start when the machine is busy), nothing to
+report to that would vanish at exit. Ctrl-C or SIGTERM stops the work within seconds; every entry already
+written is complete (an entry becomes visible only with its record), and a re-run finishes the rest.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
 
 from nuclei.cli.options import add_config_options, given, print_json
 from nuclei.config import SegmentConfig
@@ -14,6 +26,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_config_options(parser, SegmentConfig, skip=("inputs",), aliases={"n_workers": ["--workers"]})
     parser.add_argument("--float32", dest="int8", action="store_false", default=None,
                         help="on CPU, run the float32 model even where the model ships a validated int8 one")
+    parser.add_argument("--prefect", action="store_true",
+                        help="run as a Prefect flow even without PREFECT_API_URL (a temporary local server)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
 
@@ -22,13 +36,36 @@ def run(args: argparse.Namespace) -> int:
     from nuclei.inference.preflight import preflight
 
     config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
-
-    from flows.segment import segment  # Prefect (and its temporary server) only once the run is sound
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        summary = _with_prefect(config, args.json) if args.prefect or os.environ.get("PREFECT_API_URL") \
+            else _direct(config, args.json)
+    except KeyboardInterrupt:
+        print(f"nuclei: interrupted: the entries written to {config.store} are complete; run the same command "
+              "again to finish", file=sys.stderr)
+        return 130
     from nuclei.inference.run import summary_text
 
-    summary = segment(**config.model_dump(), progress=not args.json)
     if args.json:
         print_json(summary)
     else:
         print(summary_text(summary))
     return 1 if summary["failed"] else 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
+
+
+def _direct(config: SegmentConfig, quiet: bool) -> dict[str, Any]:
+    from nuclei.inference.run import plan, summarize
+    from nuclei.inference.run import run as run_plan
+
+    work = plan(config)
+    return summarize(work, run_plan(work, progress=not quiet))
+
+
+def _with_prefect(config: SegmentConfig, quiet: bool) -> dict[str, Any]:
+    from flows.segment import segment  # Prefect only when a run is recorded there
+
+    return segment(**config.model_dump(), progress=not quiet)
