@@ -19,6 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import shape_inference
 
+from nuclei.modeldir import default_model_path
+
 
 def conv_flops(model_path: Path, size: int = 256) -> float:
     model = onnx.load(str(model_path))
@@ -70,7 +72,7 @@ def ort_rate(model_path: Path, threads: int, n: int = 60) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--model", default=str(default_model_path()))
     args = parser.parse_args()
     onnx_path = Path(args.model) / "model.onnx"
     cores = len(os.sched_getaffinity(0))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nuclei.modeldir import default_model_path
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from scaling import images_256, peak_rss_mb  # noqa: E402 - same folder
@@ -70,7 +72,7 @@ def main() -> None:
     import cv2
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--tile-size", type=int, default=1024)
     args = parser.parse_args()

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from nuclei.modeldir import default_model_path
+
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -93,7 +95,7 @@ def dsb_score(model_dir: Path, int8: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)

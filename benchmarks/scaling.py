@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nuclei.modeldir import default_model_path
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
@@ -62,7 +64,7 @@ def run(folder: Path, store: Path, model: str, workers: int) -> tuple[float, lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 400, 1600])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()

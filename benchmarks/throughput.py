@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nuclei.modeldir import default_model_path
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -87,7 +89,7 @@ def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="models/dsb2018-unet")
+    parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--limit", type=int, default=10_000, help="at most this many images")
     parser.add_argument("--size", default="256x256", help="HxW of the images to use, or 'mixed'")
     parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])

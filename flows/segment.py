@@ -1,6 +1,6 @@
 """The `segment` flow: discover images -> skip what the store has -> fan out Dask tasks -> summarize.
 
-    nuclei segment images/ --model models/dsb2018-unet --store results.zarr
+    nuclei segment images/ --store results.zarr
     prefect deployment run segment/watch-folder
 
 The flow only wires steps; Dask tasks run `nuclei.inference.worker.segment_batch` and never talk to Prefect, so an

@@ -25,7 +25,8 @@ from nuclei.errors import ModelError
 
 DEFAULT_MODEL_NAME = "dsb2018-unet"
 INT8_FILE = "model.int8.onnx"
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+# Shipped as package data, so a plain `pip install` (not only a source checkout) has a default model.
+SHIPPED_MODELS = Path(__file__).resolve().parent / "assets" / "models"
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,10 @@ def load_model_dir(path: str | Path) -> ModelDir:
 
 
 def default_model_path() -> Path | None:
-    """$NUCLEI_MODEL, else the model shipped in the repository's models/ folder, else None."""
+    """$NUCLEI_MODEL, else the model shipped with the package, else None."""
     if env := os.environ.get("NUCLEI_MODEL"):
         return Path(env)
-    shipped = REPO_MODELS / DEFAULT_MODEL_NAME
+    shipped = SHIPPED_MODELS / DEFAULT_MODEL_NAME
     return shipped if (shipped / "model.onnx").is_file() else None
 
 
@@ -134,5 +135,6 @@ def resolve_model(path: str | Path | None) -> ModelDir:
     if path is None:
         path = default_model_path()
         if path is None:
-            raise ModelError("no --model given and no default model is installed (models/dsb2018-unet)")
+            missing = SHIPPED_MODELS / DEFAULT_MODEL_NAME
+            raise ModelError(f"no --model given and no default model is installed ({missing})")
     return load_model_dir(path)

@@ -12,7 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "data" / "sample"
+SAMPLES = REPO / "nuclei" / "assets" / "sample"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -49,3 +49,13 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path,
     path = train(data_dir=str(synthetic_dir), out_dir=str(out), name="tiny", epochs=2, batch_size=4,
                  crop_size=64, depth=3, base_filters=8, steps_per_epoch=3, min_ap50=0.0)  # a smoke model
     return Path(path)
+
+
+SLOW_FIXTURES = {"trained_model", "prefect_harness"}  # a training run or a Prefect server: not the fast tier
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test-fast` runs `-m "not slow"`: tests that need a trained model or a Prefect server are slow."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

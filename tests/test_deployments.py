@@ -26,7 +26,7 @@ from nuclei.modeldir import load_model_dir
 from nuclei.store.query import open_store
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "nuclei-local"

@@ -101,7 +101,7 @@ def test_a_12_bit_camera_image_and_its_8_bit_copy_give_the_same_nuclei(tmp_path:
     pixels: the inputs agree to 1e-5, not bit for bit)."""
     from nuclei.io.images import read_raw, write_png
 
-    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "images"
+    sample = Path(__file__).resolve().parent.parent / "nuclei" / "assets" / "sample" / "images"
     eight = read_raw(next(p for p in sorted(sample.glob("*.png")) if read_raw(p).dtype == np.uint8))[..., 0]
     write_png(tmp_path / "in" / "eight.png", eight)
     write_png(tmp_path / "in" / "twelve.png", eight.astype(np.uint16) * 12 + 100)  # values 100..3160
@@ -117,7 +117,7 @@ def test_a_dim_16_bit_image_is_segmented_like_its_stretched_copy(tmp_path: Path)
     tenth of the brightness, and stretched to 8 bits: nuclei counts within 5%, >= 97% of pixels alike."""
     from nuclei.io.images import read_raw, write_png
 
-    path = Path(__file__).resolve().parent.parent / "data" / "sample" / "images"
+    path = Path(__file__).resolve().parent.parent / "nuclei" / "assets" / "sample" / "images"
     raw = read_raw(next(path.glob("IXMtest_*.png")))
     lo, hi = np.percentile(raw, (1, 99.8))
     write_png(tmp_path / "in" / "camera.png", raw)

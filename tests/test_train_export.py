@@ -18,6 +18,7 @@ from nuclei.plots import read_history, stage_starts
 from nuclei.training.export import export_onnx, parity_check
 from nuclei.training.fit import predict_keras
 from nuclei.training.model import unet, unet_receptive_field
+from tests.conftest import SAMPLES
 
 MODEL_FILES = ("config.json", "model.onnx", "model.keras", "thresholds.json", "metrics.json", "history.csv",
                "curves.png", "data.json", "versions.json", "evaluation/per_image.csv")
@@ -104,6 +105,7 @@ def test_fine_tune_from_a_model_directory(trained_model: Path, synthetic_dir: Pa
               base_filters=16, init_from=str(trained_model))
 
 
+@pytest.mark.slow
 def test_staged_training_chains_fine_tuning_in_one_run(synthetic_dir: Path, tmp_path: Path) -> None:
     """`then`: each stage starts from the previous stage's model directory; the last one gets the name."""
     from flows.train import train
@@ -200,9 +202,12 @@ def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
     assert Engine(model, ("CUDAExecutionProvider", "CPUExecutionProvider")).precision == expected
     float_engine = Engine(model, ("CPUExecutionProvider",), int8=False)
     assert float_engine.precision == "float32"
-    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    from nuclei.io.images import read_raw
+
+    image = read_raw(sorted((SAMPLES / "images").glob("*.png"))[0])
     int8_prob = Engine(model, ("CPUExecutionProvider",)).predict(image)
-    assert np.abs(int8_prob - float_engine.predict(image)).max() < 0.2  # quantised, not another model
+    float_prob = float_engine.predict(image)
+    assert np.mean((int8_prob[..., 0] > 0.5) == (float_prob[..., 0] > 0.5)) > 0.97  # quantised, not another model
 
 
 def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:

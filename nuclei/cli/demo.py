@@ -1,6 +1,6 @@
 """`nuclei demo`: the whole job on the bundled samples, embedded defaults only (no server to start).
 
-Trains a small U-Net on data/sample, exports and checks it, segments the sample images on a LocalCluster
+Trains a small U-Net on the bundled samples (nuclei/assets/sample), exports and checks it, segments the sample images on a LocalCluster
 into a Zarr store, and prints what the store holds, with overlay pictures to look at.
 """
 
@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from nuclei.modeldir import REPO_MODELS, default_model_path
+from nuclei.modeldir import default_model_path
 
-SAMPLES = REPO_MODELS.parent / "data" / "sample"
+SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "sample"  # package data: works after pip install
 
 
 def run_demo(out: Path, epochs: int = 30) -> dict[str, object]:
