@@ -24,3 +24,7 @@ class ModelError(NucleiError):
 
 class StoreError(NucleiError):
     """A Zarr store that is missing, of another format version, or asked for an unknown id."""
+
+
+class ClusterError(NucleiError):
+    """A Dask cluster that cannot be reached or has no workers."""

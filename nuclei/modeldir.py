@@ -116,7 +116,10 @@ def load_model_dir(path: str | Path) -> ModelDir:
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: missing (export the model first)")
     thresholds_file = path / "thresholds.json"
-    thresholds = Thresholds.from_dict(read_json(thresholds_file)) if thresholds_file.exists() else Thresholds()
+    try:
+        thresholds = Thresholds.from_dict(read_json(thresholds_file)) if thresholds_file.exists() else Thresholds()
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{thresholds_file}: not valid thresholds ({exc})") from exc
     int8 = path / INT8_FILE
     return ModelDir(path=path, config=config, thresholds=thresholds, onnx_sha256=sha256_file(onnx_path),
                     int8_sha256=sha256_file(int8) if int8.is_file() else None)

@@ -1,7 +1,8 @@
 """`nuclei demo`: the whole job on the bundled samples, embedded defaults only (no server to start).
 
-Trains a small U-Net on the bundled samples (nuclei/assets/sample), exports and checks it, segments the sample images on a LocalCluster
-into a Zarr store, and prints what the store holds, with overlay pictures to look at.
+Trains a small U-Net on the bundled samples (nuclei/assets/sample), exports and checks it, segments the sample
+images with the shipped default model into a Zarr store, and prints what the store holds, with overlay pictures
+to look at.
 """
 
 from __future__ import annotations

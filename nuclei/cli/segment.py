@@ -37,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
     signal.signal(signal.SIGTERM, _interrupt)
+    quiet = args.json or not sys.stderr.isatty()  # a progress bar only where a person watches it
     try:
-        summary = _with_prefect(config, args.json) if args.prefect or os.environ.get("PREFECT_API_URL") \
-            else _direct(config, args.json)
+        summary = _with_prefect(config, quiet) if args.prefect or os.environ.get("PREFECT_API_URL") \
+            else _direct(config, quiet)
     except KeyboardInterrupt:
         print(f"nuclei: interrupted: the entries written to {config.store} are complete; run the same command "
               "again to finish", file=sys.stderr)

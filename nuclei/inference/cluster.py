@@ -17,6 +17,8 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
+from nuclei.errors import ClusterError
+
 log = logging.getLogger(__name__)
 
 DASK_ADDRESS_ENV = "NUCLEI_DASK_ADDRESS"
@@ -43,12 +45,32 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get(DASK_ADDRESS_ENV) or None
 
 
+CONNECT_TIMEOUT_S = 10  # a dead address fails in this long, with one line
+WORKERS_TIMEOUT_S = 60  # a scheduler without workers fails in this long instead of hanging
+
+
+@contextlib.contextmanager
+def _connect(address: str) -> Iterator[Client]:
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT_S} s ({exc})") \
+            from exc
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise ClusterError(f"the Dask scheduler at {address} has no workers (waited {WORKERS_TIMEOUT_S} s)") \
+                from exc
+        yield client
+
+
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
     """A client for ``address`` (or $NUCLEI_DASK_ADDRESS), else for a new LocalCluster of worker processes."""
     address = cluster_address(address)
     if address:
-        with Client(address) as client:
+        with _connect(address) as client:
             log.info("using the Dask cluster at %s", address)
             yield client
         return

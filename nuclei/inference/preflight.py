@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from nuclei.config import SegmentConfig
+from nuclei.core.tiling import check_tile_size, overlap_for
 from nuclei.errors import InputError, StoreError
 from nuclei.modeldir import resolve_model
 
@@ -28,7 +29,11 @@ def preflight(config: SegmentConfig) -> SegmentConfig:
         if Path(store).is_file():
             raise StoreError(f"{store}: is a file, not a store folder")
         store = os.path.abspath(store)
-    resolve_model(config.model)
+    model = resolve_model(config.model)
+    try:
+        check_tile_size(config.tile_size, overlap_for(model.receptive_field, model.pad_multiple), model.pad_multiple)
+    except ValueError as exc:
+        raise InputError("--tile-size", str(exc)) from exc
     inputs = [s if "://" in s else os.path.abspath(s) for s in config.inputs]
-    model = os.path.abspath(config.model) if config.model and "://" not in config.model else config.model
-    return config.model_copy(update={"store": store, "inputs": inputs, "model": model})
+    model_path = os.path.abspath(config.model) if config.model and "://" not in config.model else config.model
+    return config.model_copy(update={"store": store, "inputs": inputs, "model": model_path})

@@ -8,6 +8,7 @@ splits nuclei, measures them, and writes each entry. One bad image is reported a
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import logging
 import time
@@ -80,16 +81,15 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
-    for item in items:
+    for item in items:  # any one file's failure (name, decode, store path) fails that file only
         try:
             decoded = _read(item, settings)
-        except (NucleiError, OSError) as exc:
+            if not settings.overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
+                results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
+            else:
+                todo.append(decoded)
+        except Exception as exc:  # noqa: BLE001 - e.g. an undecodable file, an id the file system refuses
             results[item.id] = _failed(store, item, _reason(exc))
-            continue
-        if not settings.overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
-            results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
-        else:
-            todo.append(decoded)
     providers = engine.session_providers() if todo else []
     for chunk in _chunks(todo, engine):
         started = time.perf_counter()
@@ -185,4 +185,6 @@ def _record(
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, NucleiError):
         return str(getattr(exc, "reason", exc))
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return "its id is too long for the store's file system (rename the file or shorten its folders)"
     return f"{type(exc).__name__}: {exc}"
