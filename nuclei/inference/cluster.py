@@ -13,11 +13,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
-
-from distributed import Client, LocalCluster
+from typing import TYPE_CHECKING, Any
 
 from nuclei.errors import ClusterError
+
+if TYPE_CHECKING:  # distributed costs about a second to import: small in-process runs never need it
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ WORKERS_TIMEOUT_S = 60  # a scheduler without workers fails in this long instead
 
 @contextlib.contextmanager
 def _connect(address: str) -> Iterator[Client]:
+    from distributed import Client
+
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
@@ -74,6 +77,8 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
             log.info("using the Dask cluster at %s", address)
             yield client
         return
+    from distributed import Client, LocalCluster
+
     workers, threads = local_cluster_size(n_workers)
     env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",

@@ -17,7 +17,6 @@ from os import PathLike, fspath
 from typing import Any
 
 import fsspec
-from distributed import as_completed
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
@@ -162,6 +161,8 @@ def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
         for batch in plan.batches:
             yield batch, segment_batch(batch, config)
         return
+    from distributed import as_completed
+
     with dask_client(config.dask_address, config.n_workers) as client:
         resources = task_resources(client)
         if resources:
