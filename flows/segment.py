@@ -34,6 +34,9 @@ def segment(
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
     int8: bool = True,
     diameter: float | None = None,
+    channel: str | None = None,
+    z: str | None = None,
+    pixel_size: float | None = None,
     threads: int = 0,
     batch_size: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,

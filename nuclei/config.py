@@ -107,6 +107,12 @@ class SegmentConfig(BaseModel):
     int8: bool = Field(True, description="on CPU, run the model's validated int8 variant when it ships one")
     diameter: float | None = Field(None, ge=2.0, le=1000.0, description="typical nucleus diameter in pixels: "
                                    "images are rescaled so nuclei match the model's training scale")
+    channel: str | None = Field(None, description="the nuclear channel of multi-channel images, by index or name "
+                                "(default: one channel as is, RGB as luminance, anything else is refused)")
+    z: str | None = Field(None, pattern=r"^(max|\d+)$", description="z-stacks: 'max' (maximum projection) or a "
+                          "plane index")
+    pixel_size: float | None = Field(None, gt=0.0, le=1000.0, description="pixel size in micrometres, where the "
+                                     "files do not say (OME-TIFF and TIFF resolution tags are read)")
     threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the cores a worker has)")
     batch_size: int = Field(8, ge=1, le=256, description="same-sized images per model run")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images (decompression bombs)")

@@ -24,7 +24,7 @@ from nuclei.errors import InputError
 from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import Engine
 from nuclei.inference.preflight import preflight
-from nuclei.inference.worker import ImageResult, segment_batch
+from nuclei.inference.worker import ImageResult, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
@@ -105,9 +105,9 @@ def plan(config: SegmentConfig) -> Plan:
             todo.append(item)
         elif clash:
             found.problems.append(clash)
-        elif _unchanged(item, records.get(item.id), engine.output_key):
+        elif _unchanged(item, records.get(item.id), entry_key(engine, config)):
             unchanged.append(item.id)
-        elif failure and _same_file(item, failure):
+        elif failure and _same_file(item, failure) and failure.get("key") == entry_key(engine, config):
             failed_before.append({"file": item.url, "reason": failure.get("reason", "")})
         else:
             todo.append(item)

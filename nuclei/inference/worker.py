@@ -26,7 +26,8 @@ from nuclei.core.postprocess import instances
 from nuclei.errors import NucleiError
 from nuclei.inference.engine import Engine
 from nuclei.io.discovery import ImageItem
-from nuclei.io.images import decode
+from nuclei.io.images import decode_image
+from nuclei.io.planes import LabImage, PlaneChoice
 from nuclei.modeldir import load_model_dir
 from nuclei.store.backend import Store
 
@@ -54,15 +55,21 @@ class ImageResult:
 @dataclass
 class _Decoded:
     item: ImageItem
-    raw: np.ndarray  # as read; the engine and measure() scale it a tile / a block of rows at a time
+    raw: np.ndarray  # the plane to segment, as stored; the engine and measure() scale it a part at a time
     sha256: str
+    lab: LabImage  # what was chosen to get the plane (channel, z) and the pixel size the file gave
 
 
 def _read(item: ImageItem, settings: SegmentConfig) -> _Decoded:
     with fsspec.open(item.url, "rb") as handle:
         data = handle.read()
-    raw = decode(data, item.url, settings.max_pixels)
-    return _Decoded(item, raw, hashlib.sha256(data).hexdigest())
+    lab = decode_image(data, item.url, settings.max_pixels, PlaneChoice(settings.channel, settings.z))
+    return _Decoded(item, lab.array, hashlib.sha256(data).hexdigest(), lab)
+
+
+def entry_key(engine: Engine, settings: SegmentConfig) -> str:
+    """What decides an entry's labels: the engine's output key plus the plane chosen from the file."""
+    return f"{engine.output_key}:{settings.channel or ''}:{settings.z or ''}"
 
 
 def _already_done(store: Store, item: ImageItem, sha256: str, output_key: str) -> bool:
@@ -84,12 +91,12 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
     for item in items:  # any one file's failure (name, decode, store path) fails that file only
         try:
             decoded = _read(item, settings)
-            if not settings.overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
+            if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
             else:
                 todo.append(decoded)
         except Exception as exc:  # noqa: BLE001 - e.g. an undecodable file, an id the file system refuses
-            results[item.id] = _failed(store, item, _reason(exc))
+            results[item.id] = _failed(store, item, _reason(exc), key=entry_key(engine, settings))
     providers = engine.session_providers() if todo else []
     for chunk in _chunks(todo, engine):
         started = time.perf_counter()
@@ -97,7 +104,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
         per_image = (time.perf_counter() - started) / len(chunk)
         for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
             results[decoded.item.id] = _finish(store, decoded, probs.pop(0), engine, providers, per_image,
-                                               settings.overwrite)
+                                               settings)
     return [results[item.id] for item in items]
 
 
@@ -119,7 +126,7 @@ def _chunks(todo: list[_Decoded], engine: Engine) -> Iterator[list[_Decoded]]:
 
 def _finish(
     store: Store, decoded: _Decoded, prob: np.ndarray, engine: Engine, providers: list[str], seconds: float,
-    overwrite: bool,
+    settings: SegmentConfig,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
     item = decoded.item
@@ -128,9 +135,9 @@ def _finish(
         labels = instances(prob, engine.thresholds)
         del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
-        record = _record(decoded, labels, table, engine, providers)
+        record = _record(decoded, labels, table, engine, providers, settings)
         with store.writing(item.id):
-            if not overwrite and _already_done(store, item, decoded.sha256, engine.output_key):
+            if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
@@ -138,22 +145,23 @@ def _finish(
                            providers=providers)
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         log.exception("failed on %s", item.url)
-        return _failed(store, item, _reason(exc), decoded.sha256)
+        return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))
 
 
-def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = None) -> ImageResult:
-    """The failed result; the store remembers it (with the file's size, mtime and hash) so that a scheduled run
-    skips the file until it changes, instead of failing on it again every time."""
+def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = None, key: str = "") -> ImageResult:
+    """The failed result; the store remembers it (with the file's size, mtime and hash, and the settings) so
+    that a scheduled run skips the file until it or the settings change, instead of failing on it every time."""
     try:
         store.record_failure(item.id, {"source": item.url, "size": item.size, "mtime": item.mtime,
-                                       "sha256": sha256, "reason": reason})
+                                       "sha256": sha256, "reason": reason, "key": key})
     except Exception:  # noqa: BLE001 - remembering is a convenience; the result still says it failed
         log.warning("could not record the failure of %s", item.url, exc_info=True)
     return ImageResult(item.id, item.url, "failed", reason)
 
 
 def _record(
-    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, providers: list[str]
+    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, providers: list[str],
+    settings: SegmentConfig,
 ) -> dict[str, Any]:
     """Provenance and a per-image summary, so listings never need to read arrays."""
     n, model = int(table.shape[0]), engine.model
@@ -171,7 +179,9 @@ def _record(
         "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
                   "precision": engine.precision},
         "thresholds": engine.thresholds.as_dict(),
-        "output_key": engine.output_key,
+        "output_key": entry_key(engine, settings),
+        **decoded.lab.describe(),
+        "pixel_size_um": settings.pixel_size or decoded.lab.pixel_size_um,
         "diameter": engine.diameter,
         "zoom": engine.zoom,
         "normalization": model.normalization.model_dump(),

@@ -21,6 +21,7 @@ from PIL import Image
 from nuclei.config import DEFAULT_MAX_PIXELS
 from nuclei.core.normalize import to_float_rgb
 from nuclei.errors import InputError
+from nuclei.io.planes import LabImage, PlaneChoice, read_tiff, select
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,15 @@ def read_raw(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 
 def decode(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes (``name`` gives the format and the error messages); refuses decompression bombs."""
+    """Decode image bytes (``name`` gives the format and the error messages); refuses decompression bombs.
+    A multi-channel or multi-plane TIFF is refused here: `decode_image` with a PlaneChoice picks its plane."""
+    return decode_image(data, name, max_pixels).array
+
+
+def decode_image(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 choice: PlaneChoice | None = None) -> LabImage:
+    """Decode image bytes to the plane to segment, with what was chosen (channel, z, pixel size)."""
+    choice = choice or PlaneChoice()
     if not data:
         raise InputError(name, "file is empty (0 bytes)")
     height, width = image_size(data, name)
@@ -80,10 +89,21 @@ def decode(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
             name, f"image is {height}x{width} = {height * width / 1e6:.0f} Mpixel, above max_pixels="
             f"{max_pixels / 1e6:.0f} Mpixel (raise max_pixels if the image is genuine)"
         )
-    array = _decode(data, name)
-    if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(name, f"unexpected image shape {array.shape}")
-    return array
+    if str(name).lower().endswith(TIFF_SUFFIXES):
+        try:
+            image = read_tiff(data, str(name), choice)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
+            raise InputError(name, f"cannot decode ({_plain_reason(exc)})") from exc
+    else:
+        array = _decode(data, name)
+        image = LabImage(array, "YX" if array.ndim == 2 else "YXS")
+        if choice.channel is not None or choice.z not in (None, "0", "max"):
+            image = select(array, image.axes, choice, str(name))
+    if image.array.ndim not in (2, 3) or image.array.shape[0] == 0 or image.array.shape[1] == 0:
+        raise InputError(name, f"unexpected image shape {image.array.shape}")
+    return image
 
 
 def _check_readable(path: Path) -> None:
@@ -101,9 +121,6 @@ def _check_readable(path: Path) -> None:
 
 def _decode(data: bytes, name: str | Path) -> np.ndarray:
     try:
-        if str(name).lower().endswith(TIFF_SUFFIXES):
-            array = tifffile.imread(io.BytesIO(data))
-            return np.squeeze(array) if array.ndim > 3 else array
         decoded: np.ndarray | None = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception as exc:  # noqa: BLE001
         raise InputError(name, f"cannot decode ({_plain_reason(exc)})") from exc

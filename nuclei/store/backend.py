@@ -273,13 +273,14 @@ class Store:
         levels = list(_levels(_to_cyx(image), nearest=False))
         entry = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3, attributes={
             "nuclei": typed.as_dict(),
-            "ome": {"version": OME_VERSION, "multiscales": _multiscales(_CYX, len(levels), "image")},
+            "ome": {"version": OME_VERSION,
+                    "multiscales": _multiscales(_cyx(typed.pixel_size_um), len(levels), "image", typed.pixel_size_um)},
         })
         _write_levels(entry, levels)
         label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
                                                                        "labels": list(LABEL_NAMES)}})
-        _write_ome_label(label_root, "nuclei", labels)
-        _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8))
+        _write_ome_label(label_root, "nuclei", labels, typed.pixel_size_um)
+        _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8), typed.pixel_size_um)
         entry.create_array("measurements", data=np.asarray(measurements, dtype=np.float64),
                            chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
                            attributes={"columns": list(MEASUREMENT_COLUMNS)})
@@ -363,25 +364,35 @@ def _write_levels(group: zarr.Group, levels: list[np.ndarray]) -> None:
         group.create_array(f"s{index}", data=level, chunks=chunks, dimension_names=("c", "y", "x")[-level.ndim :])
 
 
-def _multiscales(axes: list[dict[str, str]], n_levels: int, name: str) -> list[dict[str, Any]]:
+def _multiscales(
+    axes: list[dict[str, str]], n_levels: int, name: str, pixel_um: float | None
+) -> list[dict[str, Any]]:
+    """OME-NGFF multiscales: the scale is in micrometres when the pixel size is known, else in pixels (the
+    axes then carry no unit rather than a made-up one)."""
     spatial = sum(1 for a in axes if a["type"] == "space")
+    size = pixel_um or 1.0
     datasets = [
         {"path": f"s{i}", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0] * (len(axes) - spatial) + [float(2**i)] * spatial}]}
+            {"type": "scale", "scale": [1.0] * (len(axes) - spatial) + [size * 2**i] * spatial}]}
         for i in range(n_levels)
     ]
     return [{"name": name, "axes": axes, "datasets": datasets}]
 
 
-_YX = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "space", "unit": "pixel"}]
-_CYX = [{"name": "c", "type": "channel"}, *_YX]
+def _yx(pixel_um: float | None) -> list[dict[str, str]]:
+    unit = {"unit": "micrometer"} if pixel_um else {}
+    return [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
 
 
-def _write_ome_label(label_root: zarr.Group, name: str, labels: np.ndarray) -> None:
+def _cyx(pixel_um: float | None) -> list[dict[str, str]]:
+    return [{"name": "c", "type": "channel"}, *_yx(pixel_um)]
+
+
+def _write_ome_label(label_root: zarr.Group, name: str, labels: np.ndarray, pixel_um: float | None) -> None:
     levels = list(_levels(labels, nearest=True))
     group = label_root.create_group(name, attributes={"ome": {
         "version": OME_VERSION,
-        "multiscales": _multiscales(_YX, len(levels), name),
+        "multiscales": _multiscales(_yx(pixel_um), len(levels), name, pixel_um),
         "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
     }})
     _write_levels(group, levels)

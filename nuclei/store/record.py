@@ -46,6 +46,11 @@ class EntryRecord(BaseModel):
     arrays_sha256: dict[str, str] = Field(default_factory=dict)  # image and labels as stored: `nuclei check`
     output_key: str = ""  # Engine.output_key: model file, precision, thresholds, zoom, normalisation
     diameter: float | None = None
+    axes: str = ""  # the file's axes, e.g. "ZCYX"; channel and z say which plane was segmented
+    channel: int | None = None
+    channel_name: str | None = None
+    z: str | None = None
+    pixel_size_um: float | None = None  # None: the files did not say and none was given (no unit is made up)
     zoom: float = 1.0
     normalization: dict[str, Any] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=list)
