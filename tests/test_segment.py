@@ -189,3 +189,33 @@ def test_queries_during_a_run_see_only_complete_entries(tmp_path: Path, trained_
             break
     run.join()
     assert len(seen) == 12
+
+
+def test_measurements_and_summary_tables_of_a_flow_written_store(first_run: tuple, tmp_path: Path) -> None:
+    import csv
+
+    from nuclei.cli.main import main
+
+    _, store_path, _, summary = first_run
+    out = tmp_path / "nuclei.csv"
+    assert main(["query", str(store_path), "export", "--measurements", str(out), "--summary",
+                 str(tmp_path / "images.csv")]) == 0
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    store = Store(store_path)
+    assert len(rows) == summary["nuclei"] == sum(r.n_nuclei for r in store.records().values())
+    for image_id in store.ids():
+        labels = store.read_labels(image_id)
+        areas = np.bincount(labels.ravel())[1:]
+        mine = [r for r in rows if r["image_id"] == image_id]
+        assert [int(float(r["area"])) for r in mine] == [int(a) for a in areas if a]  # one row per nucleus
+        assert all(0 < float(r["solidity"]) <= 1 and float(r["major_axis_length"]) >= float(r["minor_axis_length"])
+                   for r in mine)
+        assert all(r["area_um2"] == "" for r in mine)  # no pixel size known: no micrometres made up
+    with open(tmp_path / "images.csv") as handle:
+        assert sorted(r["image_id"] for r in csv.DictReader(handle)) == sorted(store.ids())
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    assert main(["query", str(store_path), "export", "--measurements", str(tmp_path / "n.parquet")]) == 0
+    assert pq.read_table(tmp_path / "n.parquet").num_rows == len(rows)

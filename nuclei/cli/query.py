@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nuclei.errors import StoreError
+
 if TYPE_CHECKING:
     from nuclei.store.query import ExportKind, NucleiStore
 
@@ -58,7 +60,10 @@ def _add_stats(actions: argparse._SubParsersAction) -> None:
 def _add_export(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
         "export", help="write OUT_DIR/<id>.png per image (OUT_DIR/<kind>/<id>.png when several kinds)")
-    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("out_dir", nargs="?", help="output folder for PNGs (--labels, --masks, --overlay)")
+    parser.add_argument("--measurements", metavar="FILE", help="one row per nucleus of the whole store: .csv, or "
+                        ".parquet with pyarrow (area, centroid, bbox, intensity, shape features, micrometres)")
+    parser.add_argument("--summary", metavar="FILE", help="one row per image (.csv or .parquet)")
     parser.add_argument("--labels", action="store_true", help="16-bit instance labels (the default)")
     parser.add_argument("--masks", action="store_true", help="0/255 binary masks")
     parser.add_argument("--overlay", action="store_true", help="RGB images with nuclei outlined")
@@ -131,14 +136,34 @@ def _stats(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nuclei.store.query import EXPORT_KINDS
 
-    kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
     store = _open(args)
+    tables = _export_tables(args, store)
+    if args.out_dir is None:
+        if not tables:
+            raise StoreError("export: give OUT_DIR for PNGs, or --measurements FILE / --summary FILE")
+        return 0
+    kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
     out = Path(args.out_dir)
     for kind in kinds:
         target = out / kind if len(kinds) > 1 else out
         written = store.export(target, kind)
         print(f"wrote {len(written)} PNG{'s' if len(written) != 1 else ''} ({kind}) to {target}")
     return 0
+
+
+def _export_tables(args: argparse.Namespace, store: NucleiStore) -> int:
+    from nuclei.store.tables import IMAGE_COLUMNS, NUCLEUS_COLUMNS, image_rows, nucleus_rows, write_table
+
+    done = 0
+    if args.measurements:
+        count = write_table(nucleus_rows(store.backend), NUCLEUS_COLUMNS, args.measurements)
+        print(f"wrote {count} nuclei to {args.measurements}")
+        done += 1
+    if args.summary:
+        count = write_table(image_rows(store.backend), IMAGE_COLUMNS, args.summary)
+        print(f"wrote {count} images to {args.summary}")
+        done += 1
+    return done
 
 
 # --- formatting ------------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class NucleiStore:
     def __repr__(self) -> str:
         return f"NucleiStore({self.url!r})"
 
+    @property
+    def backend(self) -> Store:
+        """The store's reader underneath (records and arrays), for whole-store tables."""
+        return self._store
+
     # --- listing (records only) ----------------------------------------------------------------------
 
     def _records(self, filters: _Filters | None = None) -> list[EntryRecord]:
