@@ -92,3 +92,44 @@ def test_a_segmented_ome_tiff_stores_micrometres_and_the_plane_it_used(tmp_path:
     multiscale = group.attrs["ome"]["multiscales"][0]
     assert [a.get("unit") for a in multiscale["axes"]] == [None, "micrometer", "micrometer"]
     assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.325, 0.325]
+
+
+def test_roi_exports_for_qupath_and_fiji_have_the_label_areas(tmp_path: Path) -> None:
+    import json
+
+    import roifile
+    from skimage.draw import disk, ellipse
+
+    from nuclei.cli.main import main
+    from nuclei.core.measure import measure
+    from nuclei.core.outlines import polygon_area
+    from nuclei.store.backend import Store
+
+    labels = np.zeros((96, 128), np.uint16)
+    for label, (r, c, radius) in enumerate([(20, 20, 6), (50, 40, 12), (70, 100, 9), (20, 90, 5)], start=1):
+        labels[disk((r, c), radius, shape=labels.shape)] = label
+    labels[ellipse(80, 30, 6, 14, shape=labels.shape)] = 5  # elongated
+    labels[40:44, 110:128] = 6  # touching the image edge
+    image = (labels > 0).astype(np.uint8) * 200
+    table = measure(labels, image)
+    store_path = tmp_path / "s.zarr"
+    record = {"source": "/data/a.png", "source_sha256": "0" * 64, "shape": [96, 128], "n_nuclei": 6,
+              "covered_fraction": float((labels > 0).mean()), "mean_area": float(table[:, 1].mean()),
+              "model": {"version": "m@1"}, "thresholds": {"foreground": 0.5}}
+    Store(store_path, "a").write_entry("plate/a", image, labels, table, record)
+    areas = np.bincount(labels.ravel())[1:]
+
+    assert main(["query", str(store_path), "export", str(tmp_path / "qupath"), "--rois", "qupath"]) == 0
+    features = json.loads((tmp_path / "qupath" / "plate" / "a.geojson").read_text())["features"]
+    assert len(features) == 6
+    for feature in features:
+        label = feature["properties"]["measurements"]["label"]
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert polygon_area(ring) == pytest.approx(areas[label - 1], rel=0.02), label
+
+    assert main(["query", str(store_path), "export", str(tmp_path / "fiji"), "--rois", "imagej"]) == 0
+    rois = roifile.roiread(tmp_path / "fiji" / "plate" / "a.zip")
+    assert len(rois) == 6
+    for roi in rois:
+        label = int(roi.name.split("-")[1])
+        assert polygon_area(roi.coordinates()) == pytest.approx(areas[label - 1], rel=0.02), label

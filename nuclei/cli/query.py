@@ -64,6 +64,8 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--measurements", metavar="FILE", help="one row per nucleus of the whole store: .csv, or "
                         ".parquet with pyarrow (area, centroid, bbox, intensity, shape features, micrometres)")
     parser.add_argument("--summary", metavar="FILE", help="one row per image (.csv or .parquet)")
+    parser.add_argument("--rois", choices=("qupath", "imagej"), help="nucleus outlines per image into OUT_DIR: "
+                        "QuPath GeoJSON (<id>.geojson) or an ImageJ/Fiji RoiSet (<id>.zip)")
     parser.add_argument("--labels", action="store_true", help="16-bit instance labels (the default)")
     parser.add_argument("--masks", action="store_true", help="0/255 binary masks")
     parser.add_argument("--overlay", action="store_true", help="RGB images with nuclei outlined")
@@ -140,10 +142,17 @@ def _export(args: argparse.Namespace) -> int:
     tables = _export_tables(args, store)
     if args.out_dir is None:
         if not tables:
-            raise StoreError("export: give OUT_DIR for PNGs, or --measurements FILE / --summary FILE")
+            raise StoreError("export: give OUT_DIR for PNGs or --rois, or --measurements FILE / --summary FILE")
         return 0
-    kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
     out = Path(args.out_dir)
+    if args.rois:
+        from nuclei.store.rois import export_rois
+
+        written = export_rois(store.backend, out, args.rois)
+        print(f"wrote {len(written)} {args.rois} ROI file{'s' if len(written) != 1 else ''} to {out}")
+        if not any(getattr(args, k) for k in EXPORT_KINDS):
+            return 0
+    kinds: list[ExportKind] = [k for k in EXPORT_KINDS if getattr(args, k)] or ["labels"]
     for kind in kinds:
         target = out / kind if len(kinds) > 1 else out
         written = store.export(target, kind)

@@ -1,0 +1,38 @@
+"""Nucleus outlines as polygons along pixel edges (not through pixel centres), so a polygon's area is the
+nucleus's pixel count, not 1 px smaller all round: what QuPath and Fiji should import. Pure numpy/scikit-image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import approximate_polygon, find_contours
+
+UPSAMPLE = 8  # contours on an 8x nearest-neighbour copy run 1/16 px from the true pixel edges
+SIMPLIFY_PX = 0.25  # polygon simplification tolerance, in pixels of the image
+
+
+def polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Label -> (N, 2) array of (x, y) vertices in image pixel coordinates (closed: first == last), the outer
+    boundary of each nucleus (its largest piece, if a label has several)."""
+    found: dict[int, np.ndarray] = {}
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == index
+        big = np.pad(np.kron(mask, np.ones((UPSAMPLE, UPSAMPLE), np.uint8)), 1)
+        contours = find_contours(big.astype(np.float32), 0.5)
+        if not contours:
+            continue
+        outer = max(contours, key=len)
+        # upsampled index c (padded by 1) -> image coordinate: (c - 1 + 0.5) / UPSAMPLE + the box's origin
+        yx = (outer - 0.5) / UPSAMPLE + np.array([box[0].start, box[1].start])
+        yx = approximate_polygon(yx, tolerance=SIMPLIFY_PX)
+        found[index] = yx[:, ::-1].astype(np.float64)
+    return found
+
+
+def polygon_area(xy: np.ndarray) -> float:
+    """Shoelace area of a closed polygon."""
+    x, y = xy[:, 0], xy[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2.0)
