@@ -28,8 +28,11 @@ def _demo(out: Path, epochs: int) -> dict[str, object]:
     from flows.train import train
     from nuclei.store.query import open_store
 
+    # A two-minute model on 12 images shows the training pipeline; the shipped model does the segmenting, so
+    # the demo does not fail on the small model's quality (min_ap50=0), it reports it.
     model_dir = train(data_dir=str(SAMPLES), out_dir=str(out / "models"), name="demo-unet", epochs=epochs,
-                      crop_size=128, batch_size=8, steps_per_epoch=8, depth=3, base_filters=8, patience=10)
+                      crop_size=128, batch_size=8, steps_per_epoch=8, depth=3, base_filters=8, patience=10,
+                      min_ap50=0.0)
     print(f"\ntrained and exported: {model_dir} (metrics in {model_dir}/metrics.json, curves in curves.png)")
     shipped = default_model_path()
     model = str(shipped or model_dir)
