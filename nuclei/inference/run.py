@@ -112,7 +112,7 @@ def plan(config: SegmentConfig) -> Plan:
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
-    batches = balanced(todo, config.images_per_task, expected_workers(config))
+    batches = balanced(todo, config.images_per_task, expected_workers(config, len(todo)))
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
                 failed_before, found.problems)
 
@@ -126,9 +126,10 @@ def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
 OnBatch = Callable[[int, int], None]  # (images finished, images in the run): e.g. a Prefect progress artifact
 
 
-def expected_workers(config: SegmentConfig) -> int:
-    """Workers the run will have: a LocalCluster's size, else 1 (an external cluster's is not known yet)."""
-    if in_process(config, n_items=config.images_per_task + 1):
+def expected_workers(config: SegmentConfig, n_items: int) -> int:
+    """Workers the run will have: 1 in-process, a LocalCluster's size, else 1 (an external cluster's is not
+    known yet)."""
+    if in_process(config, n_items):
         return 1
     return 1 if cluster_address(config.dask_address) else local_cluster_size(config.n_workers)[0]
 
