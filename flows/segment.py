@@ -19,6 +19,7 @@ from prefect.states import Completed
 
 from nuclei.config import DEFAULT_MAX_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE, SegmentConfig
 from nuclei.inference import run as batch
+from nuclei.store.record import RunSummary
 
 
 @flow(name="segment", log_prints=True)
@@ -69,7 +70,7 @@ def _progress(artifact_id: UUID) -> batch.OnBatch:
     return update
 
 
-def final_state(summary: dict) -> State:
+def final_state(summary: RunSummary) -> State:
     """Completed, or Completed named "Completed with failures" whose message counts them: the UI and the
     CLI's exit code say a run had failed images, and the run's result is still the summary."""
     if summary["failed"]:

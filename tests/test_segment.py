@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -187,6 +188,7 @@ def test_queries_during_a_run_see_only_complete_entries(tmp_path: Path, trained_
             seen.add(image_id)
         if not run.is_alive() and len(seen) < 12:
             break
+        time.sleep(0.05)  # poll, do not spin: the workers being watched need the cores
     run.join()
     assert len(seen) == 12
 

@@ -14,10 +14,10 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any
 
 from nuclei.cli.options import add_config_options, given, print_json
 from nuclei.config import SegmentConfig
+from nuclei.store.record import RunSummary
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
 
 
-def _direct(config: SegmentConfig, quiet: bool) -> dict[str, Any]:
+def _direct(config: SegmentConfig, quiet: bool) -> RunSummary:
     from nuclei.inference.run import plan, summarize
     from nuclei.inference.run import run as run_plan
 
@@ -66,7 +66,7 @@ def _direct(config: SegmentConfig, quiet: bool) -> dict[str, Any]:
     return summarize(work, run_plan(work, progress=not quiet))
 
 
-def _with_prefect(config: SegmentConfig, quiet: bool) -> dict[str, Any]:
+def _with_prefect(config: SegmentConfig, quiet: bool) -> RunSummary:
     from flows.segment import segment  # Prefect only when a run is recorded there
 
     return segment(**config.model_dump(), progress=not quiet)

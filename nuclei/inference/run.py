@@ -28,7 +28,7 @@ from nuclei.inference.worker import ImageResult, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
-from nuclei.store.record import EntryRecord
+from nuclei.store.record import EntryRecord, Failure, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Plan:
     n_found: int
     batches: list[list[ImageItem]]
     unchanged: list[str] = field(default_factory=list)
-    failed_before: list[dict[str, Any]] = field(default_factory=list)  # unchanged files that failed last time
+    failed_before: list[Failure] = field(default_factory=list)  # unchanged files that failed last time
     problems: list[InputError] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -108,7 +108,7 @@ def plan(config: SegmentConfig) -> Plan:
         elif _unchanged(item, records.get(item.id), entry_key(engine, config)):
             unchanged.append(item.id)
         elif failure and _same_file(item, failure) and failure.get("key") == entry_key(engine, config):
-            failed_before.append({"file": item.url, "reason": failure.get("reason", "")})
+            failed_before.append(Failure(file=item.url, reason=str(failure.get("reason", ""))))
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
@@ -189,12 +189,12 @@ def _collect(future: Any, batch: list[ImageItem]) -> list[ImageResult]:
         return [ImageResult(item.id, item.url, "failed", reason) for item in batch]
 
 
-def summarize(plan: Plan, results: Sequence[ImageResult]) -> dict[str, Any]:
+def summarize(plan: Plan, results: Sequence[ImageResult]) -> RunSummary:
     """Counts, failures with reasons, nuclei found and throughput of one run."""
     seconds = time.perf_counter() - plan.started
     status = Counter(r.status for r in results)
-    failed = [{"file": str(p.path), "reason": p.reason} for p in plan.problems]
-    failed += [{"file": r.url, "reason": r.reason} for r in results if r.status == "failed"]
+    failed = [Failure(file=str(p.path), reason=p.reason) for p in plan.problems]
+    failed += [Failure(file=r.url, reason=r.reason) for r in results if r.status == "failed"]
     done = status["done"]
     return {
         "store": plan.settings.store,
@@ -212,7 +212,7 @@ def summarize(plan: Plan, results: Sequence[ImageResult]) -> dict[str, Any]:
     }
 
 
-def summary_text(summary: dict[str, Any]) -> str:
+def summary_text(summary: RunSummary) -> str:
     lines = [
         f"{summary['done']} segmented, {summary['skipped']} skipped (unchanged), {summary['failed']} failed "
         f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
@@ -224,7 +224,7 @@ def summary_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
+def summary_markdown(summary: RunSummary) -> str:
     rows = "\n".join(f"| {k} | {summary[k]} |" for k in
                      ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
                       "images_per_second", "providers"))
@@ -235,7 +235,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],
-            model: str | PathLike[str] | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+            model: str | PathLike[str] | None = None, progress: bool = False, **options: Any) -> RunSummary:
     """Python API: segment ``inputs`` into ``store`` (the `segment` flow's steps, without Prefect).
 
     ``options`` are the other fields of `SegmentConfig` (dask_address, n_workers, diameter, ...).

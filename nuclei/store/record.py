@@ -6,7 +6,7 @@ Typed and validated on read: a record that does not parse makes that one entry i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,3 +61,25 @@ class EntryRecord(BaseModel):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class Failure(TypedDict):
+    file: str
+    reason: str
+
+
+class RunSummary(TypedDict):
+    """What a segmentation run did: the CLI's `--json`, the flow's result and its summary artifact."""
+
+    store: str
+    model: str  # name@hash of the model that ran
+    found: int
+    done: int
+    skipped: int  # unchanged, written meanwhile, or failed before and unchanged
+    skipped_failed_before: list[Failure]
+    failed: int
+    failures: list[Failure]
+    nuclei: int
+    seconds: float
+    images_per_second: float
+    providers: list[str]
