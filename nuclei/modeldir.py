@@ -23,7 +23,7 @@ from nuclei.core.normalize import LEGACY, Normalization
 from nuclei.core.thresholds import Thresholds
 from nuclei.errors import ModelError
 
-DEFAULT_MODEL_NAME = "dsb2018-unet"
+DEFAULT_MODEL_NAME = "nuclei-generalist"
 INT8_FILE = "model.int8.onnx"
 # Shipped as package data, so a plain `pip install` (not only a source checkout) has a default model.
 SHIPPED_MODELS = Path(__file__).resolve().parent / "assets" / "models"
