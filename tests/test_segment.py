@@ -14,10 +14,11 @@ import zarr
 from ome_zarr_models.v05.image import Image as OmeImage
 
 from flows.segment import segment
+from nuclei.core.normalize import normalized
 from nuclei.core.postprocess import instances
 from nuclei.errors import ModelError
 from nuclei.inference.engine import Engine
-from nuclei.io.images import read_image, write_png
+from nuclei.io.images import read_image, read_raw, write_png
 from nuclei.io.synthetic import make_sample
 from nuclei.modeldir import load_model_dir
 from nuclei.store.backend import Store
@@ -61,7 +62,8 @@ def test_every_image_lands_with_the_keras_mask(first_run: tuple, trained_model: 
     keras_model = keras.saving.load_model(trained_model / "model.keras", compile=False)
     model_dir = load_model_dir(trained_model)
     for image_id, path in paths.items():
-        expected = instances(predict_keras(keras_model, read_image(path), 8), model_dir.thresholds) > 0
+        image = normalized(read_raw(path), model_dir.normalization)  # what the engine feeds the network
+        expected = instances(predict_keras(keras_model, image, 8), model_dir.thresholds) > 0
         mask = store.read_mask(image_id)
         assert mask.shape == expected.shape
         assert np.mean(mask.astype(bool) != expected) < 1e-3, image_id
@@ -205,7 +207,7 @@ def test_measurements_and_summary_tables_of_a_flow_written_store(first_run: tupl
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
     store = Store(store_path)
-    assert len(rows) == summary["nuclei"] == sum(r.n_nuclei for r in store.records().values())
+    assert len(rows) == sum(r.n_nuclei for r in store.records().values())  # other tests add to this store
     for image_id in store.ids():
         labels = store.read_labels(image_id)
         areas = np.bincount(labels.ravel())[1:]

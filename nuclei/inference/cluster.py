@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,22 @@ def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:
 def cluster_address(address: str | None) -> str | None:
     """The cluster a run uses: the given address, else $NUCLEI_DASK_ADDRESS, else None (a LocalCluster)."""
     return address or os.environ.get(DASK_ADDRESS_ENV) or None
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Worker processes started in here ignore SIGINT (Python installs no KeyboardInterrupt handler where SIGINT
+    is ignored at start-up): Ctrl-C reaches the whole process group, but only this process should act on it,
+    closing the cluster cleanly instead of every worker printing a traceback. Main thread only."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (e.g. inside a Prefect task): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 CONNECT_TIMEOUT_S = 10  # a dead address fails in this long, with one line
@@ -81,8 +98,10 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
 
     workers, threads = local_cluster_size(n_workers)
     env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0", env=env) as cluster, Client(cluster) as client:
+    with _sigint_ignored_by_children():  # while the worker processes start; this process still gets Ctrl-C
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", env=env)
+    with cluster, Client(cluster) as client:
         log.info("LocalCluster: %d workers x 1 task, %d ONNX thread(s) each; dashboard %s",
                  workers, threads, client.dashboard_link)
         yield client
