@@ -13,7 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from nuclei.inference.engine import Engine
+    from nuclei.io.datasets import Sample
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -54,10 +62,10 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
 
-def _segmenter(engine: object, images: list) -> object:
+def _segmenter(engine: Engine, images: list[Sample]) -> Callable[[int], np.ndarray]:
     from nuclei.core.postprocess import instances
 
-    return lambda i: instances(engine.predict(images[i].raw), engine.thresholds)  # type: ignore[attr-defined]
+    return lambda i: instances(engine.predict(images[i].raw), engine.thresholds)
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:

@@ -89,16 +89,10 @@ def train(
         description=f"validation metrics of {model_dir}",
     )
     logger.info("model directory: %s\n%s", model_dir, format_table(report))
-    ap50, truth = report.overall()["ap50"], report.overall()["n_true"]
-    if truth == 0:  # nothing to find is no validation: a model trained on blank labels is no model
-        message = f"{model_dir}: the validation labels hold no nucleus (blank or unreadable labels?)"
-        logger.error(message)
-        return Failed(message=message, data=str(model_dir))  # type: ignore[return-value]
-    if ap50 < config.min_ap50:  # a model that finds (almost) nothing must not look like a finished model
-        message = (f"{model_dir}: the model finds almost no nuclei: validation AP@0.5 {ap50:.3f} < {config.min_ap50} "
-                   "(check the labels, train longer, or lower the learning rate)")
-        logger.error(message)
-        return Failed(message=message, data=str(model_dir))  # type: ignore[return-value]
+    problem = steps.quality_problem(report, config)
+    if problem:  # a model that finds nothing must not look like a finished model
+        logger.error("%s: %s", model_dir, problem)
+        return Failed(message=f"{model_dir}: {problem}", data=str(model_dir))  # type: ignore[return-value]
     return str(model_dir)
 
 

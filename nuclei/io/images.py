@@ -92,7 +92,7 @@ def decode_image(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PI
     if str(name).lower().endswith(TIFF_SUFFIXES):
         try:
             image = read_tiff(data, str(name), choice)
-        except InputError:
+        except InputError:  # already says which option to give
             raise
         except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
             raise InputError(name, f"cannot decode ({_plain_reason(exc)})") from exc

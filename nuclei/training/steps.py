@@ -196,6 +196,17 @@ def evaluate(model_dir: Path, data: Split) -> tuple[Thresholds, Report, dict[str
     return thresholds, report, held_out
 
 
+def quality_problem(report: Report, config: TrainConfig) -> str | None:
+    """Why a trained model is no model (blank validation labels, or AP@0.5 under the config's floor), or None."""
+    overall = report.overall()
+    if overall["n_true"] == 0:
+        return "the validation labels hold no nucleus (blank or unreadable labels?)"
+    if overall["ap50"] < config.min_ap50:
+        return (f"the model finds almost no nuclei: validation AP@0.5 {overall['ap50']:.3f} < {config.min_ap50} "
+                "(check the labels, train longer, or lower the learning rate)")
+    return None
+
+
 def quantize(model_dir: Path, data: Split, float_report: Report, calibration: int = 64) -> dict[str, object]:
     """model.int8.onnx, calibrated on training images; kept only if its validation DSB score is within
     DSB_TOLERANCE of float32's. The verdict and both scores go into int8.json."""
