@@ -37,6 +37,7 @@ from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.core.measure import MEASUREMENT_COLUMNS
 from nuclei.errors import StoreError
 from nuclei.store.record import EntryRecord
+from nuclei.store.zarr_files import array_files, group_files
 
 log = logging.getLogger(__name__)
 
@@ -268,23 +269,8 @@ class Store:
         typed = EntryRecord(**{**record, "id": image_id, "key": key, "arrays_sha256": sums,
                                "store_format_version": STORE_FORMAT_VERSION})
         # The entry is composed in memory, then written as plain files in one batch: one round trip per file
-        # (a batched upload on object stores) instead of many small async Zarr calls per array.
-        files: dict[str, Any] = {}
-        levels = list(_levels(_to_cyx(image), nearest=False))
-        entry = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3, attributes={
-            "nuclei": typed.as_dict(),
-            "ome": {"version": OME_VERSION,
-                    "multiscales": _multiscales(_cyx(typed.pixel_size_um), len(levels), "image", typed.pixel_size_um)},
-        })
-        _write_levels(entry, levels)
-        label_root = entry.create_group("labels", attributes={"ome": {"version": OME_VERSION,
-                                                                       "labels": list(LABEL_NAMES)}})
-        _write_ome_label(label_root, "nuclei", labels, typed.pixel_size_um)
-        _write_ome_label(label_root, "mask", (labels > 0).astype(np.uint8), typed.pixel_size_um)
-        entry.create_array("measurements", data=np.asarray(measurements, dtype=np.float64),
-                           chunks=(max(1, measurements.shape[0]), measurements.shape[1]),
-                           attributes={"columns": list(MEASUREMENT_COLUMNS)})
-        self._put_files(f"{self.root_path}/images/{key}", {k: v.to_bytes() for k, v in files.items()})
+        # (a batched upload on object stores).
+        self._put_files(f"{self.root_path}/images/{key}", _entry_files(typed, image, labels, measurements))
         self._commit(typed)
         return typed
 
@@ -358,10 +344,39 @@ def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
         yield array
 
 
-def _write_levels(group: zarr.Group, levels: list[np.ndarray]) -> None:
+def _entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray
+                 ) -> dict[str, bytes]:
+    """An entry's files (relative paths -> bytes): the OME-Zarr image, its two label images, measurements."""
+    pixel_um = record.pixel_size_um
+    levels = list(_levels(_to_cyx(image), nearest=False))
+    files = group_files("", {
+        "nuclei": record.as_dict(),
+        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um)},
+    })
+    files |= _level_files("", levels)
+    files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
+    for name, label_image in (("nuclei", labels), ("mask", (labels > 0).astype(np.uint8))):
+        label_levels = list(_levels(label_image, nearest=True))
+        files |= group_files(f"labels/{name}", {"ome": {
+            "version": OME_VERSION,
+            "multiscales": _multiscales(_yx(pixel_um), len(label_levels), name, pixel_um),
+            "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
+        }})
+        files |= _level_files(f"labels/{name}", label_levels)
+    table = np.asarray(measurements, dtype=np.float64)
+    files |= array_files("measurements", table, chunks=(max(1, table.shape[0]), table.shape[1]),
+                         attributes={"columns": list(MEASUREMENT_COLUMNS)})
+    return files
+
+
+def _level_files(path: str, levels: list[np.ndarray]) -> dict[str, bytes]:
+    """A multiscale's level arrays s0, s1, ... under ``path``."""
+    files: dict[str, bytes] = {}
     for index, level in enumerate(levels):
         chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
-        group.create_array(f"s{index}", data=level, chunks=chunks, dimension_names=("c", "y", "x")[-level.ndim :])
+        prefix = f"{path}/s{index}" if path else f"s{index}"
+        files |= array_files(prefix, level, chunks, dimension_names=("c", "y", "x")[-level.ndim:])
+    return files
 
 
 def _multiscales(
@@ -386,14 +401,3 @@ def _yx(pixel_um: float | None) -> list[dict[str, str]]:
 
 def _cyx(pixel_um: float | None) -> list[dict[str, str]]:
     return [{"name": "c", "type": "channel"}, *_yx(pixel_um)]
-
-
-def _write_ome_label(label_root: zarr.Group, name: str, labels: np.ndarray, pixel_um: float | None) -> None:
-    levels = list(_levels(labels, nearest=True))
-    group = label_root.create_group(name, attributes={"ome": {
-        "version": OME_VERSION,
-        "multiscales": _multiscales(_yx(pixel_um), len(levels), name, pixel_um),
-        "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
-    }})
-    _write_levels(group, levels)
-

@@ -1,0 +1,59 @@
+"""Zarr v3 files composed by nuclei.store.zarr_files read back through zarr-python exactly like its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from nuclei.store.zarr_files import array_files, group_files
+
+CASES = [
+    ("uint8 single chunk", np.arange(3 * 64 * 80, dtype=np.uint8).reshape(3, 64, 80), (3, 64, 80)),
+    ("uint16 edge chunks", np.arange(1500 * 1100, dtype=np.uint16).reshape(1, 1500, 1100), (1, 1024, 1024)),
+    ("uint32 labels", np.arange(70 * 50, dtype=np.uint32).reshape(70, 50) * 70_000, (32, 32)),
+    ("float32", np.linspace(-1, 1, 40 * 30, dtype=np.float32).reshape(40, 30), (40, 30)),
+    ("float64 table", np.random.default_rng(0).random((7, 12)), (7, 12)),
+    ("empty table", np.zeros((0, 12)), (1, 12)),
+]
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    for name, blob in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+
+
+@pytest.mark.parametrize(("data", "chunks"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_array_reads_back_like_zarr_pythons_own(tmp_path: Path, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    names = ("c", "y", "x")[-data.ndim:] if data.ndim >= 2 else None
+    _write(tmp_path / "ours", array_files("a", data, chunks, {"columns": ["k"]}, dimension_names=names))
+    theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3)
+    theirs.create_array("a", data=data, chunks=chunks, attributes={"columns": ["k"]}, dimension_names=names)
+
+    ours = zarr.open_array(tmp_path / "ours" / "a", mode="r")
+    reference = zarr.open_array(tmp_path / "theirs" / "a", mode="r")
+    assert ours.metadata.to_dict() == reference.metadata.to_dict()
+    np.testing.assert_array_equal(ours[...], data)
+    assert ours.dtype == data.dtype
+
+
+def test_groups_nest_and_keep_attributes(tmp_path: Path) -> None:
+    files = group_files("", {"ome": {"version": "0.5"}}) | group_files("labels", {"n": 2})
+    files |= array_files("labels/s0", np.ones((4, 4), np.uint8), (4, 4))
+    _write(tmp_path, files)
+    root = zarr.open_group(tmp_path, mode="r")
+    assert root.attrs["ome"] == {"version": "0.5"}
+    labels = root["labels"]
+    assert isinstance(labels, zarr.Group) and labels.attrs["n"] == 2
+    np.testing.assert_array_equal(labels["s0"][...], np.ones((4, 4), np.uint8))
+
+
+def test_unsupported_arrays_are_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        array_files("a", np.array(["x"]), (1,))
+    with pytest.raises(ValueError, match="unsupported"):
+        array_files("a", np.zeros((2, 2)), (2,))
