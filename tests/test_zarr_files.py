@@ -57,3 +57,30 @@ def test_unsupported_arrays_are_refused() -> None:
         array_files("a", np.array(["x"]), (1,))
     with pytest.raises(ValueError, match="unsupported"):
         array_files("a", np.zeros((2, 2)), (2,))
+
+
+def test_entries_carry_rendering_settings_viewers_use(tmp_path: Path) -> None:
+    """RGB shows in its colours; a dim 12-bit-in-uint16 image gets a window on its used range, not 0..65535."""
+    from ome_zarr_models.v05.image import Image as OmeImage
+
+    from nuclei.core.measure import MEASUREMENT_COLUMNS
+    from nuclei.store.backend import Store
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    dim = rng.integers(100, 3000, (40, 50), dtype=np.uint16)
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 5:15] = 1
+    store = Store(tmp_path / "s.zarr", mode="a")
+    record = {"source": "x", "source_sha256": "0" * 64, "shape": (40, 50), "n_nuclei": 1, "covered_fraction": 0.05,
+              "mean_area": 100.0, "model": {"version": "m@1"}, "thresholds": {}}
+    for image_id, image in (("rgb", rgb), ("dim", dim)):
+        store.write_entry(image_id, image, labels, np.zeros((1, len(MEASUREMENT_COLUMNS))), record)
+    groups = {i: zarr.open_group(tmp_path / "s.zarr" / "images" / i, mode="r") for i in ("rgb", "dim")}
+    for group in groups.values():
+        OmeImage.from_zarr(group)
+    rgb_omero = groups["rgb"].attrs["ome"]["omero"]
+    assert [c["color"] for c in rgb_omero["channels"]] == ["FF0000", "00FF00", "0000FF"]
+    assert rgb_omero["channels"][0]["window"]["end"] == 255
+    window = groups["dim"].attrs["ome"]["omero"]["channels"][0]["window"]
+    assert 100 <= window["start"] < window["end"] <= 3000 and window["max"] == 65535

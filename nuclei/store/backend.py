@@ -351,7 +351,8 @@ def _entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, mea
     levels = list(_levels(_to_cyx(image), nearest=False))
     files = group_files("", {
         "nuclei": record.as_dict(),
-        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um)},
+        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um),
+                "omero": _omero(levels[0])},
     })
     files |= _level_files("", levels)
     files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
@@ -367,6 +368,23 @@ def _entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, mea
     files |= array_files("measurements", table, chunks=(max(1, table.shape[0]), table.shape[1]),
                          attributes={"columns": list(MEASUREMENT_COLUMNS)})
     return files
+
+
+def _omero(cyx: np.ndarray) -> dict[str, Any]:
+    """OME-Zarr rendering settings, so viewers show an RGB image in its colours (red, green, blue channels
+    added up) and a dim 16-bit image with a usable contrast (window 1st..99.8th percentile) rather than black."""
+    colours = ["FF0000", "00FF00", "0000FF"] if cyx.shape[0] == 3 else ["FFFFFF"] * cyx.shape[0]
+    names = ["red", "green", "blue"] if cyx.shape[0] == 3 else [f"channel {i}" for i in range(cyx.shape[0])]
+    step = max(1, max(cyx.shape[1:]) // 512)  # percentiles of a subsample: cheap on big images, same window
+    channels = []
+    for plane, colour, name in zip(cyx, colours, names, strict=True):
+        low, high = (float(v) for v in np.percentile(plane[::step, ::step], [1.0, 99.8]))
+        full = (0.0, float(np.iinfo(plane.dtype).max)) if plane.dtype.kind in "ui" else (float(plane.min()),
+                                                                                          float(plane.max()))
+        start, end = (full if cyx.shape[0] == 3 else (low, max(high, low + 1e-6)))
+        channels.append({"color": colour, "label": name, "active": True,
+                         "window": {"min": full[0], "max": full[1], "start": start, "end": end}})
+    return {"channels": channels, "rdefs": {"model": "color" if cyx.shape[0] == 3 else "greyscale"}}
 
 
 def _level_files(path: str, levels: list[np.ndarray]) -> dict[str, bytes]:
