@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from nuclei.cli import check, demo, evaluate, query, segment, train, view
+from nuclei.cli import check, demo, evaluate, export_model, query, segment, train, view
 from nuclei.errors import NucleiError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    train.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, view.add,
+    train.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, export_model.add, view.add,
 ]
 
 
