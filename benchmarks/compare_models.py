@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="model directories to compare")
     parser.add_argument("--split-from", help="model directory whose data.json names the images (default: first)")
     parser.add_argument("--float32", action="store_true", help="float32 even where a model ships int8")
+    parser.add_argument("--tta", action="store_true", help="test-time flips (4 passes an image)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -53,7 +54,7 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for model_path in args.models:
         model = load_model_dir(model_path)
-        engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32)
+        engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32, tta=args.tta)
         for group, images in groups.items():
             report: Report = score_samples(images, _segmenter(engine, images), progress=False)[0]
             results.setdefault(group, {})[f"{model.path.name} ({engine.precision})"] = report.as_dict()

@@ -35,6 +35,7 @@ def segment(
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
     int8: bool = True,
     diameter: float | None = None,
+    tta: bool = False,
     channel: str | None = None,
     z: str | None = None,
     pixel_size: float | None = None,

@@ -107,6 +107,8 @@ class SegmentConfig(BaseModel):
     int8: bool = Field(True, description="on CPU, run the model's validated int8 variant when it ships one")
     diameter: float | None = Field(None, ge=2.0, le=1000.0, description="typical nucleus diameter in pixels: "
                                    "images are rescaled so nuclei match the model's training scale")
+    tta: bool = Field(False, description="test-time flips: average the model over the image and its 3 mirror "
+                      "images (about 4x the inference time)")
     channel: str | None = Field(None, description="the nuclear channel of multi-channel images, by index or name "
                                 "(default: one channel as is, RGB as luminance, anything else is refused)")
     z: str | None = Field(None, pattern=r"^(max|\d+)$", description="z-stacks: 'max' (maximum projection) or a "

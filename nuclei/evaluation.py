@@ -193,6 +193,7 @@ def evaluate_against(
     progress: bool = True,
     int8: bool = True,
     diameter: float | None = None,
+    tta: bool = False,
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
 
@@ -234,7 +235,7 @@ def evaluate_against(
             return results.read_labels(by_name[sample.id])
     else:
         assert model_dir is not None
-        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter)
+        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta)
 
         def predicted(i: int) -> np.ndarray:
             return instances(engine.predict(samples[i].raw), engine.thresholds)

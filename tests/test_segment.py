@@ -133,6 +133,20 @@ def test_tiled_equals_untiled(trained_model: Path) -> None:
     assert np.abs(tiled - whole).max() < 1e-5
 
 
+def test_test_time_flips_average_the_mirror_images(trained_model: Path) -> None:
+    """--tta is the mean of the model on the image and its three mirror images, each flipped back; it is
+    part of the output key, so a store re-segments entries made without it."""
+    model = load_model_dir(trained_model)
+    image = read_image(_write_one(trained_model.parent / "tta.png", (96, 128)))
+    plain = Engine(model, ("CPUExecutionProvider",), int8=False)
+    flipped = Engine(model, ("CPUExecutionProvider",), int8=False, tta=True)
+    expected = np.mean([np.flip(plain.predict(np.flip(image, axes).copy()), axes)
+                        for axes in [(), (0,), (1,), (0, 1)]], axis=0)
+    assert np.abs(flipped.predict(image) - expected).max() < 1e-5
+    assert np.abs(flipped.predict(image) - plain.predict(image)).max() > 1e-4  # a real change, not a no-op
+    assert flipped.output_key != plain.output_key
+
+
 def _write_one(path: Path, shape: tuple[int, int]) -> Path:
     write_png(path, make_sample(shape, n_nuclei=40, seed=11)[0])
     return path

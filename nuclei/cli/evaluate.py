@@ -11,7 +11,8 @@ def run(args: argparse.Namespace) -> int:
     from nuclei.evaluation import evaluate_against, format_table
 
     report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
-                                     progress=sys.stderr.isatty(), int8=args.int8, diameter=args.diameter)
+                                     progress=sys.stderr.isatty(), int8=args.int8, diameter=args.diameter,
+                                     tta=args.tta)
     if args.json:
         print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
     else:
@@ -33,5 +34,6 @@ def add(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--float32", dest="int8", action="store_false",
                         help="score the float32 model even where the model ships an int8 one")
     parser.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (see segment)")
+    parser.add_argument("--tta", action="store_true", help="test-time flips (see segment)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)

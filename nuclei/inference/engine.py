@@ -107,6 +107,7 @@ class Engine:
     batch_size: int = 8
     int8: bool = True
     diameter: float | None = None  # nuclei of this many px across are rescaled to the model's training scale
+    tta: bool = False  # test-time flips: the mean over the image and its three mirror images
 
     @property
     def zoom(self) -> float:
@@ -152,7 +153,7 @@ class Engine:
         parts = {
             "onnx": self.model.int8_sha256 if int8 else self.model.onnx_sha256, "precision": self.precision,
             "thresholds": self.thresholds.as_dict(), "zoom": round(self.zoom, 6),
-            "normalization": self.model.normalization.model_dump(),
+            "normalization": self.model.normalization.model_dump(), **({"tta": True} if self.tta else {}),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -161,9 +162,18 @@ class Engine:
         return list(self.session.get_providers())
 
     def _run(self, inputs: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> np.ndarray:
-        """One session run on already normalised float32 RGB inputs of one shape."""
+        """One session run on already normalised float32 RGB inputs of one shape (with ``tta``, their mirror
+        images run in the same batch and the outputs, flipped back, are averaged)."""
         session = self.session
-        return session.run(None, {session.get_inputs()[0].name: np.stack(inputs)}, options)[0]
+        batch = np.stack(inputs)
+        if not self.tta:
+            return session.run(None, {session.get_inputs()[0].name: batch}, options)[0]
+        flips = [(), (1,), (2,), (1, 2)]  # none, vertical, horizontal, both: the shape stays, so one batch
+        mirrored = np.concatenate([np.flip(batch, axis) if axis else batch for axis in flips])
+        out = session.run(None, {session.get_inputs()[0].name: mirrored}, options)[0]
+        parts = np.split(out, len(flips))
+        return np.mean([np.flip(part, axis) if axis else part for part, axis in zip(parts, flips, strict=True)],
+                       axis=0)
 
     def _scaler(self, image: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         """Normalises any part of ``image`` with the intensity range of the whole image (tiles included)."""

@@ -59,7 +59,7 @@ def check_model(config: SegmentConfig) -> Engine:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
     model_dir = resolve_model(config.model)
     engine = Engine(model_dir, tuple(config.providers), tile_size=config.tile_size, int8=config.int8,
-                    diameter=config.diameter)
+                    diameter=config.diameter, tta=config.tta)
     log.info("model %s (%s) on providers %s", model_dir.version, engine.precision, engine.session_providers())
     return engine
 

@@ -84,7 +84,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
     assert settings.model is not None, "the plan resolves the model before any task is sent"
     model = load_model_dir(settings.model)
     engine = Engine(model, tuple(settings.providers), settings.threads, settings.tile_size, settings.batch_size,
-                    settings.int8, settings.diameter)
+                    settings.int8, settings.diameter, settings.tta)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
