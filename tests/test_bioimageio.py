@@ -133,9 +133,12 @@ def test_opset_is_read_from_the_onnx_file() -> None:
 
 
 @pytest.mark.slow
-def test_keras_weights_reproduce_the_test_outputs(package: Path) -> None:
+def test_keras_weights_reproduce_the_test_outputs(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The repacked model.keras (no compile config) loads in bioimageio.core without nuclei and gives the outputs."""
     pytest.importorskip("tensorflow")
+    # bioimageio.core's Keras backend writes its KERAS_BACKEND setting (default torch) into os.environ on import;
+    # set it here so the test's value is used and removed afterwards, not inherited by later subprocesses.
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     summary = bioimageio_test(package, weight_format="keras_v3")
     assert summary.status == "passed", summary.format()
 

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 from nuclei.cli.options import add_config_options, given, print_json
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from nuclei.inference.preflight import preflight
 
     config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     quiet = args.json or not sys.stderr.isatty()  # a progress bar only where a person watches it
     try:
@@ -54,8 +56,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+_interrupted = threading.Event()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _interrupted.set()
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
+
+
+def _stop_if_interrupted(done: int, total: int) -> None:
+    """Raise again after each batch once a signal came: a library's wait may swallow the signal's own
+    KeyboardInterrupt (seen once in Dask's client), and the run must stop all the same."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def _direct(config: SegmentConfig, quiet: bool) -> RunSummary:
@@ -63,7 +76,7 @@ def _direct(config: SegmentConfig, quiet: bool) -> RunSummary:
     from nuclei.inference.run import run as run_plan
 
     work = plan(config)
-    return summarize(work, run_plan(work, progress=not quiet))
+    return summarize(work, run_plan(work, progress=not quiet, on_batch=_stop_if_interrupted))
 
 
 def _with_prefect(config: SegmentConfig, quiet: bool) -> RunSummary:
