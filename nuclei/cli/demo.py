@@ -41,7 +41,7 @@ def _demo(out: Path, epochs: int) -> dict[str, object]:
     store = open_store(out / "results.zarr")
     overlays = store.export(out / "overlays", "overlay")
     print(json.dumps(store.stats(), indent=2, default=str))
-    print(f"\nstore: {out / 'results.zarr'} (open it in napari with napari-ome-zarr)")
+    print(f"\nstore: {out / 'results.zarr'} (in napari: nuclei view {out / 'results.zarr'}, viewer extra)")
     print(f"overlays: {len(overlays)} PNGs in {out / 'overlays'}")
     print(f"query it: nuclei query {out / 'results.zarr'} list")
     return summary
