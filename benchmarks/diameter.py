@@ -16,8 +16,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
+from nuclei.core.measure import median_diameter
 from nuclei.core.postprocess import instances
 from nuclei.evaluation import score_samples
 from nuclei.inference.engine import Engine
@@ -25,11 +24,6 @@ from nuclei.io.datasets import Sample, load_dataset
 from nuclei.modeldir import default_model_path, load_model_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _median_diameter(samples: list[Sample]) -> float:
-    areas = np.concatenate([np.bincount(s.labels.ravel())[1:] for s in samples])
-    return float(np.median(2.0 * np.sqrt(areas[areas > 0] / np.pi)))
 
 
 def main() -> None:
@@ -50,7 +44,7 @@ def main() -> None:
     print(f"model {model.version}, trained at a nucleus diameter of {model.nucleus_diameter:.1f} px; int8")
     print(f"{'preparation':<22} {'n':>3} {'diameter':>9} {'zoom':>6} {'DSB':>7} {'AP@0.5':>7}")
     for preparation, samples in sorted(by_preparation.items()):
-        measured = _median_diameter(samples)
+        measured = median_diameter(s.labels for s in samples)
         for diameter in [None, *(measured * f for f in args.factors)]:
             engine = Engine(model, ("CPUExecutionProvider",), diameter=diameter)
             report = score_samples(samples, lambda i, e=engine, s=samples: instances(e.predict(s[i].raw),

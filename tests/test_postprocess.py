@@ -9,7 +9,7 @@ import pytest
 from numpy.typing import NDArray
 from skimage.draw import disk, ellipse
 
-from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
+from nuclei.core.measure import MEASUREMENT_COLUMNS, measure, median_diameter
 from nuclei.core.postprocess import Thresholds, binary_mask, instances, remove_small
 from nuclei.core.targets import contact_zone, core_targets
 
@@ -266,3 +266,12 @@ def test_measure_matches_regionprops_across_row_blocks(shift: int) -> None:
         assert row[2:4] == pytest.approx(p.centroid)
         assert row[4:8].tolist() == list(p.bbox)
         assert row[8] == pytest.approx(p.intensity_mean)
+
+
+def test_median_diameter_is_the_equivalent_diameter_of_the_median_nucleus() -> None:
+    small, large = np.zeros((40, 40), np.int32), np.zeros((40, 40), np.int32)
+    small[:4, :4] = 1  # 16 px
+    small[10:20, 10:20] = 2  # 100 px
+    large[:10, :10] = 1  # 100 px
+    assert median_diameter([small, large]) == pytest.approx(2 * np.sqrt(100 / np.pi))
+    assert median_diameter([np.zeros((8, 8), np.int32)]) == 0.0 and median_diameter([]) == 0.0

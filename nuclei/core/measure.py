@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -73,3 +74,12 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
                      for i in ids]
     table[:, 8] = sums[3, ids] / area
     return table
+
+
+def median_diameter(label_images: Iterable[NDArray[Any]]) -> float:
+    """Median equivalent diameter (px) of the nuclei in these label images (0 when there are none): the
+    nucleus size a model learnt, or the one to give `--diameter`."""
+    counts = [np.bincount(labels.ravel())[1:] for labels in label_images]
+    areas = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    areas = areas[areas > 0]
+    return float(np.median(2.0 * np.sqrt(areas / np.pi))) if areas.size else 0.0

@@ -25,7 +25,6 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,41 +76,12 @@ def _require_bioimageio() -> None:
     try:
         import bioimageio.core  # noqa: F401
         import bioimageio.spec  # noqa: F401
+        import onnx  # noqa: F401
     except ImportError as exc:
-        raise NucleiError(f"bioimage.io export needs bioimageio.spec and bioimageio.core: {INSTALL_HINT}") from exc
+        raise NucleiError(f"bioimage.io export needs bioimageio.spec, bioimageio.core, onnx: {INSTALL_HINT}") from exc
 
 
-# --- the model file: opset and producer, read from the protobuf without the `onnx` package (a training extra) ---
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of one protobuf message: varints as int, length-delimited fields as bytes."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-            yield number, value
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            yield number, data[pos : pos + length]
-            pos += length
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
+# --- the model file: opset and producer ---
 
 @dataclass(frozen=True)
 class OnnxInfo:
@@ -120,21 +90,18 @@ class OnnxInfo:
 
 
 def onnx_info(path: Path) -> OnnxInfo:
-    """The default-domain opset (ModelProto field 8) and producer (fields 2 and 3) of an ONNX file."""
-    opset, producer = None, []
+    """The default-domain opset and the producer (converter and version) of an ONNX file."""
+    import onnx
+
     try:
-        for number, value in _fields(path.read_bytes()):
-            if number == 8 and isinstance(value, bytes):
-                entry = dict(_fields(value))
-                if entry.get(1, b"") in (b"", b"ai.onnx") and isinstance(entry.get(2), int):
-                    opset = int(entry[2])
-            elif number in (2, 3) and isinstance(value, bytes):
-                producer.append(value.decode(errors="replace").removesuffix(" None"))  # tf2onnx: no git hash
-    except (IndexError, ValueError) as exc:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a bad file
         raise ModelError(f"{path}: not a readable ONNX file ({exc})") from exc
-    if opset is None:
+    opsets = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
+    if not opsets:
         raise ModelError(f"{path}: no default-domain opset in the ONNX file")
-    return OnnxInfo(opset=opset, producer=" ".join(producer))
+    producer = f"{proto.producer_name} {proto.producer_version}".strip().removesuffix(" None")  # tf2onnx: no hash
+    return OnnxInfo(opset=opsets[0], producer=producer)
 
 
 # --- the test tensors: a sample image, the packaged preprocessing mirrored in numpy, ONNX Runtime ---

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
+from nuclei.core.measure import median_diameter
 from nuclei.core.normalize import normalized
 from nuclei.core.postprocess import Thresholds, instances
 from nuclei.evaluation import Report, choose_thresholds, score_samples, write_report
@@ -78,9 +79,7 @@ def split(dataset: Dataset, config: TrainConfig) -> Split:
 
 def nucleus_diameter(samples: list[Sample]) -> float:
     """Median equivalent diameter (px) of the nuclei in these images: the scale the model learnt."""
-    areas = np.concatenate([np.bincount(s.labels.ravel())[1:] for s in samples])
-    areas = areas[areas > 0]
-    return float(np.median(2.0 * np.sqrt(areas / np.pi))) if areas.size else 0.0
+    return median_diameter(s.labels for s in samples)
 
 
 def staging_dir(config: TrainConfig) -> Path:
