@@ -58,6 +58,7 @@ def train(
     normalization: dict[str, Any] | None = None,
     held_out: list[str] | None = None,
     balance_categories: bool = False,
+    dataset_weights: dict[str, float] | None = None,
     max_images: int | None = None,
     on_error: str = "raise",
     quantize_int8: bool = False,

@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
                                 "id or category, e.g. 'bbbc039:id=_[A-C]\\d\\d_'")
     balance_categories: bool = Field(False, description="sample rare image types (grey/colour, dark/bright) "
                                      "more often: probability ~ 1/sqrt(images of the type)")
+    dataset_weights: dict[str, float] = Field(default_factory=dict, description="multiply a data set's share of "
+                                              "the training crops (data set folder name -> factor, default 1), "
+                                              "e.g. {'dsb2018-dev': 2.0} for a stage that favours one set")
     max_images: int | None = Field(None, ge=2, description="use only the first N images (quick runs)")
     on_error: Literal["raise", "skip"] = "raise"
     quantize_int8: bool = Field(False, description="also write model.int8.onnx, kept if as good on validation")
@@ -66,6 +69,9 @@ class TrainConfig(BaseModel):
         low, high = self.scale_range
         if not 0.1 <= low <= high <= 10.0:
             raise ValueError(f"scale_range {self.scale_range} must be (low, high) with 0.1 <= low <= high <= 10")
+        for dataset, factor in self.dataset_weights.items():
+            if not factor > 0:
+                raise ValueError(f"dataset_weights[{dataset!r}] = {factor} must be > 0")
         for rule in self.held_out:
             if ":" not in rule or "=" not in rule.partition(":")[2]:
                 raise ValueError(f"held_out rule {rule!r} must read DATASET:FIELD=REGEX")

@@ -33,8 +33,8 @@ def test_flow_parameters_are_the_config_fields_with_the_same_defaults(flow_name:
         if name == "normalization":  # a dict parameter in the flow (None: the config's default)
             assert flow_default is None
             continue
-        if name == "held_out":
-            assert flow_default is None and default == []
+        if name in ("held_out", "dataset_weights"):  # None in the flow: the config's empty default
+            assert flow_default is None and not default
             continue
         assert (list(default) if isinstance(default, tuple | list) else default) == (
             list(flow_default) if isinstance(flow_default, tuple | list) else flow_default), name
@@ -68,13 +68,14 @@ def test_every_train_option_reaches_the_config() -> None:
                       "--val-fraction", "0.3", "--seed", "1", "--patience", "2", "--learning-rate", "0.01",
                       "--crop-size", "64", "--no-augment", "--scale-range", "0.5", "2", "--normalization",
                       '{"low": 2, "high": 99}', "--held-out", "d1:id=^a", "--held-out", "d2:id=^b",
-                      "--balance-categories", "--max-images", "5", "--on-error", "skip", "--quantize-int8",
+                      "--balance-categories", "--dataset-weights", '{"d1": 2}', "--max-images", "5", "--on-error", "skip", "--quantize-int8",
                       "--min-ap50", "0.1"])
     assert set(params) == set(TrainConfig.model_fields)
     config = TrainConfig(**params)
     assert config.data_dir == ["d1", "d2"]
     assert config.scale_range == (0.5, 2.0) and config.held_out == ["d1:id=^a", "d2:id=^b"]
     assert config.normalization.low == 2 and config.augment is False and config.instance_channel is False
+    assert config.dataset_weights == {"d1": 2.0}
 
 
 def test_bad_values_are_refused_by_the_config() -> None:
@@ -82,3 +83,5 @@ def test_bad_values_are_refused_by_the_config() -> None:
         SegmentConfig(inputs=["a"], store="s", images_per_task=0)
     with pytest.raises(ValueError, match="diameter"):
         SegmentConfig(inputs=["a"], store="s", diameter=0.5)
+    with pytest.raises(ValueError, match="dataset_weights"):
+        TrainConfig(data_dir="d", dataset_weights={"d": 0.0})

@@ -175,6 +175,9 @@ def test_sampling_weights_give_each_data_set_a_share_and_favour_rare_types() -> 
     assert weights[81] == pytest.approx(3 * weights[0])  # 1/sqrt(9) vs 1/sqrt(81) within a set
     flat = sampling_weights(samples[:90], by_category=False)
     assert np.allclose(flat, 1 / 90)
+    favoured = sampling_weights(samples, by_category=True, dataset_weights={"small": 2.0})
+    assert favoured[90:].sum() / favoured[:90].sum() == pytest.approx(2 * small / big)
+    assert favoured[81] == pytest.approx(3 * favoured[0])  # the types within a set keep their balance
 
 
 def test_int8_variant_is_kept_only_when_as_good(trained_model: Path, synthetic_dir: Path, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def _kind(annotation: Any) -> dict[str, Any]:
         return {"action": "append", "type": get_args(annotation)[0], "metavar": "VALUE"}
     if origin is tuple:
         return {"nargs": len(get_args(annotation)), "type": get_args(annotation)[0]}
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         return {"type": json.loads, "metavar": "JSON"}
     if annotation in (int, float, str):
         return {"type": annotation}

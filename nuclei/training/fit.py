@@ -32,15 +32,19 @@ def make_targets(labels: np.ndarray, channels: list[str], contact_weight: float 
     return np.stack([*planes, weight], axis=-1).astype(np.float32)
 
 
-def sampling_weights(samples: list[Sample], by_category: bool) -> np.ndarray:
+def sampling_weights(
+    samples: list[Sample], by_category: bool, dataset_weights: dict[str, float] | None = None
+) -> np.ndarray:
     """Sampling probabilities so that no data set or image type drowns the others.
 
     Each data set gets a share ~ the fourth root of its images (457, 103 and 25 images get 46%, 32% and 22%
     of the crops: the small sets with the unusual images are seen often, the large one still most). Within a
     set, with ``by_category``, each image ~ 1/sqrt(images of its type): rare types (bright colour tissue among
     dark fluorescence) are seen more often, yet the common ones are not drowned either. With one data set and
-    no categories every image is equally likely (1/sqrt(n) / sqrt(n) = 1/n).
+    no categories every image is equally likely (1/sqrt(n) / sqrt(n) = 1/n). ``dataset_weights`` multiplies a
+    set's share (before the shares are normalised), for a fine-tuning stage that favours one set.
     """
+    factors = dataset_weights or {}
     datasets = Counter(s.dataset for s in samples)
     categories = Counter((s.dataset, s.category if by_category else "") for s in samples)
     # Within a data set, image i of type c weighs 1/sqrt(n_c); those weights sum to sum_c sqrt(n_c).
@@ -51,7 +55,7 @@ def sampling_weights(samples: list[Sample], by_category: bool) -> np.ndarray:
     for s in samples:
         kind = (s.dataset, s.category if by_category else "")
         within = 1.0 / math.sqrt(categories[kind]) / within_total[s.dataset]
-        weights.append(datasets[s.dataset] ** 0.25 * within)
+        weights.append(datasets[s.dataset] ** 0.25 * factors.get(s.dataset, 1.0) * within)
     array = np.array(weights)
     return array / array.sum()
 
@@ -69,7 +73,7 @@ class CropBatches(keras.utils.PyDataset):
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
         self._fixed = None if train else [self._example(i) for i in range(len(samples))]
-        self.weights = sampling_weights(samples, config.balance_categories) if train else None
+        self.weights = sampling_weights(samples, config.balance_categories, config.dataset_weights) if train else None
 
     def __len__(self) -> int:
         return self.steps if self.train else max(1, math.ceil(len(self.images) / self.config.batch_size))
