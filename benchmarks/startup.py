@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/startup.py                      # 1, 10 and 334 images of 256x256, 3 rounds
     .venv/bin/python benchmarks/startup.py --counts 1 10 --rounds 5
+    .venv/bin/python benchmarks/startup.py --counts 334 --workers 2   # also a LocalCluster of 2 processes
 
 Each measurement is a fresh process (start-up, imports and all), rounds interleaved so both see the same machine
 load; a fresh store each time. Prints median wall and CPU seconds of each and their ratios. The bare loop reads
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--float32", action="store_true")
+    parser.add_argument("--workers", type=int, help="also time `nuclei segment --workers N` (a Dask LocalCluster)")
     args = parser.parse_args()
 
     model = load_model_dir(args.model)
@@ -68,22 +70,28 @@ def main() -> None:
         nuclei.append("--float32")
     print(f"model {model.version} ({onnx.name}); rounds {args.rounds}; medians of whole processes")
     print(f"{'images':>7} {'nuclei wall':>12} {'loop wall':>10} {'ratio':>6} {'nuclei CPU':>11} {'loop CPU':>9} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6}" + (f" {'--workers ' + str(args.workers) + ' wall':>17} {'ratio':>6}" if args.workers else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.counts:
             folder = Path(tmp) / f"in{count}"
             folder.mkdir()
             for image_id in ids[:count]:
                 shutil.copy(DEV / "images" / f"{image_id}.png", folder)
-            ours, loop = [], []
+            ours, loop, cluster = [], [], []
             for round_ in range(args.rounds):
                 store = Path(tmp) / f"s{count}-{round_}.zarr"
                 ours.append(_measure([*nuclei, str(folder), "--store", str(store)]))
                 loop.append(_measure([sys.executable, "-c", LOOP, str(onnx), str(folder)]))
+                if args.workers:
+                    store = Path(tmp) / f"c{count}-{round_}.zarr"
+                    cluster.append(_measure([*nuclei, str(folder), "--store", str(store), "--workers",
+                                             str(args.workers)]))
             wall = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in loop)
             cpu = statistics.median(c for _, c in ours), statistics.median(c for _, c in loop)
+            on_cluster = statistics.median(w for w, _ in cluster) if cluster else 0.0
             print(f"{count:>7} {wall[0]:>11.2f}s {wall[1]:>9.2f}s {wall[0] / wall[1]:>6.2f} {cpu[0]:>10.2f}s "
-                  f"{cpu[1]:>8.2f}s {cpu[0] / cpu[1]:>6.2f}")
+                  f"{cpu[1]:>8.2f}s {cpu[0] / cpu[1]:>6.2f}"
+                  + (f" {on_cluster:>16.2f}s {on_cluster / wall[1]:>6.2f}" if cluster else ""))
 
 
 if __name__ == "__main__":

@@ -101,10 +101,11 @@ class SegmentConfig(BaseModel):
     store: str = Field(min_length=1, description="Zarr store path or URL (created if missing)")
     model: str | None = Field(None, description="model directory (default: $NUCLEI_MODEL, else the shipped model)")
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: $NUCLEI_DASK_ADDRESS, "
-                                     "else a LocalCluster)")
-    n_workers: int | None = Field(None, ge=1, le=1024, description="LocalCluster worker processes (default: one "
-                                  "per core)")
-    images_per_task: int = Field(32, ge=1, description="images one Dask task segments")
+                                     "else none: this process, a thread per core)")
+    n_workers: int | None = Field(None, ge=1, le=1024, description="run on a LocalCluster of this many worker "
+                                  "processes (default: none, this process with a thread per core)")
+    images_per_task: int = Field(32, ge=1, description="images one task (a thread's or Dask worker's batch) "
+                                 "segments")
     overwrite: bool = Field(False, description="segment again even if the store holds the image unchanged")
     tile_size: int = Field(DEFAULT_TILE_SIZE, ge=64, le=16384, description="larger images run as overlapping "
                            "tiles of this size (a multiple of the model's pad multiple)")

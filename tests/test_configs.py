@@ -68,7 +68,8 @@ def test_every_train_option_reaches_the_config() -> None:
                       "--val-fraction", "0.3", "--seed", "1", "--patience", "2", "--learning-rate", "0.01",
                       "--crop-size", "64", "--no-augment", "--scale-range", "0.5", "2", "--normalization",
                       '{"low": 2, "high": 99}', "--held-out", "d1:id=^a", "--held-out", "d2:id=^b",
-                      "--balance-categories", "--dataset-weights", '{"d1": 2}', "--max-images", "5", "--on-error", "skip", "--quantize-int8",
+                      "--balance-categories", "--dataset-weights", '{"d1": 2}',
+                      "--max-images", "5", "--on-error", "skip", "--quantize-int8",
                       "--min-ap50", "0.1"])
     assert set(params) == set(TrainConfig.model_fields)
     config = TrainConfig(**params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from nuclei.io.images import write_png
 from nuclei.io.synthetic import make_sample
+from tests.conftest import SAMPLES
 
 NUCLEI = [sys.executable, "-m", "nuclei.cli.main"]
 
@@ -114,15 +116,45 @@ def test_a_training_run_whose_model_finds_nothing_is_flagged(tmp_path: Path, syn
     assert state.is_failed() and "hold no nucleus" in (state.message or "")
 
 
-def test_small_local_runs_need_no_cluster() -> None:
+def test_local_runs_need_no_cluster_unless_one_is_asked_for() -> None:
     from nuclei.config import SegmentConfig
-    from nuclei.inference.run import in_process
+    from nuclei.inference.run import uses_dask
 
     config = SegmentConfig(inputs=["x"], store="s")
-    assert in_process(config, 3)
-    assert not in_process(config, 500)
-    assert not in_process(config.model_copy(update={"n_workers": 2}), 3)  # asked for workers: a cluster
-    assert not in_process(config.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}), 3)
+    assert not uses_dask(config)
+    assert uses_dask(config.model_copy(update={"n_workers": 2}))  # asked for workers: a LocalCluster
+    assert uses_dask(config.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}))
+
+
+def test_an_in_process_run_on_threads_gives_each_image_its_own_labels(
+    tmp_path: Path, trained_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several batches on a thread per core, one shared session: every entry holds exactly what segmenting
+    its image alone gives (no mixed-up probabilities or labels between threads)."""
+    import logging
+
+    from nuclei.core.postprocess import instances
+    from nuclei.inference.engine import Engine
+    from nuclei.inference.run import segment
+    from nuclei.io.images import read_image
+    from nuclei.modeldir import load_model_dir
+    from nuclei.store.query import open_store
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sources = sorted((SAMPLES / "images").glob("*.png"))[:6]
+    for path in sources:
+        shutil.copy(path, inputs)
+    with caplog.at_level(logging.INFO, logger="nuclei.inference.run"):
+        summary = segment([inputs], tmp_path / "s.zarr", model=trained_model, images_per_task=1, int8=False)
+    assert summary["done"] == len(sources) and summary["failed"] == 0
+    threads = min(2, len(os.sched_getaffinity(0)))
+    assert f"{threads} thread(s)" in caplog.text
+    engine = Engine(load_model_dir(trained_model), threads=1, int8=False)
+    store = open_store(tmp_path / "s.zarr")
+    for path in sources:
+        alone = instances(engine.predict(read_image(path)), engine.thresholds)
+        assert np.array_equal(store.labels(path.stem), alone), path.name
 
 
 @pytest.mark.slow

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import edt as edt_package
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 
 def edt(mask: NDArray[np.bool_]) -> NDArray[np.float32]:
-    """Exact Euclidean distance to the nearest False pixel (scipy: deterministic to the last bit, which
-    OpenCV's distanceTransform is not, and watershed ties depend on it).
+    """Exact Euclidean distance to the nearest False pixel.
+
+    The `edt` package (seung-lab): equal to scipy's distance_transform_edt in float32 on every pixel tested
+    and deterministic to the last bit (watershed ties depend on it; OpenCV's DIST_MASK_PRECISE is not, run
+    to run), about 4x faster than scipy. One thread: runs already put a batch on each core.
 
     Beyond the image edge counts as foreground, except when there is no False pixel at all: then the
     edge is taken as the border.
@@ -20,7 +24,9 @@ def edt(mask: NDArray[np.bool_]) -> NDArray[np.float32]:
         return np.zeros(mask.shape, np.float32)
     if mask.all():
         return edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
-    return np.asarray(ndi.distance_transform_edt(mask), dtype=np.float32)
+    if mask.ndim != 2:
+        return np.asarray(ndi.distance_transform_edt(mask), dtype=np.float32)
+    return np.asarray(edt_package.edt(np.ascontiguousarray(mask, dtype=np.bool_), parallel=1), dtype=np.float32)
 
 
 def dense_labels(labels: NDArray[Any]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:

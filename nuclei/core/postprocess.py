@@ -78,14 +78,28 @@ def _split_blob(
     return kept.astype(np.int32, copy=False), int(kept.max(initial=0))
 
 
+# Up to this many pixels, an image with a core channel is labelled in one pass over the whole image (a few
+# vectorised calls instead of several per nucleus: ~4x faster on 256 x 256 fields); larger images go blob by
+# blob, so memory stays near the size of the image's mask and labels. Both give the same labels.
+WHOLE_IMAGE_MAX_PIXELS = 4096 * 4096
+
+
 def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
     """Label nuclei: (H, W) uint32, 0 background, 1..N consecutive (blobs in raster order).
 
     With a core channel the cores seed the split of touching nuclei; otherwise maxima of the distance
-    transform do. Each 4-connected foreground blob is split on its own bounding box (plus one pixel), so
-    memory stays near the size of the image's mask and labels whatever the image size.
+    transform do. Each 4-connected foreground blob with two or more seeds is split by a watershed on
+    -distance (cuts fall at the necks); a blob with one seed or none is one nucleus; pieces under min_size
+    pixels are dropped.
     """
     arr = _as_hwc(prob)
+    if arr.shape[-1] >= 2 and arr.shape[0] * arr.shape[1] <= WHOLE_IMAGE_MAX_PIXELS:
+        return _instances_whole(arr, thresholds)
+    return _instances_by_blob(arr, thresholds)
+
+
+def _instances_by_blob(arr: NDArray[np.float32], thresholds: Thresholds) -> NDArray[np.uint32]:
+    """`instances`, each blob split on its own bounding box (plus one pixel)."""
     mask = arr[..., 0] > thresholds.foreground
     components, _ = ndi.label(mask, structure=_STRUCTURE)
     out = np.zeros(mask.shape, np.uint32)
@@ -101,6 +115,40 @@ def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
         placed[own] = np.where(pieces[own] > 0, pieces[own] + count, 0)
         count += n
     return out
+
+
+def _instances_whole(arr: NDArray[np.float32], thresholds: Thresholds) -> NDArray[np.uint32]:
+    """`instances` with a core channel in one pass: one labelling of blobs and of cores, one watershed over
+    the blobs with several cores, numbered as the blob-by-blob pass numbers them (blob, then core, in raster
+    order). Blobs are separated by background, so flooding them together floods each as it would alone, and
+    the distance to the background is the same as within a blob's box."""
+    mask = arr[..., 0] > thresholds.foreground
+    blobs, n_blobs = ndi.label(mask, structure=_STRUCTURE)
+    cores = (arr[..., 1] > thresholds.core) & mask
+    seeds, n_seeds = ndi.label(cores, structure=_STRUCTURE)
+    blob_of_seed = np.zeros(n_seeds + 1, np.int64)
+    blob_of_seed[seeds[cores]] = blobs[cores]
+    seeds_per_blob = np.bincount(blob_of_seed[1:], minlength=n_blobs + 1)
+    split = seeds_per_blob >= 2  # by blob id; blob 0 (background) never
+    split[0] = False
+    pieces = np.zeros(mask.shape, np.int64)  # piece ids: blob b whole -> b; core s of a split blob -> n_blobs + s
+    whole = mask & ~split[blobs]
+    pieces[whole] = blobs[whole]
+    if split.any():
+        region = split[blobs]
+        markers = np.where(region & (seeds > 0), seeds + n_blobs, 0)
+        flooded = watershed(-_edt(mask), markers, connectivity=1, mask=region)
+        pieces[region] = flooded[region]
+    # Number the pieces blob by blob, cores within a blob in raster order, small pieces dropped.
+    blob_of_piece = np.concatenate([np.arange(n_blobs + 1), blob_of_seed[1:]])
+    area = np.bincount(pieces.ravel(), minlength=n_blobs + n_seeds + 1)
+    kept = area >= max(1, thresholds.min_size)
+    kept[0] = False
+    order = np.lexsort((np.arange(kept.size), blob_of_piece))
+    order = order[kept[order]]
+    lut = np.zeros(kept.size, np.uint32)
+    lut[order] = np.arange(1, order.size + 1, dtype=np.uint32)
+    return lut[pieces]
 
 
 def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:

@@ -1,4 +1,5 @@
-"""The Dask cluster a segmentation run uses: an existing one by address, or a LocalCluster sized to the machine.
+"""The Dask cluster a segmentation run uses when it has one: an existing one by address, or a LocalCluster of
+``--workers N`` processes (a run given neither stays in its process, `nuclei.inference.run.uses_dask`).
 
 On a small machine, ONNX Runtime runs best as several single-threaded workers (2 x 1 beats 1 x 2 on 2 cores);
 each worker's session gets cores // workers threads. The dashboard listens on 127.0.0.1 only.
@@ -43,7 +44,7 @@ def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:
 
 
 def cluster_address(address: str | None) -> str | None:
-    """The cluster a run uses: the given address, else $NUCLEI_DASK_ADDRESS, else None (a LocalCluster)."""
+    """The cluster a run uses: the given address, else $NUCLEI_DASK_ADDRESS, else None (no cluster named)."""
     return address or os.environ.get(DASK_ADDRESS_ENV) or None
 
 

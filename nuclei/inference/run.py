@@ -12,6 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from nuclei.config import SegmentConfig
 from nuclei.errors import InputError
 from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
-from nuclei.inference.engine import Engine
+from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
 from nuclei.inference.worker import ImageResult, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover
@@ -31,10 +32,6 @@ from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord, Failure, RunSummary
 
 log = logging.getLogger(__name__)
-
-# Up to this many images a run without a cluster address segments in-process: a LocalCluster's start-up
-# (about 5 s on 2 cores) is more than such a run costs.
-IN_PROCESS_MAX = 16
 
 
 @dataclass
@@ -112,7 +109,7 @@ def plan(config: SegmentConfig) -> Plan:
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
-    batches = balanced(todo, config.images_per_task, expected_workers(config, len(todo)))
+    batches = balanced(todo, config.images_per_task, expected_workers(config))
     return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
                 failed_before, found.problems)
 
@@ -126,22 +123,26 @@ def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
 OnBatch = Callable[[int, int], None]  # (images finished, images in the run): e.g. a Prefect progress artifact
 
 
-def expected_workers(config: SegmentConfig, n_items: int) -> int:
-    """Workers the run will have: 1 in-process, a LocalCluster's size, else 1 (an external cluster's is not
-    known yet)."""
-    if in_process(config, n_items):
-        return 1
+def expected_workers(config: SegmentConfig) -> int:
+    """Batches the run works on at once: a thread per core in-process, a LocalCluster's size, else 1 (an
+    external cluster's size is not known yet)."""
+    if not uses_dask(config):
+        return local_cluster_size()[0]
     return 1 if cluster_address(config.dask_address) else local_cluster_size(config.n_workers)[0]
 
 
-def in_process(config: SegmentConfig, n_items: int) -> bool:
-    """Small local runs segment in this process: starting a LocalCluster costs more than it saves."""
-    return cluster_address(config.dask_address) is None and config.n_workers is None and n_items <= IN_PROCESS_MAX
+def uses_dask(config: SegmentConfig) -> bool:
+    """A Dask cluster runs the batches when one is named (``dask_address`` or $NUCLEI_DASK_ADDRESS) or a
+    LocalCluster of ``n_workers`` processes is asked for. Otherwise the run stays in this process, a thread
+    per core: ONNX Runtime, OpenCV, the watershed and the Zstd codec release the GIL, so threads keep the cores
+    as busy as worker processes would, without their start-up (about 5 s on 2 cores, 1.6x the network's own
+    time on 334 small images; see BENCHMARKS.md)."""
+    return cluster_address(config.dask_address) is not None or config.n_workers is not None
 
 
 def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> list[ImageResult]:
-    """Run the planned batches, in this process for a few images, else as Dask tasks; a task that fails as a
-    whole marks its images failed with the reason."""
+    """Run the planned batches, in this process (a thread per core) unless a Dask cluster is named or a
+    LocalCluster asked for (`uses_dask`); a batch that fails as a whole marks its images failed with the reason."""
     if not plan.batches:
         return []
     total, results = len(plan.items), []
@@ -157,12 +158,10 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> 
 def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
     """(batch, its results) as each batch finishes."""
     config = plan.settings
-    if in_process(config, len(plan.items)):
-        log.info("%d images: segmenting in this process (no cluster needed)", len(plan.items))
-        for batch in plan.batches:
-            yield batch, segment_batch(batch, config)
+    if not uses_dask(config):
+        yield from _in_process(plan)
         return
-    from distributed import as_completed
+    from distributed import as_completed as finished
 
     with dask_client(config.dask_address, config.n_workers) as client:
         resources = task_resources(client)
@@ -170,8 +169,28 @@ def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
             log.info("inference tasks request %s per task", resources)
         futures = client.map(segment_batch, plan.batches, settings=config, pure=False, resources=resources)
         batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
-        for future in as_completed(futures):
+        for future in finished(futures):
             yield batch_of[future.key], _collect(future, batch_of[future.key])
+
+
+def _in_process(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
+    """The batches on a thread per core (at most one per batch) sharing one ONNX session, each call of it on
+    one thread; a single batch runs here with all the cores in its session."""
+    config = plan.settings
+    workers = min(local_cluster_size()[0], len(plan.batches))
+    log.info("%d images: segmenting in this process, %d thread(s)", len(plan.items), workers)
+    if workers == 1:
+        for batch in plan.batches:
+            yield batch, segment_batch(batch, config)
+        return
+    per_thread = config.model_copy(update={"threads": max(1, (config.threads or default_threads()) // workers)})
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nuclei-batch")
+    try:
+        futures = {pool.submit(segment_batch, batch, per_thread): batch for batch in plan.batches}
+        for future in as_completed(futures):
+            yield futures[future], _collect(future, futures[future])
+    finally:  # an interrupt: queued batches never start; running ones finish their entry and stop at batch end
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def balanced(items: list[ImageItem], images_per_task: int, n_workers: int) -> list[list[ImageItem]]:

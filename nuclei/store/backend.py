@@ -378,10 +378,13 @@ def _omero(cyx: np.ndarray) -> dict[str, Any]:
     step = max(1, max(cyx.shape[1:]) // 512)  # percentiles of a subsample: cheap on big images, same window
     channels = []
     for plane, colour, name in zip(cyx, colours, names, strict=True):
-        low, high = (float(v) for v in np.percentile(plane[::step, ::step], [1.0, 99.8]))
         full = (0.0, float(np.iinfo(plane.dtype).max)) if plane.dtype.kind in "ui" else (float(plane.min()),
                                                                                           float(plane.max()))
-        start, end = (full if cyx.shape[0] == 3 else (low, max(high, low + 1e-6)))
+        if cyx.shape[0] == 3:  # RGB is shown as it is: no window to compute
+            start, end = full
+        else:
+            low, high = (float(v) for v in np.percentile(plane[::step, ::step], [1.0, 99.8]))
+            start, end = low, max(high, low + 1e-6)
         channels.append({"color": colour, "label": name, "active": True,
                          "window": {"min": full[0], "max": full[1], "start": start, "end": end}})
     return {"channels": channels, "rdefs": {"model": "color" if cyx.shape[0] == 3 else "greyscale"}}
