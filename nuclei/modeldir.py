@@ -11,6 +11,7 @@ Reading it needs no TensorFlow. Layout::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,7 +78,15 @@ class ModelDir:
         return f"{self.path.name}@{self.onnx_sha256[:12]}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, computed once per process while its size and modification time stay the same
+    (every batch of a run loads the model directory: 10 MB of hashing each time otherwise)."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
