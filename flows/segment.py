@@ -9,7 +9,7 @@ embedded run starts exactly one temporary Prefect server (the flow's).
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 from uuid import UUID
 
 from prefect import State, flow, get_run_logger, task
@@ -34,7 +34,7 @@ def segment(
     tile_size: int = DEFAULT_TILE_SIZE,
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
     int8: bool = True,
-    diameter: float | None = None,
+    diameter: float | Literal["auto"] | None = None,
     tta: bool = False,
     channel: str | None = None,
     z: str | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -112,8 +112,9 @@ class SegmentConfig(BaseModel):
     providers: list[str] = Field(list(DEFAULT_PROVIDERS), min_length=1, description="ONNX Runtime execution "
                                  "providers in order of preference (CPU is always the last resort)")
     int8: bool = Field(True, description="on CPU, run the model's validated int8 variant when it ships one")
-    diameter: float | None = Field(None, ge=2.0, le=1000.0, description="typical nucleus diameter in pixels: "
-                                   "images are rescaled so nuclei match the model's training scale")
+    diameter: Annotated[float, Field(ge=2.0, le=1000.0)] | Literal["auto"] | None = Field(
+        None, description="typical nucleus diameter in pixels: images are rescaled so nuclei match the model's "
+        "training scale; 'auto': measured per image, rescaled when over 2.5x off (e.g. 63x images)")
     tta: bool = Field(False, description="test-time flips: average the model over the image and its 3 mirror "
                       "images (about 4x the inference time)")
     channel: str | None = Field(None, description="the nuclear channel of multi-channel images, by index or name "

@@ -192,7 +192,7 @@ def evaluate_against(
     split: Split = "all",
     progress: bool = True,
     int8: bool = True,
-    diameter: float | None = None,
+    diameter: float | Literal["auto"] | None = None,
     tta: bool = False,
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
@@ -203,6 +203,7 @@ def evaluate_against(
     validation (or training) images only, from its data.json.
     """
     from nuclei.inference.engine import Engine
+    from nuclei.inference.sizing import label_image
     from nuclei.io.datasets import load_dataset
     from nuclei.modeldir import resolve_model
     from nuclei.store.backend import Store
@@ -238,7 +239,7 @@ def evaluate_against(
         engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta)
 
         def predicted(i: int) -> np.ndarray:
-            return instances(engine.predict(samples[i].raw), engine.thresholds)
+            return label_image(engine, samples[i].raw)[0]
 
     report, preds = score_samples(samples, predicted, progress)
     by_id = {s.id: s for s in samples}

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from nuclei.cli.options import diameter_value
+
 
 def run(args: argparse.Namespace) -> int:
     from nuclei.evaluation import evaluate_against, format_table
@@ -33,7 +35,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "worst_images.png")
     parser.add_argument("--float32", dest="int8", action="store_false",
                         help="score the float32 model even where the model ships an int8 one")
-    parser.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (see segment)")
+    parser.add_argument("--diameter", type=diameter_value, help="typical nucleus diameter in pixels, or 'auto' "
+                        "(see segment)")
     parser.add_argument("--tta", action="store_true", help="test-time flips (see segment)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)

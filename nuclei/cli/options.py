@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -65,9 +65,29 @@ def _kind(annotation: Any) -> dict[str, Any]:
         return {"type": json.loads, "metavar": "JSON"}
     if annotation in (int, float, str):
         return {"type": annotation}
+    words = [w for a in get_args(annotation) if get_origin(a) is Literal for w in get_args(a)]
+    if words and any(_plain(a)[0] is float or get_args(a)[:1] == (float,) for a in get_args(annotation)):
+        return {"type": number_or(*words), "metavar": f"NUMBER|{'|'.join(words)}"}  # e.g. 12.5 | auto
     if get_origin(annotation) in (Union, types.UnionType):  # e.g. str | list[str]: a repeatable option
         return {"action": "append", "type": str, "metavar": "VALUE"}
     raise TypeError(f"no command-line form for {annotation!r}")
+
+
+def number_or(*words: str) -> Callable[[str], float | str]:
+    """An argparse type: one of ``words``, else a number."""
+
+    def parse(text: str) -> float | str:
+        if text in words:
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or {' / '.join(words)}, got {text!r}") from None
+
+    return parse
+
+
+diameter_value = number_or("auto")
 
 
 def given(args: argparse.Namespace, config: type[BaseModel]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -29,6 +30,7 @@ from nuclei.modeldir import ModelDir
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+AUTO = "auto"  # diameter measured per image (`nuclei.inference.sizing`)
 
 
 @functools.cache
@@ -106,14 +108,18 @@ class Engine:
     tile_size: int = DEFAULT_TILE_SIZE
     batch_size: int = 8
     int8: bool = True
-    diameter: float | None = None  # nuclei of this many px across are rescaled to the model's training scale
+    # Nuclei of this many px across are rescaled to the model's training scale; "auto": measured per image by
+    # `sizing.label_image` (this engine then predicts as is, and a copy with the measured diameter rescales).
+    diameter: float | Literal["auto"] | None = None
     tta: bool = False  # test-time flips: the mean over the image and its three mirror images
 
     @property
     def zoom(self) -> float:
         """Factor images are resized by before the model (1: as they are)."""
         trained = self.model.nucleus_diameter
-        return trained / self.diameter if self.diameter and trained else 1.0
+        if self.diameter == AUTO or not self.diameter or not trained:
+            return 1.0
+        return trained / float(self.diameter)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -154,6 +160,7 @@ class Engine:
             "onnx": self.model.int8_sha256 if int8 else self.model.onnx_sha256, "precision": self.precision,
             "thresholds": self.thresholds.as_dict(), "zoom": round(self.zoom, 6),
             "normalization": self.model.normalization.model_dump(), **({"tta": True} if self.tta else {}),
+            **({"diameter": AUTO} if self.diameter == AUTO else {}),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

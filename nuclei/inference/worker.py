@@ -22,9 +22,9 @@ import numpy as np
 import nuclei
 from nuclei.config import SegmentConfig
 from nuclei.core.measure import measure
-from nuclei.core.postprocess import instances
 from nuclei.errors import NucleiError
-from nuclei.inference.engine import Engine
+from nuclei.inference.engine import AUTO, Engine
+from nuclei.inference.sizing import label_image
 from nuclei.io.discovery import ImageItem
 from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
@@ -132,10 +132,10 @@ def _finish(
     item = decoded.item
     try:
         started = time.perf_counter()
-        labels = instances(prob, engine.thresholds)
+        labels, used = label_image(engine, decoded.raw, prob)  # `used`: with the diameter measured, if auto
         del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
-        record = _record(decoded, labels, table, engine, providers, settings)
+        record = _record(decoded, labels, table, engine, used, providers, settings)
         with store.writing(item.id):
             if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
@@ -160,7 +160,7 @@ def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = Non
 
 
 def _record(
-    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, providers: list[str],
+    decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, used: Engine, providers: list[str],
     settings: SegmentConfig,
 ) -> dict[str, Any]:
     """Provenance and a per-image summary, so listings never need to read arrays."""
@@ -182,8 +182,9 @@ def _record(
         "output_key": entry_key(engine, settings),
         **decoded.lab.describe(),
         "pixel_size_um": settings.pixel_size or decoded.lab.pixel_size_um,
-        "diameter": engine.diameter,
-        "zoom": engine.zoom,
+        "diameter": used.diameter if used.diameter != AUTO else None,  # the measured one with auto, if it rescaled
+        "diameter_auto": engine.diameter == AUTO,
+        "zoom": used.zoom,
         "normalization": model.normalization.model_dump(),
         "providers": providers,
         "nuclei_version": nuclei.__version__,

@@ -45,7 +45,8 @@ class EntryRecord(BaseModel):
     thresholds: dict[str, float]
     arrays_sha256: dict[str, str] = Field(default_factory=dict)  # image and labels as stored: `nuclei check`
     output_key: str = ""  # Engine.output_key: model file, precision, thresholds, zoom, normalisation
-    diameter: float | None = None
+    diameter: float | None = None  # with --diameter auto: the measured one, where the image was rescaled
+    diameter_auto: bool = False
     axes: str = ""  # the file's axes, e.g. "ZCYX"; channel and z say which plane was segmented
     channel: int | None = None
     channel_name: str | None = None

@@ -1,0 +1,37 @@
+"""`--diameter auto`: each image's nucleus size measured on a first pass, and a second pass at the model's
+training scale when its nuclei are far outside the sizes the model learnt.
+
+The model saw nuclei zoomed 0.4x-2x around its training diameter (`scale_range`), so images within about 2.5x
+of it are left as they are (rescaling them measured no better: DSB2018 validation 0.7689 vs 0.7684 AP@0.5);
+63x cytospins, nuclei about 100 px across against 24 px, gain 0.57 -> 0.65 AP@0.5 (`benchmarks/diameter.py`).
+The estimate is the median equivalent diameter of the first pass's nuclei, as Cellpose's size model aims to
+give; images with no nucleus found keep the first pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from nuclei.core.measure import median_diameter
+from nuclei.core.postprocess import instances
+from nuclei.inference.engine import AUTO, Engine
+
+AUTO_BAND = 2.5  # rescale when the first pass's median diameter is over 2.5x off the training diameter
+
+
+def label_image(
+    engine: Engine, image: NDArray[np.generic], prob: NDArray[np.float32] | None = None
+) -> tuple[NDArray[np.uint32], Engine]:
+    """The nuclei of ``image`` (from ``prob`` when the caller already ran the engine on it) and the engine that
+    made them: with ``diameter="auto"`` that engine carries the measured diameter when the image was rescaled."""
+    labels = instances(engine.predict(image) if prob is None else prob, engine.thresholds)
+    if engine.diameter != AUTO:
+        return labels, engine
+    trained, found = engine.model.nucleus_diameter, median_diameter([labels])
+    if not trained or not found or 1.0 / AUTO_BAND < found / trained < AUTO_BAND:
+        return labels, engine
+    sized = replace(engine, diameter=round(found, 1))
+    return instances(sized.predict(image), sized.thresholds), sized
