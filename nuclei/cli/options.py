@@ -11,7 +11,7 @@ import json
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -65,9 +65,11 @@ def _kind(annotation: Any) -> dict[str, Any]:
         return {"type": json.loads, "metavar": "JSON"}
     if annotation in (int, float, str):
         return {"type": annotation}
+    # float | Literal["auto"] (the float possibly Annotated with bounds): a number or one of the words
     words = [w for a in get_args(annotation) if get_origin(a) is Literal for w in get_args(a)]
-    if words and any(_plain(a)[0] is float or get_args(a)[:1] == (float,) for a in get_args(annotation)):
-        return {"type": number_or(*words), "metavar": f"NUMBER|{'|'.join(words)}"}  # e.g. 12.5 | auto
+    numbers = [a for a in get_args(annotation) if float in (a, get_origin(a) is Annotated and get_args(a)[0])]
+    if words and numbers:
+        return {"type": number_or(*words), "metavar": f"NUMBER|{'|'.join(words)}"}
     if get_origin(annotation) in (Union, types.UnionType):  # e.g. str | list[str]: a repeatable option
         return {"action": "append", "type": str, "metavar": "VALUE"}
     raise TypeError(f"no command-line form for {annotation!r}")
