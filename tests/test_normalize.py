@@ -129,3 +129,18 @@ def test_a_dim_16_bit_image_is_segmented_like_its_stretched_copy(tmp_path: Path)
     for other in ("dim", "stretched"):
         assert abs(counts[other] - counts["camera"]) <= 0.05 * counts["camera"], counts
         assert _agreement(labels[other], labels["camera"]) >= 0.97
+
+
+@pytest.mark.parametrize("image", [
+    np.arange(40 * 30 * 3, dtype=np.uint32).reshape(40, 30, 3).astype(np.uint8),  # RGB
+    (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 3),  # grey 16-bit
+    np.arange(40 * 30 * 4).reshape(40, 30, 4).astype(np.uint8),  # RGBA: alpha dropped
+    np.arange(40 * 30 * 2).reshape(40, 30, 2).astype(np.uint8),  # grey + alpha
+    np.linspace(-0.2, 1.5, 40 * 30 * 3, dtype=np.float32).reshape(40, 30, 3),  # float: clipped to [0, 1]
+    np.arange(40 * 30).reshape(40, 30) % 3 == 0,  # bool
+    (np.arange(40 * 30).reshape(40, 30) - 200).astype(np.int16),  # signed
+])
+def test_channel_mean_is_the_mean_of_the_scaled_rgb_channels(image: np.ndarray) -> None:
+    from nuclei.core.normalize import channel_mean, to_float_rgb
+
+    assert np.allclose(channel_mean(image), to_float_rgb(image).mean(axis=-1, dtype=np.float64), atol=1e-7)

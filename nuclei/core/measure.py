@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from nuclei.core.labels import dense_labels as _dense_labels
+from nuclei.core.normalize import channel_mean
 
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "label",
@@ -52,7 +53,7 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
     for y0 in range(0, height, _BLOCK_ROWS):
         y1 = min(height, y0 + _BLOCK_ROWS)
         flat = arr[y0:y1].ravel().astype(np.intp)
-        gray = _channel_mean(np.asarray(image[y0:y1]))
+        gray = channel_mean(np.asarray(image[y0:y1]))
         sums[0] += np.bincount(flat, minlength=top + 1)
         rows = np.repeat(np.arange(y0, y1, dtype=np.float64), width)
         sums[1] += np.bincount(flat, weights=rows, minlength=top + 1)
@@ -73,25 +74,6 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
                      for i in ids]
     table[:, 8] = sums[3, ids] / area
     return table
-
-
-def _channel_mean(block: NDArray[Any]) -> NDArray[np.float64]:
-    """`to_float_rgb(block).mean(axis=-1)`, summing the (up to 3) planes instead of reducing over a short last
-    axis, which costs numpy several times more (grey stays one plane: its 3 copies have its mean)."""
-    if block.ndim == 2:
-        planes = [block]
-    else:
-        planes = [block[..., 0]] if block.shape[2] == 2 else [block[..., c] for c in range(min(3, block.shape[2]))]
-    if np.issubdtype(block.dtype, np.integer) or block.dtype == np.bool_:
-        scale = 1.0 if block.dtype == np.bool_ else float(np.iinfo(block.dtype).max)
-        total = planes[0].astype(np.float64)
-        for plane in planes[1:]:
-            total += plane
-        return total / (scale * len(planes))
-    total = np.clip(planes[0].astype(np.float64), 0.0, 1.0)
-    for plane in planes[1:]:
-        total += np.clip(plane, 0.0, 1.0)
-    return total / len(planes)
 
 
 def median_diameter(label_images: Iterable[NDArray[Any]]) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from skimage.measure import regionprops_table
 
-from nuclei.core.normalize import to_float_rgb
+from nuclei.core.normalize import channel_mean
 from nuclei.errors import StoreError
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord
@@ -43,7 +43,7 @@ def nucleus_rows(store: Store) -> Iterator[dict[str, Any]]:
 
 def _image_nuclei(store: Store, image_id: str, record: EntryRecord) -> Iterator[dict[str, Any]]:
     labels = store.read_labels(image_id).astype(np.int32)
-    grey = to_float_rgb(store.read_image(image_id)).mean(axis=-1)  # as the engine scales it, channels averaged
+    grey = channel_mean(store.read_image(image_id))  # scaled by the dtype's range, channels averaged
     table = regionprops_table(labels, intensity_image=grey, properties=list(_PROPERTIES))
     columns: dict[str, np.ndarray] = {}
     for prop, names in _PROPERTIES.items():
