@@ -10,6 +10,7 @@ written is complete (an entry becomes visible only with its record), and a re-ru
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -61,6 +62,9 @@ _interrupted = threading.Event()
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     _interrupted.set()
+    # A cluster torn down mid-call logs its own noise (lost keys, a callback's NameError): not the user's news.
+    for noisy in ("distributed", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
 
 
