@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/compare_models.py models/nuclei-generalist models/dsb2018-unet
     .venv/bin/python benchmarks/compare_models.py NEW OLD --split-from NEW --out compare.json
+    .venv/bin/python benchmarks/compare_models.py default models/dsb2018-unet   # `nuclei segment`'s default
 
 The images are the first model's (or --split-from's) validation split and held-out groups, per data set, from
 its data.json; both models segment them with their own thresholds (int8 where they ship it, as on CPU by
-default). Prints DSB2018 score and AP@0.5 per data set, category and held-out group, side by side.
+default). Prints DSB2018 score and AP@0.5 per data set, category and held-out group, side by side. `default`
+is what `nuclei segment` runs with no --model: the shipped model, colour brightfield images by the shipped
+stained-tissue model.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def main() -> None:
     from nuclei.evaluation import Report, score_samples
     from nuclei.inference.engine import Engine
     from nuclei.io.datasets import load_dataset, matches_group
-    from nuclei.modeldir import load_model_dir
+    from nuclei.modeldir import default_model_path, load_model_dir, resolve_stained_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", help="model directories to compare")
@@ -42,7 +45,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    data = json.loads((Path(args.split_from or args.models[0]) / "data.json").read_text())
+    paths = [str(default_model_path()) if m == "default" else m for m in args.models]
+    data = json.loads((Path(args.split_from or paths[0]) / "data.json").read_text())
     roots = [Path(r) for r in data.get("roots") or [data["root"]]]
     val, held = set(data["val_ids"]), data.get("held_out_ids", {})
     samples = {root.name: load_dataset(root if root.is_dir() else SHARED / root.name, progress=False).samples
@@ -52,21 +56,23 @@ def main() -> None:
         groups[f"held out/{rule}"] = [s for found in samples.values() for s in found if matches_group(s, rule)]
 
     results: dict[str, dict[str, dict]] = {}
-    for model_path in args.models:
+    for name, model_path in zip(args.models, paths, strict=True):
         model = load_model_dir(model_path)
-        engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32, tta=args.tta)
+        stained = resolve_stained_model("default", None) if name == "default" else None
+        engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32, tta=args.tta, stained=stained)
+        label = "default" if name == "default" else model.path.name
         for group, images in groups.items():
             report: Report = score_samples(images, _segmenter(engine, images), progress=False)[0]
-            results.setdefault(group, {})[f"{model.path.name} ({engine.precision})"] = report.as_dict()
+            results.setdefault(group, {})[f"{label} ({engine.precision})"] = report.as_dict()
     print_table(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 def _segmenter(engine: Engine, images: list[Sample]) -> Callable[[int], np.ndarray]:
-    from nuclei.core.postprocess import instances
+    from nuclei.inference.sizing import label_image
 
-    return lambda i: instances(engine.predict(images[i].raw), engine.thresholds)
+    return lambda i: label_image(engine, images[i].raw)[0]
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:

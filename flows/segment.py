@@ -27,6 +27,7 @@ def segment(
     inputs: list[str],
     store: str,
     model: str | None = None,
+    stained_model: str = "default",
     dask_address: str | None = None,
     n_workers: int | None = None,
     images_per_task: int = 32,

@@ -100,6 +100,9 @@ class SegmentConfig(BaseModel):
     inputs: list[str] = Field(min_length=1, description="folders (recursive), globs or files; local or fsspec URLs")
     store: str = Field(min_length=1, description="Zarr store path or URL (created if missing)")
     model: str | None = Field(None, description="model directory (default: $NUCLEI_MODEL, else the shipped model)")
+    stained_model: str = Field("default", min_length=1, description="model for colour brightfield images "
+                               "(H&E-like stained tissue): a model directory, 'none' (one model for every image), "
+                               "or 'default': the shipped one when the default model is in use")
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: $NUCLEI_DASK_ADDRESS, "
                                      "else none: this process, a thread per core)")
     n_workers: int | None = Field(None, ge=1, le=1024, description="run on a LocalCluster of this many worker "

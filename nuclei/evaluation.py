@@ -194,18 +194,20 @@ def evaluate_against(
     int8: bool = True,
     diameter: float | Literal["auto"] | None = None,
     tta: bool = False,
+    stained_model: str | None = "default",
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
 
     With ``store`` the stored labels are scored (an image of the truth set missing from the store counts as
     no nucleus found); otherwise ``model`` (default: the shipped model) segments each image with its own
-    thresholds (int8 if it ships a validated int8 variant and ``int8``). ``split`` keeps the model's
-    validation (or training) images only, from its data.json.
+    thresholds (int8 if it ships a validated int8 variant and ``int8``), colour brightfield images with the
+    stained-tissue model as `nuclei segment` would (``stained_model``). ``split`` keeps the model's validation
+    (or training) images only, from its data.json.
     """
     from nuclei.inference.engine import Engine
     from nuclei.inference.sizing import label_image
     from nuclei.io.datasets import load_dataset
-    from nuclei.modeldir import resolve_model
+    from nuclei.modeldir import resolve_model, resolve_stained_model
     from nuclei.store.backend import Store
 
     samples = load_dataset(truth_dir, progress=progress).samples
@@ -236,7 +238,8 @@ def evaluate_against(
             return results.read_labels(by_name[sample.id])
     else:
         assert model_dir is not None
-        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta)
+        engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta,
+                        stained=resolve_stained_model(stained_model, model))
 
         def predicted(i: int) -> np.ndarray:
             return label_image(engine, samples[i].raw)[0]

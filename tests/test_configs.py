@@ -50,7 +50,8 @@ def _parsed(argv: list[str]) -> dict[str, Any]:
 
 
 def test_every_segment_option_reaches_the_config() -> None:
-    params = _parsed(["segment", "a/", "b.tif", "--store", "s.zarr", "--model", "m", "--dask-address", "tcp://x:1",
+    params = _parsed(["segment", "a/", "b.tif", "--store", "s.zarr", "--model", "m", "--stained-model", "none",
+                      "--dask-address", "tcp://x:1",
                       "--workers", "2", "--images-per-task", "4", "--overwrite", "--tile-size", "512",
                       "--providers", "CPUExecutionProvider", "--float32", "--diameter", "60", "--threads", "1",
                       "--batch-size", "2", "--max-pixels", "1000", "--channel", "DAPI", "--z", "max",

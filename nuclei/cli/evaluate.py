@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
                                      progress=sys.stderr.isatty(), int8=args.int8, diameter=args.diameter,
-                                     tta=args.tta)
+                                     tta=args.tta, stained_model=args.stained_model)
     if args.json:
         print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
     else:
@@ -38,5 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--diameter", type=diameter_value, help="typical nucleus diameter in pixels, or 'auto' "
                         "(see segment)")
     parser.add_argument("--tta", action="store_true", help="test-time flips (see segment)")
+    parser.add_argument("--stained-model", default="default", help="model for colour brightfield images: a model "
+                        "directory, 'none', or 'default' (see segment)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nuclei.config import DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE
+from nuclei.core.modality import is_stained_brightfield
 from nuclei.core.normalize import apply_range, intensity_range
 from nuclei.core.thresholds import Thresholds
 from nuclei.core.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
@@ -112,6 +113,8 @@ class Engine:
     # `sizing.label_image` (this engine then predicts as is, and a copy with the measured diameter rescales).
     diameter: float | Literal["auto"] | None = None
     tta: bool = False  # test-time flips: the mean over the image and its three mirror images
+    # Colour brightfield images (H&E-like stained tissue) go to this model when set (`for_image`).
+    stained: ModelDir | None = None
 
     @property
     def zoom(self) -> float:
@@ -129,6 +132,20 @@ class Engine:
 
     def __post_init__(self) -> None:
         check_tile_size(self.tile_size, self.overlap, self.model.pad_multiple)
+        if self.stained is not None:
+            _ = self.stained_engine  # the same checks for the second model, before any image
+
+    @functools.cached_property
+    def stained_engine(self) -> Engine:
+        assert self.stained is not None
+        return replace(self, model=self.stained, stained=None)
+
+    def for_image(self, image: np.ndarray) -> Engine:
+        """The engine that segments ``image``: the stained-tissue model's for a colour brightfield image when one
+        is set (`nuclei.core.modality`), else this one."""
+        if self.stained is None or not is_stained_brightfield(image):
+            return self
+        return self.stained_engine
 
     @property
     def overlap(self) -> int:
@@ -161,6 +178,7 @@ class Engine:
             "thresholds": self.thresholds.as_dict(), "zoom": round(self.zoom, 6),
             "normalization": self.model.normalization.model_dump(), **({"tta": True} if self.tta else {}),
             **({"diameter": AUTO} if self.diameter == AUTO else {}),
+            **({"stained": self.stained_engine.output_key} if self.stained is not None else {}),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -191,7 +209,10 @@ class Engine:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Probabilities for one image (any dtype, grey/RGB/RGBA, as read); large images run as overlapping
         tiles, each scaled a tile at a time with the whole image's intensity range. With ``diameter`` the image
-        is resized to the model's training scale and the probabilities back to the image's size."""
+        is resized to the model's training scale and the probabilities back to the image's size. With a
+        stained-tissue model, the model `for_image` picks runs."""
+        if (routed := self.for_image(image)) is not self:
+            return routed.predict(image)
         if self.zoom == 1.0:
             return self._predict(image)
         return rescale(self._predict(rescale(image, self.zoom)), size=image.shape[:2])
@@ -210,19 +231,21 @@ class Engine:
         return prob[:height, :width]
 
     def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities for several images; images of the same shape run as one batch."""
+        """Probabilities for several images; images of the same shape (and model) run as one batch."""
         results: list[np.ndarray] = [np.empty(0)] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[bool, int, int], list[int]] = {}
         for index, image in enumerate(images):
-            groups.setdefault((image.shape[0], image.shape[1]), []).append(index)
-        for (height, width), indices in groups.items():
-            if max(height, width) > self.tile_size or self.zoom != 1.0:
+            groups.setdefault((self.for_image(image) is not self, image.shape[0], image.shape[1]), []).append(index)
+        for (stained, height, width), indices in groups.items():
+            engine = self.stained_engine if stained else self
+            if max(height, width) > engine.tile_size or engine.zoom != 1.0:
                 for i in indices:
-                    results[i] = self.predict(images[i])
+                    results[i] = engine.predict(images[i])
                 continue
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                batch = [self._scaler(images[i])(pad_to_multiple(images[i], self.model.pad_multiple)) for i in chunk]
-                for i, prob in zip(chunk, self._run(batch), strict=True):
+            for start in range(0, len(indices), engine.batch_size):
+                chunk = indices[start : start + engine.batch_size]
+                pad = engine.model.pad_multiple
+                batch = [engine._scaler(images[i])(pad_to_multiple(images[i], pad)) for i in chunk]
+                for i, prob in zip(chunk, engine._run(batch), strict=True):
                     results[i] = prob[:height, :width]
         return results

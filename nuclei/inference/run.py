@@ -25,7 +25,7 @@ from nuclei.errors import InputError
 from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
-from nuclei.inference.worker import ImageResult, entry_key, segment_batch
+from nuclei.inference.worker import ImageResult, build_engine, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
@@ -54,10 +54,12 @@ class Plan:
 
 def check_model(config: SegmentConfig) -> Engine:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
-    model_dir = resolve_model(config.model)
-    engine = Engine(model_dir, tuple(config.providers), tile_size=config.tile_size, int8=config.int8,
-                    diameter=config.diameter, tta=config.tta)
-    log.info("model %s (%s) on providers %s", model_dir.version, engine.precision, engine.session_providers())
+    engine = build_engine(config.model_copy(update={"model": str(resolve_model(config.model).path)}))
+    log.info("model %s (%s) on providers %s", engine.model.version, engine.precision, engine.session_providers())
+    if engine.stained is not None:
+        stained = engine.stained_engine
+        log.info("colour brightfield images: model %s (%s)", stained.model.version, stained.precision)
+        stained.session_providers()
     return engine
 
 
@@ -110,7 +112,8 @@ def plan(config: SegmentConfig) -> Plan:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
     batches = balanced(todo, config.images_per_task, expected_workers(config))
-    return Plan(settings, model_dir.version, len(found.items) + len(found.problems), batches, unchanged,
+    version = model_dir.version + (f" (stained tissue: {engine.stained.version})" if engine.stained else "")
+    return Plan(settings, version, len(found.items) + len(found.problems), batches, unchanged,
                 failed_before, found.problems)
 
 

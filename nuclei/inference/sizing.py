@@ -26,7 +26,9 @@ def label_image(
     engine: Engine, image: NDArray[np.generic], prob: NDArray[np.float32] | None = None
 ) -> tuple[NDArray[np.uint32], Engine]:
     """The nuclei of ``image`` (from ``prob`` when the caller already ran the engine on it) and the engine that
-    made them: with ``diameter="auto"`` that engine carries the measured diameter when the image was rescaled."""
+    made them: the stained-tissue model's for such an image (`Engine.for_image`); with ``diameter="auto"`` it
+    carries the measured diameter when the image was rescaled."""
+    engine = engine.for_image(image)  # the stained-tissue model's engine for such an image, if one is set
     labels = instances(engine.predict(image) if prob is None else prob, engine.thresholds)
     if engine.diameter != AUTO:
         return labels, engine

@@ -28,7 +28,7 @@ from nuclei.inference.sizing import label_image
 from nuclei.io.discovery import ImageItem
 from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
-from nuclei.modeldir import load_model_dir
+from nuclei.modeldir import NO_MODEL, load_model_dir
 from nuclei.store.backend import Store
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,17 @@ def _already_done(store: Store, item: ImageItem, sha256: str, output_key: str) -
                 and record.output_key == output_key)
 
 
+def build_engine(settings: SegmentConfig) -> Engine:
+    """The engine a run's settings describe (after `preflight`: the stained-tissue model is a path or "none")."""
+    assert settings.model is not None, "the plan resolves the model before any task is sent"
+    stained = None if settings.stained_model in (NO_MODEL, "default") else load_model_dir(settings.stained_model)
+    return Engine(load_model_dir(settings.model), tuple(settings.providers), settings.threads, settings.tile_size,
+                  settings.batch_size, settings.int8, settings.diameter, settings.tta, stained)
+
+
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[ImageResult]:
     """Segment ``items`` into the store; returns one result per item, in order."""
-    assert settings.model is not None, "the plan resolves the model before any task is sent"
-    model = load_model_dir(settings.model)
-    engine = Engine(model, tuple(settings.providers), settings.threads, settings.tile_size, settings.batch_size,
-                    settings.int8, settings.diameter, settings.tta)
+    engine = build_engine(settings)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
@@ -164,7 +169,7 @@ def _record(
     settings: SegmentConfig,
 ) -> dict[str, Any]:
     """Provenance and a per-image summary, so listings never need to read arrays."""
-    n, model = int(table.shape[0]), engine.model
+    n, model = int(table.shape[0]), used.model  # with a stained-tissue model: the model that ran
     return {
         "source": decoded.item.url,
         "source_sha256": decoded.sha256,
@@ -177,8 +182,9 @@ def _record(
         "covered_fraction": float(np.count_nonzero(labels)) / labels.size,
         "mean_area": float(table[:, 1].mean()) if n else 0.0,
         "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
-                  "precision": engine.precision},
-        "thresholds": engine.thresholds.as_dict(),
+                  "precision": used.precision},
+        "thresholds": used.thresholds.as_dict(),
+        "stained_brightfield": used.model is not engine.model,
         "output_key": entry_key(engine, settings),
         **decoded.lab.describe(),
         "pixel_size_um": settings.pixel_size or decoded.lab.pixel_size_um,
