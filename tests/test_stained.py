@@ -101,3 +101,17 @@ def test_a_default_run_records_which_model_segmented_each_image(tmp_path: Path,
     assert again["done"] == 2 and again["skipped"] == 0  # another output key: nothing is stale-skipped
     store = open_store(store_path)
     assert all(store.metadata(i)["model"]["version"].startswith("nuclei-generalist@") for i in (HE, GREY))
+
+
+def test_a_stained_model_that_does_not_load_is_a_one_line_error_before_any_work(tmp_path: Path) -> None:
+    from nuclei.config import SegmentConfig
+    from nuclei.errors import ModelError
+    from nuclei.inference.preflight import preflight
+
+    config = SegmentConfig(inputs=[str(SAMPLES / "images")], store=str(tmp_path / "s.zarr"),
+                           stained_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelError, match="no-such-model"):
+        preflight(config)
+    assert not (tmp_path / "s.zarr").exists()
+    settled = preflight(config.model_copy(update={"stained_model": "none"}))
+    assert settled.stained_model == "none"
