@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--split-from", help="model directory whose data.json names the images (default: first)")
     parser.add_argument("--float32", action="store_true", help="float32 even where a model ships int8")
     parser.add_argument("--tta", action="store_true", help="test-time flips (4 passes an image)")
+    parser.add_argument("--stained-model", help="send colour brightfield images to this model directory in every "
+                        "column ('default': the shipped stained-tissue model), as `nuclei segment` does")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -58,7 +60,9 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for name, model_path in zip(args.models, paths, strict=True):
         model = load_model_dir(model_path)
-        stained = resolve_stained_model("default", None) if name == "default" else None
+        # `default` routes as `nuclei segment` does; --stained-model routes every column the same way
+        choice = args.stained_model or ("default" if name == "default" else "none")
+        stained = resolve_stained_model(choice, None)
         engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32, tta=args.tta, stained=stained)
         label = "default" if name == "default" else model.path.name
         for group, images in groups.items():
