@@ -27,10 +27,10 @@ def is_stained_brightfield(raw: np.ndarray) -> bool:
     sample = raw[::step, ::step, :3]
     if np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2]):
         return False  # grey stored as RGB: the common case, decided at once
-    spread = float(np.median(sample.max(axis=2) - sample.min(axis=2)))  # channel spread, stored units
+    rgb = as_float_rgb(sample)  # float: a signed integer's max - min could overflow
+    spread = float(np.median(rgb.max(axis=2) - rgb.min(axis=2)))  # channel spread, stored units
     if not spread > 0.0:  # mostly grey, or NaN
         return False
-    rgb = as_float_rgb(sample)
     lum = rgb.mean(axis=2)
     lo, hi = np.percentile(lum, (1.0, 99.8))
     span = float(hi - lo)
