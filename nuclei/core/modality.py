@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from nuclei.core.normalize import MIN_RANGE, as_float_rgb
+from nuclei.core.normalize import Normalization, as_float_rgb, intensity_range
 
 MIN_COLOUR = 0.03  # median (max - min channel) / the luminance range: grey images give 0
 MIN_BACKGROUND = 0.35  # median luminance within its 1st..99.8th percentiles: most of brightfield is background
+PERCENTILES = Normalization(kind="percentile", low=1.0, high=99.8)  # the range the models' inputs use
 SAMPLE = 16_384  # pixels (a strided grid) the decision looks at: medians settle long before, and it runs per image
 
 
@@ -31,11 +32,7 @@ def is_stained_brightfield(raw: np.ndarray) -> bool:
     spread = float(np.median(rgb.max(axis=2) - rgb.min(axis=2)))  # channel spread, stored units
     if not spread > 0.0:  # mostly grey, or NaN
         return False
-    lum = rgb.mean(axis=2)
-    lo, hi = np.percentile(lum, (1.0, 99.8))
-    span = float(hi - lo)
-    if span <= MIN_RANGE * (float(np.abs(lum).max()) or 1.0):
-        return False
+    lo, span = intensity_range(rgb, PERCENTILES)  # a uniform image's span is inf: colour 0
     colour = spread / span
-    background = float(np.median(lum) - lo) / span
+    background = float(np.median(rgb.mean(axis=2)) - lo) / span
     return colour >= MIN_COLOUR and background >= MIN_BACKGROUND

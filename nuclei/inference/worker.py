@@ -28,7 +28,7 @@ from nuclei.inference.sizing import label_image
 from nuclei.io.discovery import ImageItem
 from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
-from nuclei.modeldir import NO_MODEL, load_model_dir
+from nuclei.modeldir import load_model_dir, resolve_stained_model
 from nuclei.store.backend import Store
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _already_done(store: Store, item: ImageItem, sha256: str, output_key: str) -
 def build_engine(settings: SegmentConfig) -> Engine:
     """The engine a run's settings describe (after `preflight`: the stained-tissue model is a path or "none")."""
     assert settings.model is not None, "the plan resolves the model before any task is sent"
-    stained = None if settings.stained_model in (NO_MODEL, "default") else load_model_dir(settings.stained_model)
+    stained = resolve_stained_model(settings.stained_model, settings.model)
     return Engine(load_model_dir(settings.model), tuple(settings.providers), settings.threads, settings.tile_size,
                   settings.batch_size, settings.int8, settings.diameter, settings.tta, stained)
 
