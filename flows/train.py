@@ -57,6 +57,7 @@ def train(
     scale_range: tuple[float, float] = (1.0, 1.0),
     normalization: dict[str, Any] | None = None,
     held_out: list[str] | None = None,
+    held_out_in_validation: bool = True,
     balance_categories: bool = False,
     dataset_weights: dict[str, float] | None = None,
     max_images: int | None = None,

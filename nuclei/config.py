@@ -51,6 +51,10 @@ class TrainConfig(BaseModel):
     held_out: list[str] = Field(default_factory=list, description="whole groups never trained on, scored apart "
                                 "(what a new lab's images would get): DATASET:FIELD=REGEX on manifest.csv fields, "
                                 "id or category, e.g. 'bbbc039:id=_[A-C]\\d\\d_'")
+    held_out_in_validation: bool = Field(True, description="keep held-out groups' images that the 80:20 split "
+                                         "put in validation there (False: they leave validation too, so early "
+                                         "stopping and the thresholds see only the images this model is for; "
+                                         "they are still scored with their group)")
     balance_categories: bool = Field(False, description="sample rare image types (grey/colour, dark/bright) "
                                      "more often: probability ~ 1/sqrt(images of the type)")
     dataset_weights: dict[str, float] = Field(default_factory=dict, description="multiply a data set's share of "

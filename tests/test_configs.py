@@ -69,7 +69,7 @@ def test_every_train_option_reaches_the_config() -> None:
                       "--val-fraction", "0.3", "--seed", "1", "--patience", "2", "--learning-rate", "0.01",
                       "--crop-size", "64", "--no-augment", "--scale-range", "0.5", "2", "--normalization",
                       '{"low": 2, "high": 99}', "--held-out", "d1:id=^a", "--held-out", "d2:id=^b",
-                      "--balance-categories", "--dataset-weights", '{"d1": 2}',
+                      "--no-held-out-in-validation", "--balance-categories", "--dataset-weights", '{"d1": 2}',
                       "--max-images", "5", "--on-error", "skip", "--quantize-int8",
                       "--min-ap50", "0.1"])
     assert set(params) == set(TrainConfig.model_fields)
@@ -77,7 +77,7 @@ def test_every_train_option_reaches_the_config() -> None:
     assert config.data_dir == ["d1", "d2"]
     assert config.scale_range == (0.5, 2.0) and config.held_out == ["d1:id=^a", "d2:id=^b"]
     assert config.normalization.low == 2 and config.augment is False and config.instance_channel is False
-    assert config.dataset_weights == {"d1": 2.0}
+    assert config.dataset_weights == {"d1": 2.0} and config.held_out_in_validation is False
 
 
 def test_bad_values_are_refused_by_the_config() -> None:

@@ -249,6 +249,22 @@ def test_split_keeps_each_sets_validation_and_holds_whole_groups_out_of_training
         split(both, TrainConfig(data_dir=["a", "b"], crop_size=64, held_out=["b:id=^nothing"]))
 
 
+def test_held_out_groups_can_leave_validation_too() -> None:
+    from nuclei.io.datasets import Dataset, Sample
+    from nuclei.training.steps import split
+
+    ids = [f"{'group' if i % 2 else 'b'}{i:02d}" for i in range(40)]
+    both = Dataset(Path("b"), "paired", samples=[
+        Sample(i, np.zeros((2, 2)), np.zeros((2, 2), np.uint16), Path("x"), dataset="b") for i in ids])
+    kept = split(both, TrainConfig(data_dir="b", crop_size=64, held_out=["b:id=^group"]))
+    left = split(both, TrainConfig(data_dir="b", crop_size=64, held_out=["b:id=^group"],
+                                   held_out_in_validation=False))
+    assert any(s.id.startswith("group") for s in kept.val)
+    assert [s.id for s in left.val] == [s.id for s in kept.val if not s.id.startswith("group")]
+    assert [s.id for s in left.train] == [s.id for s in kept.train]
+    assert len(left.held_out["b:id=^group"]) == 20  # still scored as a group, validation images included
+
+
 def test_config_rejects_a_malformed_held_out_rule() -> None:
     with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
         TrainConfig(data_dir="x", held_out=["bbbc039"])

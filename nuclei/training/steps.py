@@ -55,8 +55,9 @@ def load(config: TrainConfig) -> Dataset:
 
 def split(dataset: Dataset, config: TrainConfig) -> Split:
     """Per data set, a seeded 80:20 split of its training subset (a seed layout's test/ folder is never trained
-    on); then every image of a held-out group leaves the training part. Validation images stay validation
-    images, so one data set's split is the same whether or not others are trained beside it."""
+    on); then every image of a held-out group leaves the training part (and, with
+    ``held_out_in_validation=False``, the validation part too). Otherwise validation images stay validation images,
+    so one data set's split is the same whether or not others are trained beside it."""
     data = Split([], [])
     for name in dict.fromkeys(s.dataset for s in dataset.samples):
         pool = [s for s in dataset.subset("train") if s.dataset == name]
@@ -72,6 +73,8 @@ def split(dataset: Dataset, config: TrainConfig) -> Split:
             raise ValueError(f"held_out rule {rule!r} matches no image")
     held = {id(s) for group in data.held_out.values() for s in group}
     data.train = [s for s in data.train if id(s) not in held]
+    if not config.held_out_in_validation:
+        data.val = [s for s in data.val if id(s) not in held]
     if not data.train or not data.val:
         raise ValueError(f"{len(data.train)} training and {len(data.val)} validation images: need both")
     return data
