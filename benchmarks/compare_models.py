@@ -65,6 +65,8 @@ def main() -> None:
         stained = resolve_stained_model(choice, None)
         engine = Engine(model, ("CPUExecutionProvider",), int8=not args.float32, tta=args.tta, stained=stained)
         label = "default" if name == "default" else model.path.name
+        if any(key.startswith(f"{label} (") for key in next(iter(results.values()), {})):
+            label = f"{model.path.parent.name}/{label}"  # two versions of one model: tell them apart
         for group, images in groups.items():
             report: Report = score_samples(images, _segmenter(engine, images), progress=False)[0]
             results.setdefault(group, {})[f"{label} ({engine.precision})"] = report.as_dict()

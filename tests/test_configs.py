@@ -87,3 +87,26 @@ def test_bad_values_are_refused_by_the_config() -> None:
         SegmentConfig(inputs=["a"], store="s", diameter=0.5)
     with pytest.raises(ValueError, match="dataset_weights"):
         TrainConfig(data_dir="d", dataset_weights={"d": 0.0})
+
+
+def test_the_generalist_deployment_ends_in_the_shipped_models_config() -> None:
+    """`prefect deployment run train/generalist` names, stage by stage, how the shipped default model was made:
+    its last stage's config is the shipped config.json (paths aside)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    import flows.train
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())
+    params = dict(next(d for d in spec["deployments"] if d["name"] == "generalist")["parameters"])
+    then = params.pop("then")
+    stages = flows.train.plan_stages({**_flow_parameters(flows.train.train), **params}, then)
+    planned = flows.train.make_config(stages[-1]).model_dump(mode="json")
+    shipped = json.loads((root / "nuclei" / "assets" / "models" / "nuclei-generalist" / "config.json").read_text())
+    paths = {"data_dir", "out_dir", "init_from"}
+    differ = {k: (v, shipped.get(k)) for k, v in planned.items() if k not in paths and shipped.get(k) != v}
+    assert not differ, differ
+    assert [Path(d).name for d in shipped["data_dir"]] == [Path(d).name for d in planned["data_dir"]]
