@@ -33,7 +33,10 @@ def _quiet_environment(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the cluster's processes too (-v: all)
+        # The local cluster's worker processes too (-v: all). Critical, not error: a worker whose scheduler went
+        # down first as an interrupted run tears down logs a heartbeat ERROR with a traceback, which is not the
+        # user's news; a task's own failure still reaches the run summary through the client.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
 
