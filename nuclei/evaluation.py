@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nuclei.core.metrics import ImageScores, score_image, summarize
-from nuclei.core.postprocess import Thresholds, instances, remove_small
+from nuclei.core.postprocess import Thresholds, drop_unsure, instances, remove_small
 from nuclei.errors import InputError
 from nuclei.plots import image_grid, overlay
 
@@ -28,6 +28,8 @@ FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7)
 CORE_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Specks under a few dozen pixels are mostly debris or noise on DSB2018-like images (about 20x-40x).
 MIN_SIZE_GRID = (8, 16, 24, 32)
+# Mean foreground probability a nucleus needs (0: any); tried with each min size once foreground and core are set.
+CONFIDENCE_GRID = (0.0, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 @dataclass
@@ -79,22 +81,34 @@ def choose_thresholds(
     score alone favours outlines exact at high IoU over finding every nucleus, which labs count on. With
     ``groups`` (each image's data set) the mean is over groups, so thresholds suit every set, not the largest.
 
-    Each foreground/core pair labels the images once; the minimum sizes are then applied to those labels
-    (`remove_small` gives what `instances` would).
+    First every foreground/core pair with every minimum size (no confidence cut-off), then, for the best pair,
+    every minimum size with every confidence cut-off. Each pair labels the images once; minimum sizes and
+    cut-offs are then applied to those labels (`remove_small` and `drop_unsure` give what `instances` would).
     """
     base = base or Thresholds()
     cores: Sequence[float] = CORE_GRID if probs[0].shape[-1] > 1 else (base.core,)
-    best, best_score = base, -1.0
+
+    def score(labelled: Sequence[np.ndarray], candidate: Thresholds) -> float:
+        scores = [score_image(t, drop_unsure(remove_small(labels, candidate.min_size), p[..., 0],
+                                             candidate.confidence))
+                  for labels, t, p in zip(labelled, truths, probs, strict=True)]
+        found = _group_mean([s.dsb_score + s.ap50 for s in scores], groups)
+        log.info("thresholds %s: DSB score + AP@0.5 %.4f", candidate, found)
+        return found
+
+    best, best_score, best_labelled = base, -1.0, None
     for fg, core in itertools.product(FOREGROUND_GRID, cores):
         labelled = [instances(p, Thresholds(foreground=fg, core=core, min_size=1)) for p in probs]
         for min_size in MIN_SIZE_GRID:
-            scores = [score_image(t, remove_small(labels, min_size))
-                      for labels, t in zip(labelled, truths, strict=True)]
-            score = _group_mean([s.dsb_score + s.ap50 for s in scores], groups)
-            log.info("thresholds foreground %.2f core %.2f min size %d: DSB score + AP@0.5 %.4f",
-                     fg, core, min_size, score)
-            if score > best_score:
-                best, best_score = Thresholds(foreground=fg, core=core, min_size=min_size), score
+            candidate = Thresholds(foreground=fg, core=core, min_size=min_size)
+            if (found := score(labelled, candidate)) > best_score:
+                best, best_score, best_labelled = candidate, found, labelled
+    assert best_labelled is not None
+    pair = best
+    for min_size, confidence in itertools.product(MIN_SIZE_GRID, CONFIDENCE_GRID[1:]):
+        candidate = Thresholds(foreground=pair.foreground, core=pair.core, min_size=min_size, confidence=confidence)
+        if (found := score(best_labelled, candidate)) > best_score:
+            best, best_score = candidate, found
     return best, best_score
 
 

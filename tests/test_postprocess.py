@@ -9,8 +9,9 @@ import pytest
 from numpy.typing import NDArray
 from skimage.draw import disk, ellipse
 
+from nuclei.core import postprocess
 from nuclei.core.measure import MEASUREMENT_COLUMNS, measure, median_diameter
-from nuclei.core.postprocess import Thresholds, binary_mask, instances, remove_small
+from nuclei.core.postprocess import Thresholds, binary_mask, drop_unsure, instances, remove_small
 from nuclei.core.targets import contact_zone, core_targets
 
 
@@ -115,17 +116,49 @@ def test_small_objects_are_dropped_and_labels_consecutive() -> None:
         assert kept.max() == 3
 
 
+@pytest.mark.parametrize("label", [postprocess._instances_whole, postprocess._instances_by_blob])
+def test_a_speck_of_core_does_not_split_its_nucleus(label) -> None:  # type: ignore[no-untyped-def]
+    """A large nucleus whose core came out as one big piece and a detached speck (a textured or dividing
+    nucleus) stays one nucleus; two cores of like size in one blob still split it."""
+    big = _discs((80, 120), [(40, 40, 25)])
+    prob = _perfect_prob(big, with_core=True)
+    prob[18:21, 38:41, 1] = 1.0  # a 9 px speck of core near the rim, apart from the ~450 px core
+    assert instances(prob, Thresholds(min_size=1)).max() == 1
+    assert label(prob, Thresholds(min_size=1)).max() == 1
+    pair = _discs((80, 120), [(40, 40, 18), (40, 72, 18)])
+    assert label(_perfect_prob(pair, with_core=True), Thresholds(min_size=1)).max() == 2
+
+
+def test_unsure_nuclei_are_dropped_and_the_rest_renumbered() -> None:
+    truth = _discs((60, 120), [(30, 20, 10), (30, 60, 10), (30, 100, 10)])
+    prob = _perfect_prob(truth, with_core=True)
+    prob[..., 0][truth == 2] = 0.7  # the model half-believes the middle one
+    assert instances(prob, Thresholds()).max() == 3
+    kept = instances(prob, Thresholds(confidence=0.8))
+    _assert_consecutive(kept)
+    assert kept.max() == 2 and kept[30, 60] == 0 and kept[30, 100] == 2
+    labels = instances(prob, Thresholds())
+    assert np.array_equal(drop_unsure(labels, prob[..., 0], 0.8), kept)
+    assert np.array_equal(drop_unsure(labels, prob[..., 0], 0.0), labels)
+
+
 def test_remove_small_gives_what_instances_gives_with_that_min_size() -> None:
-    """Threshold tuning labels once and applies each min size afterwards: it must equal labelling again."""
+    """Threshold tuning labels once and applies each min size (and confidence) afterwards: it must equal
+    labelling again."""
     rng = np.random.default_rng(3)
     truth = _discs((96, 128), [(int(r), int(c), int(s)) for r, c, s in zip(
         rng.integers(5, 91, 40), rng.integers(5, 123, 40), rng.integers(1, 9, 40), strict=True)])
     prob = np.clip(_perfect_prob(truth, with_core=True) * 0.8 + rng.random((96, 128, 2)) * 0.3, 0, 1)
+    prob[..., 0] *= rng.uniform(0.6, 1.0, int(truth.max()) + 1)[truth]  # some nuclei believed less than others
     once = instances(prob, Thresholds(foreground=0.5, core=0.6, min_size=1))
     for min_size in (1, 8, 24, 60):
         expected = instances(prob, Thresholds(foreground=0.5, core=0.6, min_size=min_size))
         assert np.array_equal(remove_small(once, min_size), expected)
+        for confidence in (0.6, 0.75):
+            expected = instances(prob, Thresholds(foreground=0.5, core=0.6, min_size=min_size, confidence=confidence))
+            assert np.array_equal(drop_unsure(remove_small(once, min_size), prob[..., 0], confidence), expected)
     assert remove_small(once, 24).max() < once.max()
+    assert drop_unsure(once, prob[..., 0], 0.75).max() < once.max()
 
 
 def test_empty_probability_gives_no_objects() -> None:
@@ -215,7 +248,7 @@ def test_measure_grayscale_and_empty() -> None:
 
 
 def test_thresholds_round_trip() -> None:
-    original = Thresholds(foreground=0.3, core=0.65, min_size=20)
+    original = Thresholds(foreground=0.3, core=0.65, min_size=20, confidence=0.8)
     restored = Thresholds.from_dict(json.loads(json.dumps(original.as_dict())))
     assert restored == original
     assert Thresholds.from_dict({}) == Thresholds()
@@ -223,6 +256,8 @@ def test_thresholds_round_trip() -> None:
         Thresholds.from_dict({"forground": 0.4})
     with pytest.raises(ValueError):
         Thresholds(foreground=1.5)
+    with pytest.raises(ValueError):
+        Thresholds(confidence=-0.1)
 
 
 def test_round_trip_many_nuclei() -> None:
@@ -299,3 +334,54 @@ def test_whole_image_and_blob_by_blob_labelling_agree_on_real_predictions(thresh
         assert abs(int(whole.max()) - int(by_blob.max())) <= 1, path.name
         if whole.max() == by_blob.max():
             assert np.count_nonzero(whole != by_blob) <= 0.002 * whole.size, path.name
+
+
+def test_threshold_tuning_picks_a_confidence_cut_off_that_drops_faint_false_nuclei() -> None:
+    """Faint blobs (foreground 0.75, above every foreground threshold tried) that are not nuclei: only a
+    confidence cut-off removes them, and tuning finds one that keeps the real (0.95) nuclei."""
+    from nuclei.evaluation import choose_thresholds
+
+    rng = np.random.default_rng(5)
+    probs, truths = [], []
+    for _ in range(4):
+        centres = [(int(r), int(c), 7) for r, c in zip(rng.integers(10, 54, 6), range(10, 190, 30), strict=True)]
+        drawn = _discs((64, 200), centres)
+        prob = _perfect_prob(drawn, with_core=True)
+        faint = np.isin(drawn, [2, 5])
+        prob[..., 0] = np.where(faint, 0.75, prob[..., 0] * 0.95)
+        probs.append(prob)
+        truths.append(np.where(faint, 0, drawn).astype(np.uint32))
+    chosen, score = choose_thresholds(probs, truths)
+    assert 0.75 < chosen.confidence <= 0.95
+    assert score == pytest.approx(2.0)  # DSB score + AP@0.5, both perfect once the faint ones are gone
+
+
+def test_the_exported_model_cards_code_gives_what_instances_gives() -> None:
+    """A bioimage.io package tells other tools, in a few lines of numpy/scipy/scikit-image, how to turn the
+    probabilities into nuclei; run those lines on the shipped model's output for the sample images."""
+    import re
+    from dataclasses import replace
+
+    from nuclei.inference.bioimageio import _instances_section
+    from nuclei.inference.engine import Engine
+    from nuclei.io.images import read_image
+    from nuclei.modeldir import default_model_path, load_model_dir
+    from tests.conftest import SAMPLES
+
+    shipped = load_model_dir(default_model_path())
+    model = replace(shipped, thresholds=replace(shipped.thresholds, confidence=0.85))  # every line does something
+    code = re.search(r"```python\n(.*?)```", _instances_section(model), re.S)
+    assert code is not None
+    engine = Engine(shipped, threads=1)
+    for path in sorted((SAMPLES / "images").glob("*.png")):
+        prob = engine.predict(read_image(path))
+        namespace: dict[str, object] = {}
+        exec(code.group(1).replace("prob = ...", "prob = given"), {"given": prob}, namespace)
+        documented, ours = namespace["labels"], instances(prob, model.thresholds)
+        assert abs(int(documented.max()) - int(ours.max())) <= 1, path.name  # type: ignore[attr-defined]
+        # numbered in another order: compare as partitions, each of our nuclei against its best match
+        pairs, count = np.unique(np.stack([ours.ravel(), np.asarray(documented).ravel()]), axis=1,
+                                 return_counts=True)
+        best = np.zeros(int(ours.max()) + 1, np.int64)
+        np.maximum.at(best, pairs[0], count)
+        assert count.sum() - best.sum() <= 0.002 * ours.size, path.name

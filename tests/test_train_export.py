@@ -268,3 +268,21 @@ def test_held_out_groups_can_leave_validation_too() -> None:
 def test_config_rejects_a_malformed_held_out_rule() -> None:
     with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
         TrainConfig(data_dir="x", held_out=["bbbc039"])
+
+
+def test_retune_chooses_again_what_the_train_flow_chose(trained_model: Path, tmp_path: Path) -> None:
+    """After a post-processing change the shipped models are re-tuned without training: the same steps on the
+    same split of the same data, so on an unchanged model it gives back the flow's own thresholds and scores."""
+    import shutil
+
+    from nuclei.training.retune import retune
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(trained_model, model_dir)
+    flow_metrics = json.loads((model_dir / "metrics.json").read_text())
+    (model_dir / "thresholds.json").write_text(json.dumps({"foreground": 0.33, "core": 0.2, "min_size": 3}))
+    (model_dir / "metrics.json").unlink()
+    thresholds, report = retune(model_dir)
+    assert thresholds.as_dict() == flow_metrics["thresholds"]
+    assert json.loads((model_dir / "thresholds.json").read_text()) == flow_metrics["thresholds"]
+    assert report.overall() == pytest.approx(flow_metrics["overall"])

@@ -3,7 +3,8 @@
 The model predicts, per pixel, a foreground probability (channel 0) and, optionally, a "core"
 probability (channel 1): the inner half of each nucleus, which stays separated even where nuclei
 touch. Cores seed a watershed that splits touching nuclei; without a core channel the seeds come
-from the maxima of the distance transform of the foreground mask.
+from the maxima of the distance transform of the foreground mask. Nuclei the model is unsure of (mean
+foreground probability under `Thresholds.confidence`) are dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 # Height (in pixels of distance) a maximum of the distance transform must rise above its
 # surroundings to seed its own nucleus when there is no core channel: lower splits more.
 MARKER_H = 2.0
+
+# A core under this fraction of the largest core in its blob seeds no nucleus of its own: such specks are
+# fragments of one nucleus's core (a large or textured nucleus, a mitosis) that would otherwise split it into
+# pieces. Scale-free, so it holds for 8 px and 150 px nuclei alike. Measured on the shipped model's validation
+# and held-out images: better on every data set (held-out cytospins AP@0.5 0.60 -> 0.66).
+MIN_CORE_FRACTION = 0.1
 
 # 4-connectivity, shared by the labelling of markers/leftovers and by the watershed.
 _STRUCTURE = ndi.generate_binary_structure(2, 1)
@@ -53,10 +60,17 @@ def _grow(box: tuple[slice, slice], margin: int, shape: tuple[int, ...]) -> tupl
 
 def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[Any] | None,
            threshold: float, h: float = MARKER_H) -> tuple[NDArray[np.int32], int]:
-    """Seeds of one blob: its connected cores above the threshold or, without a core channel, the regional
-    maxima of the distance that stand at least `h` high (a bumpy ridge gives one seed, not several)."""
+    """Seeds of one blob: its connected cores above the threshold, but for specks (`MIN_CORE_FRACTION`), or,
+    without a core channel, the regional maxima of the distance that stand at least `h` high (a bumpy ridge gives
+    one seed, not several)."""
     if core is not None:
         seeds, n = ndi.label((core > threshold) & own, structure=_STRUCTURE)
+        area = np.bincount(seeds.ravel(), minlength=n + 1)
+        major = area >= MIN_CORE_FRACTION * area[1:].max(initial=0)
+        major[0] = False
+        renumber = np.zeros(n + 1, np.int32)  # kept cores 1..k, still in raster order
+        renumber[major] = np.arange(1, int(major.sum()) + 1)
+        return renumber[seeds], int(major.sum())
     else:
         peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
         seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
@@ -88,15 +102,18 @@ WHOLE_IMAGE_MAX_PIXELS = 4096 * 4096
 def instances(prob: NDArray[Any], thresholds: Thresholds) -> NDArray[np.uint32]:
     """Label nuclei: (H, W) uint32, 0 background, 1..N consecutive (blobs in raster order).
 
-    With a core channel the cores seed the split of touching nuclei; otherwise maxima of the distance
-    transform do. Each 4-connected foreground blob with two or more seeds is split by a watershed on
-    -distance (cuts fall at the necks); a blob with one seed or none is one nucleus; pieces under min_size
-    pixels are dropped.
+    With a core channel the cores seed the split of touching nuclei (minor core fragments do not); otherwise
+    maxima of the distance transform do. Each 4-connected foreground blob with two or more seeds is split by a
+    watershed on -distance (cuts fall at the necks); a blob with one seed or none is one nucleus; pieces under
+    min_size pixels are dropped, and nuclei whose mean foreground probability is under the confidence
+    threshold.
     """
     arr = _as_hwc(prob)
     if arr.shape[-1] >= 2 and arr.shape[0] * arr.shape[1] <= WHOLE_IMAGE_MAX_PIXELS:
-        return _instances_whole(arr, thresholds)
-    return _instances_by_blob(arr, thresholds)
+        labels = _instances_whole(arr, thresholds)
+    else:
+        labels = _instances_by_blob(arr, thresholds)
+    return drop_unsure(labels, arr[..., 0], thresholds.confidence)
 
 
 def _instances_by_blob(arr: NDArray[np.float32], thresholds: Thresholds) -> NDArray[np.uint32]:
@@ -130,7 +147,14 @@ def _instances_whole(arr: NDArray[np.float32], thresholds: Thresholds) -> NDArra
     seeds, n_seeds = ndi.label(cores, structure=_STRUCTURE)
     blob_of_seed = np.zeros(n_seeds + 1, np.int64)
     blob_of_seed[seeds[cores]] = blobs[cores]
-    seeds_per_blob = np.bincount(blob_of_seed[1:], minlength=n_blobs + 1)
+    seed_area = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
+    biggest = np.zeros(n_blobs + 1, np.int64)
+    np.maximum.at(biggest, blob_of_seed[1:], seed_area[1:])
+    minor = seed_area < MIN_CORE_FRACTION * biggest[blob_of_seed]
+    minor[0] = False
+    if minor.any():  # minor cores seed nothing; the watershed floods their pixels
+        seeds[minor[seeds]] = 0
+    seeds_per_blob = np.bincount(blob_of_seed[1:][~minor[1:]], minlength=n_blobs + 1)
     split = seeds_per_blob >= 2  # by blob id; blob 0 (background) never
     split[0] = False
     pieces = np.zeros(mask.shape, np.int64)  # piece ids: blob b whole -> b; core s of a split blob -> n_blobs + s
@@ -159,4 +183,22 @@ def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:
     arr = np.asarray(labels).astype(np.uint32, copy=False)
     small = np.bincount(arr.ravel()) < max(1, min_size)
     relabelled, _, _ = relabel_sequential(np.where(small[arr], np.uint32(0), arr))
+    return np.asarray(relabelled, dtype=np.uint32)
+
+
+def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: float) -> NDArray[np.uint32]:
+    """Drop nuclei whose mean foreground probability is under ``confidence`` and renumber the rest 1..N in their
+    order (0 keeps all). A faint, half-believed blob is more often debris or background than a nucleus; the
+    cut-off is tuned with the others on validation images."""
+    arr = np.asarray(labels).astype(np.uint32, copy=False)
+    if confidence <= 0.0 or arr.max(initial=0) == 0:
+        return arr
+    flat = arr.ravel()
+    area = np.bincount(flat)
+    total = np.bincount(flat, weights=np.asarray(foreground, np.float64).ravel(), minlength=area.size)
+    unsure = total < confidence * area
+    unsure[0] = False
+    if not unsure.any():
+        return arr
+    relabelled, _, _ = relabel_sequential(np.where(unsure[arr], np.uint32(0), arr))
     return np.asarray(relabelled, dtype=np.uint32)

@@ -17,10 +17,11 @@ class Thresholds:
     foreground: float = 0.5
     core: float = 0.5
     min_size: int = 8
+    confidence: float = 0.0  # mean foreground probability a nucleus needs to be kept (0: keep all)
 
     def __post_init__(self) -> None:
         """Reject values that cannot be probabilities or sizes."""
-        for name in ("foreground", "core"):
+        for name in ("foreground", "core", "confidence"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"Thresholds.{name} must lie in [0, 1], got {value!r}")
@@ -41,6 +42,8 @@ class Thresholds:
             kwargs["core"] = float(data["core"])
         if "min_size" in data:
             kwargs["min_size"] = int(data["min_size"])
+        if "confidence" in data:
+            kwargs["confidence"] = float(data["confidence"])
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, float | int]:

@@ -35,7 +35,7 @@ import tifffile
 from matplotlib.figure import Figure  # not pyplot: no global state in the caller's process
 
 from nuclei.core.normalize import CLIP, Normalization
-from nuclei.core.postprocess import instances
+from nuclei.core.postprocess import MIN_CORE_FRACTION, instances
 from nuclei.core.tiling import overlap_for, pad_to_at_least, round_up
 from nuclei.errors import ModelError, NucleiError
 from nuclei.io.images import read_raw
@@ -216,9 +216,11 @@ the foreground mask is `{model.channels[0]}` above {t.foreground:g}; """
 (h-maxima, h = 2 px); a seeded watershed on the negative distance transform splits each connected blob; pieces under
 {t.min_size} px are dropped. These thresholds were tuned on the validation images (`thresholds.json`, attached).
 """
-    return head + f"""seeds are the connected `{model.channels[1]}` pixels above {t.core:g} inside it;
-a seeded watershed on the negative distance transform splits each connected blob (a blob without a seed is one
-nucleus); pieces under {t.min_size} px are dropped. These thresholds were tuned on the validation images
+    return head + f"""seeds are the connected `{model.channels[1]}` pixels above {t.core:g} inside it,
+except specks under {MIN_CORE_FRACTION:g} of the largest core in their blob; a seeded watershed on the negative
+distance transform splits each connected blob (a blob without a seed is one nucleus); pieces under {t.min_size} px
+are dropped, and nuclei whose mean foreground probability is under {t.confidence:g}. These thresholds were tuned
+on the validation images
 (`thresholds.json`, attached). The same in a few lines (equal to nuclei's instances up to a few pixels where the
 watershed meets a tie):
 
@@ -231,6 +233,10 @@ prob = ...  # (H, W, {len(model.channels)}) float32: this package's output for o
 fg = prob[..., 0] > {t.foreground:g}
 seeds, n = ndi.label((prob[..., 1] > {t.core:g}) & fg)
 blobs, _ = ndi.label(fg)
+area, inside = np.bincount(seeds.ravel()), seeds > 0
+biggest = np.zeros(blobs.max() + 1)
+np.maximum.at(biggest, blobs[inside], area[seeds[inside]])
+seeds[inside & (area[seeds] < {MIN_CORE_FRACTION:g} * biggest[blobs])] = 0  # specks of one nucleus's core
 seeded = np.zeros(blobs.max() + 1, bool)
 seeded[blobs[seeds > 0]] = True
 orphans = fg & ~seeded[blobs]  # blobs without a seed: one nucleus each
@@ -238,6 +244,8 @@ extra, _ = ndi.label(orphans)
 seeds[orphans] = extra[orphans] + n
 labels = watershed(-ndi.distance_transform_edt(fg), seeds, connectivity=1, mask=fg)
 labels[np.bincount(labels.ravel())[labels] < {t.min_size}] = 0
+mean_fg = np.bincount(labels.ravel(), prob[..., 0].ravel()) / np.maximum(np.bincount(labels.ravel()), 1)
+labels[(labels > 0) & (mean_fg[labels] < {t.confidence:g})] = 0
 labels = relabel_sequential(labels)[0]
 ```
 """
