@@ -52,9 +52,11 @@ def main() -> None:
                                                                                       "dsb2018-unet")}
     engines = {(name, precision): Engine(model, providers=("CPUExecutionProvider",), int8=precision == "int8")
                for name, model in models.items() for precision in ("float32", "int8")}
-    for (name, precision), engine in engines.items():
-        if engine.precision != precision:
-            raise SystemExit(f"{name} ships no validated {precision} model")
+    for (name, precision), engine in list(engines.items()):
+        if engine.precision != precision:  # the train flow keeps int8 only when it scores as float32 does
+            print(f"{name} ships no validated {precision} model: left out")
+            del engines[(name, precision)]
+            continue
         engine.predict(images[0])  # session built and warmed outside the timing
     times: dict[tuple[str, str], list[float]] = {key: [] for key in engines}
     for _ in range(args.rounds):
