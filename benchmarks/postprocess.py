@@ -11,27 +11,17 @@ variants see the same machine load; ratios are medians over the baseline measure
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from model_speed import _images  # the sibling script's DSB2018 256x256 images (run as benchmarks/postprocess.py)
 
 from nuclei.core import postprocess
 from nuclei.core.thresholds import Thresholds
 from nuclei.inference.engine import Engine
-from nuclei.io.images import read_raw
 from nuclei.modeldir import default_model_path, load_model_dir
-
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
-
-
-def _images(limit: int) -> list[np.ndarray]:
-    with open(DEV / "manifest.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if (r["height"], r["width"]) == ("256", "256")][:limit]
-    return [read_raw(DEV / "images" / f"{r['id']}.png") for r in rows]
 
 
 def _seconds(probs: list[np.ndarray], thresholds: Thresholds, fraction: float) -> float:

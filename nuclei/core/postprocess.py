@@ -193,12 +193,14 @@ def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: floa
     arr = np.asarray(labels).astype(np.uint32, copy=False)
     if confidence <= 0.0 or arr.max(initial=0) == 0:
         return arr
-    flat = arr.ravel()
-    area = np.bincount(flat)
-    total = np.bincount(flat, weights=np.asarray(foreground, np.float64).ravel(), minlength=area.size)
-    unsure = total < confidence * area
-    unsure[0] = False
-    if not unsure.any():
+    inside = arr > 0  # sums over nuclei pixels only: a float64 copy of a whole large image is hundreds of MB
+    ids = arr[inside]
+    area = np.bincount(ids)
+    total = np.bincount(ids, weights=np.asarray(foreground)[inside], minlength=area.size)
+    kept = (area > 0) & (total >= confidence * area)
+    kept[0] = False
+    if kept[1:].all():  # none dropped, no gaps: already numbered 1..N
         return arr
-    relabelled, _, _ = relabel_sequential(np.where(unsure[arr], np.uint32(0), arr))
-    return np.asarray(relabelled, dtype=np.uint32)
+    renumber = np.zeros(area.size, np.uint32)  # kept nuclei 1..N, in their order
+    renumber[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint32)
+    return renumber[arr]
