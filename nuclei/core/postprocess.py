@@ -67,14 +67,21 @@ def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[
         seeds, n = ndi.label((core > threshold) & own, structure=_STRUCTURE)
         area = np.bincount(seeds.ravel(), minlength=n + 1)
         major = area >= MIN_CORE_FRACTION * area[1:].max(initial=0)
-        major[0] = False
-        renumber = np.zeros(n + 1, np.int32)  # kept cores 1..k, still in raster order
-        renumber[major] = np.arange(1, int(major.sum()) + 1)
-        return renumber[seeds], int(major.sum())
-    else:
-        peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
-        seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
+        kept = _keep_only(seeds, major)
+        return kept.astype(np.int32, copy=False), int(kept.max(initial=0))
+    peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
+    seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
     return np.asarray(seeds, dtype=np.int32), int(n)
+
+
+def _keep_only(labels: NDArray[Any], kept: NDArray[np.bool_]) -> NDArray[np.uint32]:
+    """``labels`` with only the ids where ``kept`` is true (indexed by id; 0 stays background), renumbered
+    1..N in their order, through a lookup table: no temporaries the size of the image but the result."""
+    kept = kept.copy()
+    kept[0] = False
+    renumber = np.zeros(kept.size, np.uint32)
+    renumber[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint32)
+    return renumber[labels]
 
 
 def _split_blob(
@@ -198,9 +205,6 @@ def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: floa
     area = np.bincount(ids)
     total = np.bincount(ids, weights=np.asarray(foreground)[inside], minlength=area.size)
     kept = (area > 0) & (total >= confidence * area)
-    kept[0] = False
     if kept[1:].all():  # none dropped, no gaps: already numbered 1..N
         return arr
-    renumber = np.zeros(area.size, np.uint32)  # kept nuclei 1..N, in their order
-    renumber[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint32)
-    return renumber[arr]
+    return _keep_only(arr, kept)
