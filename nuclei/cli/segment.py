@@ -62,10 +62,17 @@ _interrupted = threading.Event()
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     _interrupted.set()
-    # A cluster torn down mid-call logs its own noise (lost keys, a callback's NameError): not the user's news.
-    for noisy in ("distributed", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    _hush_cluster_logs()
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
+
+
+def _hush_cluster_logs() -> None:
+    """A cluster torn down mid-call logs its own noise (lost keys, a callback's NameError): not the user's news.
+    Every logger under distributed/tornado, not only the two parents: distributed's config gives some children
+    (distributed.client, tornado.application) levels of their own, which a parent's level does not override."""
+    for name in ["distributed", "tornado", *logging.root.manager.loggerDict]:
+        if name.partition(".")[0] in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _stop_if_interrupted(done: int, total: int) -> None:
