@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from nuclei.core.labels import edt as _edt
 from nuclei.core.thresholds import Thresholds
@@ -67,8 +67,7 @@ def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[
         seeds, n = ndi.label((core > threshold) & own, structure=_STRUCTURE)
         area = np.bincount(seeds.ravel(), minlength=n + 1)
         major = area >= MIN_CORE_FRACTION * area[1:].max(initial=0)
-        kept = _keep_only(seeds, major)
-        return kept.astype(np.int32, copy=False), int(kept.max(initial=0))
+        return _keep_only(seeds, major).astype(np.int32, copy=False), int(major[1:].sum())
     peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
     seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
     return np.asarray(seeds, dtype=np.int32), int(n)
@@ -188,9 +187,7 @@ def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:
     """Drop nuclei under `min_size` pixels and renumber the rest 1..N in their order: what `instances` does with
     that min_size, so thresholds can be tuned without labelling again."""
     arr = np.asarray(labels).astype(np.uint32, copy=False)
-    small = np.bincount(arr.ravel()) < max(1, min_size)
-    relabelled, _, _ = relabel_sequential(np.where(small[arr], np.uint32(0), arr))
-    return np.asarray(relabelled, dtype=np.uint32)
+    return _keep_only(arr, np.bincount(arr.ravel()) >= max(1, min_size))
 
 
 def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: float) -> NDArray[np.uint32]:
