@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,6 +22,7 @@ from nuclei.plots import image_grid, overlay
 
 if TYPE_CHECKING:
     from nuclei.io.datasets import Sample
+    from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,41 @@ def format_table(report: Report) -> str:
 Split = Literal["all", "validation", "training", "held_out"]
 
 
+def match_entries(samples: Sequence[Sample], records: Mapping[str, EntryRecord], store: str) -> dict[str, str]:
+    """The store entry each labelled image is scored against (sample id -> entry id): the entry made from the
+    same file content first (its record's source sha256), else the same id, else the one entry of the same
+    name in any folder. Two entries of that name and neither holding the image's content is an error naming
+    both, never a silent guess (``p1/x`` and ``p2/x`` against a truth ``x.png``)."""
+    by_content: dict[str, list[str]] = {}
+    by_name: dict[str, list[str]] = {}
+    for entry_id, record in records.items():
+        by_content.setdefault(record.source_sha256, []).append(entry_id)
+        by_name.setdefault(entry_id.rsplit("/", 1)[-1], []).append(entry_id)
+    matched: dict[str, str] = {}
+    for sample in samples:
+        same = by_content.get(_file_sha256(sample.image_path), [])
+        named = by_name.get(sample.id.rsplit("/", 1)[-1], [])
+        if same:
+            matched[sample.id] = sample.id if sample.id in same else same[0]
+        elif sample.id in records:
+            matched[sample.id] = sample.id
+        elif len(named) == 1:
+            matched[sample.id] = named[0]
+        elif named:
+            raise InputError(sample.image_path, f"{store} holds {len(named)} entries named {sample.id!r} "
+                             f"({', '.join(named[:4])}) and none of them was made from this file's content: "
+                             "score one folder's entries at a time (a store per folder), or name the truth "
+                             "files as the store's ids")
+    return matched
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
 def score_samples(
     samples: Sequence[Sample], predicted: Callable[[int], np.ndarray], progress: bool = True
 ) -> tuple[Report, dict[str, np.ndarray]]:
@@ -239,17 +276,17 @@ def evaluate_against(
 
     if store is not None:
         results = Store(store)
-        by_name = {i.rsplit("/", 1)[-1]: i for i in results.records()}
-        missing = [s.id for s in samples if s.id not in by_name]
+        matched = match_entries(samples, results.records(), str(store))
+        missing = [s.id for s in samples if s.id not in matched]
         if missing:
             log.warning("%d of %d images are not in %s and count as empty: %s", len(missing), len(samples),
                         store, ", ".join(missing[:5]))
 
         def predicted(i: int) -> np.ndarray:
             sample = samples[i]
-            if sample.id not in by_name:
+            if sample.id not in matched:
                 return np.zeros(sample.labels.shape, np.uint32)
-            return results.read_labels(by_name[sample.id])
+            return results.read_labels(matched[sample.id])
     else:
         assert model_dir is not None
         engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta,
