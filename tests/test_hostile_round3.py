@@ -36,3 +36,22 @@ def test_evaluate_scores_the_entry_made_from_the_same_file_not_a_namesake(tmp_pa
     write_png(tmp_path / "truth" / "images" / "x.png", make_sample((96, 96), n_nuclei=6, seed=9)[0])
     with pytest.raises(InputError, match=r"2 entries named 'x' \(p1/x, p2/x\)"):
         evaluate_against(tmp_path / "truth", tmp_path / "r", store=tmp_path / "s.zarr", progress=False)
+
+
+# --- 3: a file's own pixel size wins over --pixel-size; the conflict is reported -------------------------------
+
+
+def test_a_files_own_pixel_size_wins_over_the_option_and_the_conflict_is_reported(tmp_path: Path) -> None:
+    import tifffile
+
+    grey = make_sample((64, 64), n_nuclei=4, seed=3)[0][..., 1]
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "ome.ome.tif", grey, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    _image(tmp_path / "in" / "plain.png")
+    summary = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr", pixel_size=0.25)
+    store = nuclei.open_store(tmp_path / "s.zarr")
+    sizes = {i: store.metadata(i)["pixel_size_um"] for i in ("ome.ome", "plain")}
+    assert sizes == {"ome.ome": 0.5, "plain": 0.25}
+    assert [Path(n["file"]).name for n in summary["notes"]] == ["ome.ome.tif"]
+    assert "not --pixel-size 0.25" in summary["notes"][0]["reason"]

@@ -227,6 +227,7 @@ def summarize(plan: Plan, results: Sequence[ImageResult]) -> RunSummary:
         "skipped_failed_before": plan.failed_before,
         "failed": len(failed),
         "failures": failed,
+        "notes": [Failure(file=r.url, reason=r.note) for r in results if r.note],
         "nuclei": sum(r.n_nuclei for r in results),
         "seconds": round(seconds, 2),
         "images_per_second": round(done / seconds, 3) if seconds > 0 else 0.0,
@@ -243,6 +244,7 @@ def summary_text(summary: RunSummary) -> str:
     lines += [f"  failed: {f['file']}: {f['reason']}" for f in summary["failures"]]
     lines += [f"  skipped, failed before and unchanged: {f['file']}: {f['reason']}"
               for f in summary.get("skipped_failed_before", [])]
+    lines += [f"  note: {f['file']}: {f['reason']}" for f in summary.get("notes", [])]
     return "\n".join(lines)
 
 

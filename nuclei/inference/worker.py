@@ -47,6 +47,7 @@ class ImageResult:
     n_nuclei: int = 0
     seconds: float = 0.0
     providers: list[str] = field(default_factory=list)
+    note: str = ""  # done, but the user should know (e.g. --pixel-size overridden by the file's own)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +148,7 @@ def _finish(
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
         return ImageResult(item.id, item.url, "done", n_nuclei=int(table.shape[0]), seconds=elapsed,
-                           providers=providers)
+                           providers=providers, note=_pixel_size(decoded, settings)[1])
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         log.exception("failed on %s", item.url)
         return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))
@@ -187,7 +188,7 @@ def _record(
         "stained_brightfield": used.model is not engine.model,
         "output_key": entry_key(engine, settings),
         **decoded.lab.describe(),
-        "pixel_size_um": settings.pixel_size or decoded.lab.pixel_size_um,
+        "pixel_size_um": _pixel_size(decoded, settings)[0],
         "diameter": used.diameter if used.diameter != AUTO else None,  # the measured one with auto, if it rescaled
         "diameter_auto": engine.diameter == AUTO,
         "zoom": used.zoom,
@@ -197,6 +198,18 @@ def _record(
         "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "complete",
     }
+
+
+def _pixel_size(decoded: _Decoded, settings: SegmentConfig) -> tuple[float | None, str]:
+    """(the pixel size in micrometres, a note when the file and --pixel-size disagree). The file's own size
+    wins: --pixel-size is for files that do not say (a mixed folder of OME-TIFFs and PNGs)."""
+    stated, given = decoded.lab.pixel_size_um, settings.pixel_size
+    if stated is None:
+        return given, ""
+    if given is None or abs(given - stated) <= 0.01 * stated:
+        return stated, ""
+    return stated, (f"the file states a pixel size of {stated:g} um; used that, not --pixel-size {given:g} "
+                    "(which is for files that do not say)")
 
 
 def _reason(exc: BaseException) -> str:

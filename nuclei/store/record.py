@@ -80,6 +80,7 @@ class RunSummary(TypedDict):
     skipped_failed_before: list[Failure]
     failed: int
     failures: list[Failure]
+    notes: list[Failure]  # segmented, with something to know (e.g. the file's pixel size over --pixel-size)
     nuclei: int
     seconds: float
     images_per_second: float
