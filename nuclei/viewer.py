@@ -20,7 +20,6 @@ import zarr
 
 from nuclei.errors import StoreError
 from nuclei.store.query import NucleiStore
-from nuclei.store.record import EntryRecord
 
 if TYPE_CHECKING:
     from napari.components import ViewerModel
@@ -51,6 +50,8 @@ def add_store_layers(
         # Grid groups consecutive layers by stride, so each entry's image and labels share a tile.
         viewer.canvas.grid.stride = strides.pop()
         viewer.canvas.grid.enabled = True
+    if was_empty and per_entry:
+        viewer.reset_view()  # fit what was added (the whole grid) to the window at start
     return [layer for layers in per_entry for layer in layers]
 
 
@@ -73,35 +74,57 @@ def chosen_ids(store: NucleiStore, ids: list[str] | None) -> list[str]:
 
 def _add_entry(viewer: ViewerModel, store: NucleiStore, image_id: str) -> list[Layer]:
     """One entry's image layer(s) and nuclei labels layer, in the same (micrometre when known) space."""
-    record = EntryRecord.model_validate(store.metadata(image_id))
-    entry = store.backend.entry(image_id)
-    image_levels = _pyramid(entry)
+    entry = store.backend.open_entry(image_id)  # the record read once, for every array below
+    record, group = entry.record, entry.group
+    image_levels = _pyramid(group)
     size = record.pixel_size_um or 1.0
     common: dict[str, Any] = {"scale": (size, size), "axis_labels": ("y", "x"),
                               "metadata": {"nuclei": record.as_dict()}}
     if record.pixel_size_um:
         common["units"] = ("micrometer", "micrometer")
-    images = _add_image(viewer, image_id, image_levels, common)
+    images = _add_image(viewer, image_id, image_levels, _windows(group), common)
+    columns, table = entry.measurements()
     labels = viewer.add_labels(
-        _layer_data(_pyramid(_group(entry, "labels/nuclei")), _yx), name=f"{image_id} nuclei",
-        features=_features(store, image_id), opacity=LABELS_OPACITY, visible=True, **common,
+        _layer_data(_pyramid(_group(group, "labels/nuclei")), _yx), name=f"{image_id} nuclei",
+        features=_features(columns, table), opacity=LABELS_OPACITY, visible=True, **common,
     )
     return [*images, labels]
 
 
-def _add_image(viewer: ViewerModel, image_id: str, levels: list[zarr.Array], common: dict[str, Any]) -> list[Layer]:
-    """RGB(A) as one colour layer, one channel as greyscale, any other count as one layer per channel."""
+def _windows(group: zarr.Group) -> list[tuple[float, float]] | None:
+    """The rendering window (start, end) of each channel, as the store wrote it (omero), or None."""
+    attrs: Any = group.attrs.asdict()
+    try:
+        channels = attrs["ome"]["omero"]["channels"]
+        return [(float(c["window"]["start"]), float(c["window"]["end"])) for c in channels]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _add_image(viewer: ViewerModel, image_id: str, levels: list[zarr.Array],
+               windows: list[tuple[float, float]] | None, common: dict[str, Any]) -> list[Layer]:
+    """RGB(A) as one colour layer, one channel as greyscale, any other count as one layer per channel; each
+    opens with the store's rendering window (a dim 16-bit image is not shown dark)."""
     channels = int(levels[0].shape[0])
     if channels == 1:
-        added = viewer.add_image(_layer_data(levels, _yx), name=image_id, colormap="gray", **common)
+        limits = windows[0] if windows else None
+        added = viewer.add_image(_layer_data(levels, _yx), name=image_id, colormap="gray", contrast_limits=limits,
+                                 **common)
     elif channels in (3, 4):
-        limits = _dtype_range(levels[0].dtype)  # the file's range, not the data's: colours keep their balance
+        limits = _rgb_limits(levels[0].dtype, windows)
         added = viewer.add_image(_layer_data(levels, _yxc), name=image_id, rgb=True, contrast_limits=limits,
                                  **common)
     else:
         added = viewer.add_image(_layer_data(levels, _yxc), name=[f"{image_id} [{c}]" for c in range(channels)],
-                                 channel_axis=-1, **common)
+                                 channel_axis=-1, contrast_limits=windows, **common)
     return list(added) if isinstance(added, list) else [added]
+
+
+def _rgb_limits(dtype: np.dtype, windows: list[tuple[float, float]] | None) -> tuple[float, float]:
+    """One window for all colours (their balance kept): the store's widest, else the file's range."""
+    if windows:
+        return min(w[0] for w in windows[:3]), max(w[1] for w in windows[:3])
+    return _dtype_range(dtype)
 
 
 def _group(entry: zarr.Group, path: str) -> zarr.Group:
@@ -144,8 +167,9 @@ def _dtype_range(dtype: np.dtype) -> tuple[float, float]:
     return 0.0, 1.0  # float images are taken as [0, 1], as `measure` and the model do
 
 
-def _features(store: NucleiStore, image_id: str) -> dict[str, np.ndarray]:
-    """The measurements, one row per nucleus. napari maps label values to rows by the `index` column (without
-    it, row i would be label i and row 0 the background), so it holds the label ids."""
-    table = store.measurements(image_id)
-    return {"index": table["label"].astype(np.int64), **table}
+def _features(columns: list[str], table: np.ndarray) -> dict[str, np.ndarray]:
+    """The stored measurements, one row per nucleus (the same columns the export writes). napari maps label
+    values to rows by the `index` column (without it, row i would be label i and row 0 the background), so it
+    holds the label ids."""
+    features = {name: table[:, i] for i, name in enumerate(columns)}
+    return {"index": features["label"].astype(np.int64), **features}

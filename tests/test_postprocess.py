@@ -230,21 +230,45 @@ def test_measure_square_is_exact() -> None:
     assert table.shape == (2, len(MEASUREMENT_COLUMNS)) and table.dtype == np.float64
     row = dict(zip(MEASUREMENT_COLUMNS, table[0], strict=True))
     assert row["label"] == 3
-    assert row["area"] == 60
-    assert row["centroid_y"] == pytest.approx(6.5)
-    assert row["centroid_x"] == pytest.approx(10.5)
-    assert (row["bbox_min_y"], row["bbox_min_x"], row["bbox_max_y"], row["bbox_max_x"]) == (4, 6, 10, 16)
-    assert row["mean_intensity"] == pytest.approx(0.4)
-    assert table[1, 0] == 5 and table[1, 1] == 2 and table[1, 8] == 0
+    assert row["area_px"] == 60
+    assert row["centroid_y_px"] == pytest.approx(6.5)
+    assert row["centroid_x_px"] == pytest.approx(10.5)
+    assert (row["bbox_min_y_px"], row["bbox_min_x_px"], row["bbox_max_y_px"], row["bbox_max_x_px"]) == (4, 6, 10, 16)
+    assert row["mean_intensity_raw"] == pytest.approx(0.4)
+    assert row["integrated_intensity_raw"] == pytest.approx(24.0)
+    assert row["extent"] == 1.0 and row["solidity"] == 1.0 and row["euler_number"] == 1
+    assert np.isnan(row["area_um2"])  # no pixel size: no micrometres made up
+    second = dict(zip(MEASUREMENT_COLUMNS, table[1], strict=True))
+    assert second["label"] == 5 and second["area_px"] == 2 and second["mean_intensity_raw"] == 0
 
 
 def test_measure_grayscale_and_empty() -> None:
     labels = np.zeros((8, 8), np.uint32)
     labels[2:4, 2:4] = 1
     image = np.full((8, 8), 0.25)
-    assert measure(labels, image)[0, 8] == pytest.approx(0.25)
+    row = dict(zip(MEASUREMENT_COLUMNS, measure(labels, image, pixel_size_um=0.5)[0], strict=True))
+    assert row["mean_intensity_raw"] == pytest.approx(0.25) and row["std_intensity_raw"] == 0
+    assert row["area_um2"] == pytest.approx(4 * 0.25) and row["centroid_x_um"] == pytest.approx(2.5 * 0.5)
     empty = measure(np.zeros((8, 8), np.uint32), image)
-    assert empty.shape == (0, 9)
+    assert empty.shape == (0, len(MEASUREMENT_COLUMNS))
+
+
+@pytest.mark.parametrize("dtype, low, high", [(np.float32, 0.0, 4080.0), (np.float32, -300.0, 300.0),
+                                              (np.uint32, 0, 4_000_000_000), (np.int32, -2**31, 2**31 - 1)])
+def test_intensities_are_in_the_files_own_units(dtype: type, low: float, high: float) -> None:
+    """Issue 28 case 4: float images of 0..4080 gave 1.0 for every nucleus, background-subtracted (negative)
+    floats 0, 32-bit integers about 1e-5. The values are now the file's own, whatever its type."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 5:20], labels[20:35, 25:45] = 1, 2
+    image = rng.uniform(low, high, (40, 50)).astype(dtype)
+    table = {name: column for name, column in zip(MEASUREMENT_COLUMNS, measure(labels, image).T, strict=True)}
+    for i, label in enumerate((1, 2)):
+        values = image[labels == label].astype(np.float64)
+        assert table["mean_intensity_raw"][i] == pytest.approx(values.mean(), rel=1e-9)
+        assert table["integrated_intensity_raw"][i] == pytest.approx(values.sum(), rel=1e-9)
+        assert table["std_intensity_raw"][i] == pytest.approx(values.std(), rel=1e-6)
+        assert (table["min_intensity_raw"][i], table["max_intensity_raw"][i]) == (values.min(), values.max())
 
 
 def test_thresholds_round_trip() -> None:
@@ -296,11 +320,22 @@ def test_measure_matches_regionprops_across_row_blocks(shift: int) -> None:
     table = measure(labels, image)
     props = regionprops(np.where(labels > 0, labels - shift, 0), intensity_image=image.mean(axis=-1))
     assert table[:, 0].tolist() == [p.label + shift for p in props]
-    for row, p in zip(table, props, strict=True):
-        assert row[1] == p.area
-        assert row[2:4] == pytest.approx(p.centroid)
-        assert row[4:8].tolist() == list(p.bbox)
-        assert row[8] == pytest.approx(p.intensity_mean)
+    for values, p in zip(table, props, strict=True):
+        row = dict(zip(MEASUREMENT_COLUMNS, values, strict=True))
+        assert row["area_px"] == p.area
+        assert (row["centroid_y_px"], row["centroid_x_px"]) == pytest.approx(p.centroid)
+        assert [row[f"bbox_{e}_{a}_px"] for e in ("min", "max") for a in "yx"] == list(p.bbox)
+        assert row["mean_intensity_raw"] == pytest.approx(p.intensity_mean)
+        assert row["std_intensity_raw"] == pytest.approx(p.intensity_std)
+        assert (row["min_intensity_raw"], row["max_intensity_raw"]) == pytest.approx((p.intensity_min,
+                                                                                      p.intensity_max))
+        assert row["integrated_intensity_raw"] == pytest.approx(p.intensity_mean * p.area)
+        assert row["major_axis_length_px"] == pytest.approx(p.axis_major_length)
+        assert row["minor_axis_length_px"] == pytest.approx(p.axis_minor_length, abs=1e-6)
+        assert row["eccentricity"] == pytest.approx(p.eccentricity, abs=1e-6)
+        assert row["orientation_deg"] == pytest.approx(np.degrees(p.orientation), abs=1e-6)
+        assert (row["perimeter_px"], row["solidity"], row["extent"], row["euler_number"]) == pytest.approx(
+            (p.perimeter, p.solidity, p.extent, p.euler_number))
 
 
 def test_median_diameter_is_the_equivalent_diameter_of_the_median_nucleus() -> None:

@@ -158,7 +158,7 @@ def test_a_damaged_record_hides_only_its_entry(tmp_path: Path) -> None:
     query = open_store(tmp_path / "s.zarr")
     assert [i.id for i in query.images()] == ["good"]
     assert "empty" not in query and query.stats()["n_images"] == 1
-    assert sorted(Path(p).name for p in store.records() and store.damaged) == [
+    assert sorted(Path(p).name for p in store.scan().damaged) == [
         "empty.json", "no-id.json", "truncated.json"]
     with pytest.raises(ValueError, match="source"):
         store.write_entry("bare", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16), np.zeros((0, 9)),
@@ -327,13 +327,14 @@ def test_cli_show(cli: Any, entries: dict[str, Entry]) -> None:
     assert code == 0
     assert "model.version: v1.1" in out and f"n_nuclei: {entry.table.shape[0]}" in out
     assert out.strip().endswith(f"{entry.table.shape[0]} nuclei")
-    assert "mean_intensity" in out
+    assert "mean_intensity_raw" in out
     code, out, _ = cli("show", "plate1/c", "--json")
     data = json.loads(out)
     assert code == 0 and data["metadata"]["id"] == "plate1/c"
     assert len(data["measurements"]) == entry.table.shape[0]
     assert data["measurements"][0]["label"] == 1
-    assert data["measurements"][0]["area"] == int(entry.table[0, 1])
+    assert data["measurements"][0]["area_px"] == int(entry.table[0, 1])
+    assert data["measurements"][0]["area_um2"] is None  # no pixel size: unknown, not made up
 
 
 def test_cli_show_truncates_to_20_rows(cli: Any, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from nuclei.io.images import read_image, read_raw, write_png
 from nuclei.io.synthetic import make_sample
 from nuclei.modeldir import load_model_dir
 from nuclei.store.backend import Store
+from nuclei.store.query import NucleiStore
 from nuclei.training.fit import predict_keras
 
 
@@ -176,7 +177,7 @@ def test_query_a_store_written_by_the_flow(first_run: tuple, tmp_path: Path) -> 
     info = {i.id: i for i in store.images(pattern="plate/*")}
     assert list(info) == ["plate/rgba"] and info["plate/rgba"].shape == (80, 72)
     table = store.measurements("rgb0")
-    assert len(table["area"]) == store.metadata("rgb0")["n_nuclei"] == int(store.labels("rgb0").max())
+    assert len(table["area_px"]) == store.metadata("rgb0")["n_nuclei"] == int(store.labels("rgb0").max())
     written = store.export(tmp_path / "labels", "labels")
     assert (tmp_path / "labels" / "plate" / "rgba.png").is_file() and len(written) == len(store)
 
@@ -226,9 +227,11 @@ def test_measurements_and_summary_tables_of_a_flow_written_store(first_run: tupl
         labels = store.read_labels(image_id)
         areas = np.bincount(labels.ravel())[1:]
         mine = [r for r in rows if r["image_id"] == image_id]
-        assert [int(float(r["area"])) for r in mine] == [int(a) for a in areas if a]  # one row per nucleus
-        assert all(0 < float(r["solidity"]) <= 1 and float(r["major_axis_length"]) >= float(r["minor_axis_length"])
-                   for r in mine)
+        assert [int(r["area_px"]) for r in mine] == [int(a) for a in areas if a]  # one row per nucleus
+        assert all(0 < float(r["solidity"]) <= 1
+                   and float(r["major_axis_length_px"]) >= float(r["minor_axis_length_px"]) for r in mine)
+        shown = NucleiStore(store_path).measurements(image_id)  # the export is what the query API reads
+        assert [float(r["mean_intensity_raw"]) for r in mine] == pytest.approx(list(shown["mean_intensity_raw"]))
         assert all(r["area_um2"] == "" for r in mine)  # no pixel size known: no micrometres made up
     with open(tmp_path / "images.csv") as handle:
         assert sorted(r["image_id"] for r in csv.DictReader(handle)) == sorted(store.ids())

@@ -25,7 +25,7 @@ from napari.components import ViewerModel  # noqa: E402
 
 from nuclei.cli import view  # noqa: E402
 from nuclei.errors import NucleiError  # noqa: E402
-from nuclei.store import backend  # noqa: E402
+from nuclei.store import backend, layout  # noqa: E402
 from nuclei.store.query import NucleiStore  # noqa: E402
 from nuclei.viewer import add_store_layers  # noqa: E402
 
@@ -53,7 +53,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _segment(root, path, "rgb", RGB)
     _segment(root, path, "grey16", GREY16, pixel_size=PIXEL_UM)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backend, "PYRAMID_MIN_SIZE", 100)
+        patch.setattr(layout, "PYRAMID_MIN_SIZE", 100)
         _segment(root, path, "pyramid", PYRAMID)
     return path
 
@@ -113,13 +113,13 @@ def test_napari_shows_each_nucleus_its_own_measurements(store: Path, image_id: s
     table = NucleiStore(store).measurements(image_id)
     assert list(labels.features.columns) == ["index", *table]
     np.testing.assert_array_equal(labels.features["index"], table["label"].astype(int))
-    np.testing.assert_array_equal(labels.features["area"], table["area"])
+    np.testing.assert_array_equal(labels.features["area_px"], table["area_px"])
     label_image = NucleiStore(store).labels(image_id)
     for value in (1, int(table["label"].max()), int(table["label"][len(table["label"]) // 2])):
         ys, xs = np.nonzero(label_image == value)
         shown = _status_features(labels, (ys[0] * labels.scale[0], xs[0] * labels.scale[1]))
         assert shown["label"] == value
-        assert shown["area"] == ys.size  # the nucleus under the pointer, not a neighbour
+        assert shown["area_px"] == ys.size  # the nucleus under the pointer, not a neighbour
 
 
 def test_a_pyramid_is_one_lazy_multiscale_layer_per_array(store: Path) -> None:

@@ -11,27 +11,30 @@ def add(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("check", help="verify a store's entries (records, arrays, counts); --repair hides "
                             "damaged ones so the next run segments them again")
     parser.add_argument("store", help="results store (folder or fsspec URL)")
-    parser.add_argument("--repair", action="store_true", help="hide damaged entries, delete unreadable records")
+    parser.add_argument("--repair", action="store_true",
+                        help="hide damaged entries, delete unreadable records (entries being written are left alone)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nuclei.store.check import check, repair
+    from nuclei.store.check import check
 
-    report = check(args.store)
+    report = check(args.store, repair=args.repair)  # repair acts under each entry's lock, never racing a run
     if args.json:
         print_json({"checked": report.checked, "damaged": report.damaged,
-                    "unreadable_records": report.unreadable_records, "repaired": bool(args.repair)})
+                    "unreadable_records": report.unreadable_records, "being_written": report.being_written,
+                    "repaired": bool(args.repair)})
     else:
         print(f"{report.checked} entries checked, {len(report.damaged)} damaged, "
-              f"{len(report.unreadable_records)} unreadable records")
+              f"{len(report.unreadable_records)} unreadable records, {len(report.being_written)} being written")
         for image_id, reason in report.damaged.items():
             print(f"  damaged: {image_id}: {reason}")
         for path in report.unreadable_records:
             print(f"  unreadable record: {path}")
+        for image_id in report.being_written:
+            print(f"  being written by a run (not checked): {image_id}")
     if args.repair and not report.ok:
-        repair(args.store, report)
         print("repaired: damaged entries hidden; the next `nuclei segment` run writes them again")
         return 0
     return 0 if report.ok else 1

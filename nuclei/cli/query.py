@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from nuclei.store.query import ExportKind, NucleiStore
 
 SHOW_ROWS = 20
-_INTEGER_COLUMNS = frozenset({"label", "area", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"})
 
 
 def add_query(sub: argparse._SubParsersAction) -> None:
@@ -196,14 +195,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def _measurement_rows(columns: dict[str, Any]) -> list[dict[str, int | float]]:
-    """Column arrays -> one dict per nucleus; integer-valued columns as ints."""
+def _measurement_rows(columns: dict[str, Any]) -> list[dict[str, int | float | None]]:
+    """Column arrays -> one dict per nucleus, as the exported tables show them (whole numbers as ints, NaN as
+    None)."""
+    from nuclei.store.tables import cell
+
     n = len(next(iter(columns.values()))) if columns else 0
-    return [{name: _value(name, values[i]) for name, values in columns.items()} for i in range(n)]
-
-
-def _value(name: str, value: Any) -> int | float:
-    return int(value) if name in _INTEGER_COLUMNS else float(value)
+    return [{name: cell(name, float(values[i])) for name, values in columns.items()} for i in range(n)]
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -1,40 +1,100 @@
-"""Per-nucleus measurements from labels and the image, a block of rows at a time."""
+"""Per-nucleus measurements: the one definition of the columns a store holds and every reader shows.
+
+The table is computed once per image (by the segmentation worker), stored with the entry, and read as it is by
+the CSV/Parquet export, `nuclei view` and the query API. Columns follow CellProfiler's object table (area and
+shape, intensity), with the unit in the name: ``_px`` pixels, ``_um``/``_um2`` micrometres (NaN where the
+image's pixel size is unknown: no unit is made up), ``_raw`` the image file's own intensity units (the channels
+averaged; no scaling, so float, negative and 32-bit images keep their values: integrated intensity is what
+labs use for DNA content).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from skimage.measure import regionprops
 
 from nuclei.core.labels import dense_labels as _dense_labels
-from nuclei.core.normalize import channel_mean
 
-MEASUREMENT_COLUMNS: tuple[str, ...] = (
-    "label",
-    "area",
-    "centroid_y",
-    "centroid_x",
-    "bbox_min_y",
-    "bbox_min_x",
-    "bbox_max_y",
-    "bbox_max_x",
-    "mean_intensity",
+
+@dataclass(frozen=True)
+class Column:
+    """One measurement: its name (unit included), whether its values are whole numbers, what it means."""
+
+    name: str
+    integer: bool
+    description: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("label", True, "the nucleus' value in the label image"),
+    Column("area_px", True, "pixels in the nucleus"),
+    Column("area_um2", False, "area in square micrometres"),
+    Column("centroid_y_px", False, "mean row of its pixels"),
+    Column("centroid_x_px", False, "mean column of its pixels"),
+    Column("centroid_y_um", False, "centroid row in micrometres"),
+    Column("centroid_x_um", False, "centroid column in micrometres"),
+    Column("bbox_min_y_px", True, "first row of the bounding box"),
+    Column("bbox_min_x_px", True, "first column of the bounding box"),
+    Column("bbox_max_y_px", True, "row after the bounding box (exclusive, as regionprops)"),
+    Column("bbox_max_x_px", True, "column after the bounding box (exclusive)"),
+    Column("perimeter_px", False, "outline length (regionprops' 4-connected estimate)"),
+    Column("perimeter_um", False, "outline length in micrometres"),
+    Column("major_axis_length_px", False, "major axis of the ellipse with the same second moments"),
+    Column("minor_axis_length_px", False, "minor axis of that ellipse"),
+    Column("major_axis_length_um", False, "major axis in micrometres"),
+    Column("minor_axis_length_um", False, "minor axis in micrometres"),
+    Column("eccentricity", False, "of that ellipse: 0 a circle, towards 1 a line"),
+    Column("orientation_deg", False, "angle from the row axis to the major axis, -90..90 (regionprops' convention)"),
+    Column("solidity", False, "area / convex hull area"),
+    Column("extent", False, "area / bounding box area"),
+    Column("euler_number", True, "1 minus the number of holes (8-connectivity)"),
+    Column("mean_intensity_raw", False, "mean pixel value, in the file's units (channels averaged)"),
+    Column("integrated_intensity_raw", False, "sum of pixel values (e.g. DNA content), in the file's units"),
+    Column("std_intensity_raw", False, "standard deviation of pixel values (population)"),
+    Column("min_intensity_raw", False, "smallest pixel value"),
+    Column("max_intensity_raw", False, "largest pixel value"),
 )
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+INTEGER_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMNS if c.integer)
+MEASUREMENT_COLUMNS = COLUMN_NAMES  # the name older code and tests use
+_AT = {name: i for i, name in enumerate(COLUMN_NAMES)}
+_BLOCK_ROWS = 512  # sums run over this many rows at a time
 
-_BLOCK_ROWS = 512  # measure() sums this many rows at a time
 
+def measure(labels: NDArray[Any], image: NDArray[Any], pixel_size_um: float | None = None) -> NDArray[np.float64]:
+    """One row per nucleus, in label order, with the columns of `COLUMNS` (float64).
 
-def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
-    """One row per nucleus, in label order, with the columns of `MEASUREMENT_COLUMNS`.
-
-    Centroids are pixel-index means; bbox max is exclusive (like regionprops); the intensity is the
-    mean over the nucleus of the image averaged across its channels, the image scaled as the model sees it
-    (`to_float_rgb`: by its dtype's range, alpha dropped; float images are taken as [0, 1]). Sums run over
-    blocks of rows, so memory stays near the size of the inputs even for whole-slide images.
+    Sums run over blocks of rows, so memory stays near the size of the inputs even for whole-slide images;
+    only the outline features (perimeter, solidity, Euler number) look at each nucleus' own crop.
     """
+    arr = _check(labels, image)
+    top = int(arr.max(initial=0))
+    if top > 2 * arr.size:  # arbitrary huge ids: measure a dense relabelling, then put the ids back
+        dense, ids = _dense_labels(arr)
+        table = measure(dense, image, pixel_size_um)
+        table[:, 0] = ids
+        return table
+    sums = _sums(arr, image, top)
+    ids = np.flatnonzero(sums["n"][1:]) + 1
+    table = np.full((ids.size, len(COLUMNS)), np.nan, dtype=np.float64)
+    if ids.size == 0:
+        return table
+    table[:, _AT["label"]] = ids
+    _moments(table, {k: v[ids] for k, v in sums.items()})
+    _intensity(table, arr, image, ids, {k: v[ids] for k, v in sums.items()})
+    _outlines(table, arr, ids)
+    if pixel_size_um:
+        _micrometres(table, pixel_size_um)
+    return table
+
+
+def _check(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
     arr = np.asarray(labels)
     if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise ValueError(f"labels must be a 2-D integer array, got {arr.dtype} {arr.shape}")
@@ -42,38 +102,112 @@ def measure(labels: NDArray[Any], image: NDArray[Any]) -> NDArray[np.float64]:
         raise ValueError(f"image shape {np.shape(image)} does not match labels shape {arr.shape}")
     if arr.size and int(arr.min()) < 0:
         raise ValueError("labels must be non-negative")
-    top = int(arr.max(initial=0))
-    if top > 2 * arr.size:  # arbitrary huge ids: measure a dense relabelling, then put the ids back
-        dense, ids = _dense_labels(arr)
-        table = measure(dense, image)
-        table[:, 0] = ids
-        return table
-    sums = np.zeros((4, top + 1), dtype=np.float64)  # area, sum of rows, sum of columns, sum of intensity
+    return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
+
+
+def raw_grey(block: NDArray[Any]) -> NDArray[np.float64]:
+    """The image in its own units as one float64 plane: channels averaged, an alpha channel (RGBA) left out."""
+    values = np.asarray(block)
+    if values.ndim == 3:
+        colours = values[..., :3] if values.shape[-1] == 4 else values
+        return colours.mean(axis=-1, dtype=np.float64)
+    return values.astype(np.float64)
+
+
+def _sums(arr: NDArray[Any], image: NDArray[Any], top: int) -> dict[str, NDArray[np.float64]]:
+    """Per-label sums over row blocks: pixel count, coordinates and their products, intensity, min, max."""
+    names = ("n", "y", "x", "yy", "xx", "xy", "g")
+    sums = {name: np.zeros(top + 1, dtype=np.float64) for name in names}
+    sums["min"], sums["max"] = np.full(top + 1, np.inf), np.full(top + 1, -np.inf)
     height, width = arr.shape
+    cols = np.arange(width, dtype=np.float64)
     for y0 in range(0, height, _BLOCK_ROWS):
         y1 = min(height, y0 + _BLOCK_ROWS)
         flat = arr[y0:y1].ravel().astype(np.intp)
-        gray = channel_mean(np.asarray(image[y0:y1]))
-        sums[0] += np.bincount(flat, minlength=top + 1)
         rows = np.repeat(np.arange(y0, y1, dtype=np.float64), width)
-        sums[1] += np.bincount(flat, weights=rows, minlength=top + 1)
-        sums[2] += np.bincount(flat, weights=np.tile(np.arange(width, dtype=np.float64), y1 - y0),
-                               minlength=top + 1)
-        sums[3] += np.bincount(flat, weights=gray.ravel(), minlength=top + 1)
-    ids = np.flatnonzero(sums[0, 1:]) + 1
-    table = np.zeros((ids.size, len(MEASUREMENT_COLUMNS)), dtype=np.float64)
-    if ids.size == 0:
-        return table
-    area = sums[0, ids]
-    table[:, 0] = ids
-    table[:, 1] = area
-    table[:, 2] = sums[1, ids] / area
-    table[:, 3] = sums[2, ids] / area
-    slices = ndi.find_objects(arr.astype(np.int32, copy=False) if arr.dtype == np.bool_ else arr)
-    table[:, 4:8] = [(slices[i - 1][0].start, slices[i - 1][1].start, slices[i - 1][0].stop, slices[i - 1][1].stop)
-                     for i in ids]
-    table[:, 8] = sums[3, ids] / area
+        xs = np.tile(cols, y1 - y0)
+        grey = raw_grey(image[y0:y1]).ravel()
+        for name, weights in (("n", None), ("y", rows), ("x", xs), ("yy", rows * rows), ("xx", xs * xs),
+                              ("xy", rows * xs), ("g", grey)):
+            sums[name] += np.bincount(flat, weights=weights, minlength=top + 1)
+        order = np.argsort(grey, kind="stable")
+        low, high = np.full(top + 1, np.inf), np.full(top + 1, -np.inf)
+        low[flat[order[::-1]]] = grey[order[::-1]]  # fancy assignment keeps the last: the smallest
+        high[flat[order]] = grey[order]  # ... and here the largest
+        sums["min"], sums["max"] = np.minimum(sums["min"], low), np.maximum(sums["max"], high)
+    return sums
+
+
+def _moments(table: NDArray[np.float64], s: dict[str, NDArray[np.float64]]) -> None:
+    """Area, centroid and the ellipse of the same second moments (regionprops' definitions)."""
+    n = s["n"]
+    cy, cx = s["y"] / n, s["x"] / n
+    vyy = np.maximum(s["yy"] / n - cy * cy, 0.0)
+    vxx = np.maximum(s["xx"] / n - cx * cx, 0.0)
+    cxy = s["xy"] / n - cy * cx
+    half_gap = np.sqrt(((vyy - vxx) / 2) ** 2 + cxy**2)
+    big, small = (vyy + vxx) / 2 + half_gap, np.maximum((vyy + vxx) / 2 - half_gap, 0.0)
+    table[:, _AT["area_px"]] = n
+    table[:, _AT["centroid_y_px"]], table[:, _AT["centroid_x_px"]] = cy, cx
+    table[:, _AT["major_axis_length_px"]] = 4 * np.sqrt(big)
+    table[:, _AT["minor_axis_length_px"]] = 4 * np.sqrt(small)
+    table[:, _AT["eccentricity"]] = np.sqrt(1 - np.divide(small, big, out=np.ones_like(big), where=big > 0))
+    angle = np.where(vxx == vyy, np.where(cxy > 0, np.pi / 4, -np.pi / 4), 0.5 * np.arctan2(2 * cxy, vyy - vxx))
+    table[:, _AT["orientation_deg"]] = np.degrees(angle)
+
+
+def _intensity(table: NDArray[np.float64], arr: NDArray[Any], image: NDArray[Any], ids: NDArray[np.intp],
+               s: dict[str, NDArray[np.float64]]) -> None:
+    """Mean, sum, min, max, and the standard deviation from a second pass around the mean (no cancellation
+    for large raw values such as 32-bit images)."""
+    mean = s["g"] / s["n"]
+    top = int(arr.max(initial=0))
+    around = np.zeros(top + 1, dtype=np.float64)
+    per_label = np.zeros(top + 1, dtype=np.float64)
+    per_label[ids] = mean
+    for y0 in range(0, arr.shape[0], _BLOCK_ROWS):
+        flat = arr[y0:y0 + _BLOCK_ROWS].ravel().astype(np.intp)
+        grey = raw_grey(image[y0:y0 + _BLOCK_ROWS]).ravel()
+        around += np.bincount(flat, weights=(grey - per_label[flat]) ** 2, minlength=top + 1)
+    table[:, _AT["mean_intensity_raw"]] = mean
+    table[:, _AT["integrated_intensity_raw"]] = s["g"]
+    table[:, _AT["std_intensity_raw"]] = np.sqrt(around[ids] / s["n"])
+    table[:, _AT["min_intensity_raw"]], table[:, _AT["max_intensity_raw"]] = s["min"], s["max"]
+
+
+def _outlines(table: NDArray[np.float64], arr: NDArray[Any], ids: NDArray[np.intp]) -> None:
+    """Bounding box and extent, and what needs each nucleus' own pixels: perimeter, solidity, Euler number."""
+    slices = ndi.find_objects(arr)
+    boxes = np.array([(slices[i - 1][0].start, slices[i - 1][1].start, slices[i - 1][0].stop,
+                       slices[i - 1][1].stop) for i in ids], dtype=np.float64).reshape(-1, 4)
+    for j, name in enumerate(("bbox_min_y_px", "bbox_min_x_px", "bbox_max_y_px", "bbox_max_x_px")):
+        table[:, _AT[name]] = boxes[:, j]
+    table[:, _AT["extent"]] = table[:, _AT["area_px"]] / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    row_of = {int(label): row for row, label in enumerate(ids)}
+    for region in regionprops(arr):
+        row = row_of[region.label]
+        table[row, _AT["perimeter_px"]] = region.perimeter
+        table[row, _AT["solidity"]] = region.solidity
+        table[row, _AT["euler_number"]] = region.euler_number
+
+
+def in_micrometres(table: NDArray[np.float64], pixel_size_um: float | None) -> NDArray[np.float64]:
+    """The table with its micrometre columns from the pixel ones (NaN where the pixel size is unknown): the
+    store fills them from the pixel size its record states, so the two never disagree."""
+    table = np.array(table, dtype=np.float64).reshape(-1, len(COLUMNS))
+    if pixel_size_um:
+        _micrometres(table, pixel_size_um)
+    else:
+        for name in COLUMN_NAMES:
+            if name.endswith(("_um", "_um2")):
+                table[:, _AT[name]] = np.nan
     return table
+
+
+def _micrometres(table: NDArray[np.float64], pixel_size_um: float) -> None:
+    for name in ("centroid_y", "centroid_x", "perimeter", "major_axis_length", "minor_axis_length"):
+        table[:, _AT[f"{name}_um"]] = table[:, _AT[f"{name}_px"]] * pixel_size_um
+    table[:, _AT["area_um2"]] = table[:, _AT["area_px"]] * pixel_size_um**2
 
 
 def median_diameter(label_images: Iterable[NDArray[Any]]) -> float:

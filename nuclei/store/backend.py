@@ -1,16 +1,18 @@
-"""The results store: one Zarr v3 group per target, one OME-Zarr 0.5 image per segmented image.
+"""The results store's commit protocol: entries become visible all at once, one writer per entry.
 
 Layout (``KEY`` is the image id, percent-encoded into one path segment)::
 
     STORE/zarr.json                        attrs: {"nuclei": {"store_format_version": 1, ...}}
-    STORE/images/KEY/                      OME-Zarr 0.5 image: s0 (c, y, x) [, s1, ...] + attrs "nuclei" (provenance)
-    STORE/images/KEY/labels/nuclei/s0      instance labels 1..N (image-label)
-    STORE/images/KEY/labels/mask/s0        binary mask 0/1 (image-label)
-    STORE/images/KEY/measurements          float64 (N, k), column names in attrs
+    STORE/images/KEY/                      one OME-Zarr 0.5 image with its labels and measurements
+                                           (`nuclei.store.layout`)
     STORE/index/KEY.json                   the entry's record, written last: the commit
+    STORE/locks/KEY.lock                   the entry's one-writer lock (local stores)
+    STORE/failed/KEY.json                  why the file failed last time
 
-An entry is visible only once its record exists, so readers never see half-written arrays; a record is
-replaced atomically (rename on local disks, a single PUT on object stores).
+An entry is visible only once its record exists, so readers never see half-written arrays. On local disks
+the arrays and their folders are fsynced before the record is written, and the record is replaced
+atomically (temp file, fsync, rename, fsync of the folder): after a power cut an entry is whole or absent.
+On object stores a record is a single PUT, written after the arrays' PUTs have returned.
 """
 
 from __future__ import annotations
@@ -23,29 +25,44 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote, unquote
 
-import cv2
 import fsspec
 import numpy as np
 import zarr
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from nuclei.config import STORE_FORMAT_VERSION
-from nuclei.core.measure import MEASUREMENT_COLUMNS
+from nuclei.core.measure import COLUMN_NAMES, in_micrometres
 from nuclei.errors import StoreError
+from nuclei.store import layout
+from nuclei.store.durable import remove_durably, write_atomically, write_files
 from nuclei.store.record import EntryRecord
-from nuclei.store.zarr_files import array_files, group_files
 
 log = logging.getLogger(__name__)
 
-OME_VERSION = "0.5"
-PYRAMID_MIN_SIZE = 1024  # add half-resolution levels until the smallest is at most this (for viewers)
-CHUNK = 1024
-LABEL_NAMES = ("nuclei", "mask")
 
+class _Any:
+    """`write_entry(expect=ANY)`: commit whatever the entry holds now (no compare)."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()
+
+
+class EntryChanged(StoreError):
+    """Compare-and-commit lost: another writer committed this entry after the caller last looked."""
+
+    def __init__(self, image_id: str, current: EntryRecord | None) -> None:
+        self.image_id, self.current = image_id, current
+        what = (f"written meanwhile by another run (output key {current.output_key or '?'}, at {current.written})"
+                if current else "removed meanwhile by another run")
+        super().__init__(f"entry {image_id!r} was {what}; not replacing it")
 
 
 @contextlib.contextmanager
@@ -92,15 +109,59 @@ def key_to_id(key: str) -> str:
     return validate_id(unquote(key))
 
 
+@dataclass(frozen=True)
+class IndexScan:
+    """The index as read once: complete entries' records by id, and the record files that do not parse."""
+
+    records: dict[str, EntryRecord] = field(default_factory=dict)
+    damaged: list[str] = field(default_factory=list)
+
+
+class StoredEntry:
+    """One complete entry's arrays, read against the record that was checked once when it was opened."""
+
+    def __init__(self, record: EntryRecord, group: zarr.Group, url: str) -> None:
+        self.record, self._group, self._url = record, group, url
+
+    def _array(self, path: str) -> zarr.Array:
+        node = self._group[path]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self._url}: {self.record.id!r}/{path} is not an array")
+        return node
+
+    def labels(self, level: int = 0) -> np.ndarray:
+        return np.asarray(self._array(layout.LABELS_PATH.format(level=level))[...])
+
+    def mask(self, level: int = 0) -> np.ndarray:
+        return np.asarray(self._array(layout.MASK_PATH.format(level=level))[...])
+
+    def image(self, level: int = 0) -> np.ndarray:
+        """The stored image as (y, x, c), in its original dtype."""
+        return np.moveaxis(np.asarray(self._array(layout.IMAGE_PATH.format(level=level))[...]), 0, -1)
+
+    def measurements(self) -> tuple[list[str], np.ndarray]:
+        array = self._array(layout.MEASUREMENTS_PATH)
+        columns = array.attrs["columns"]
+        if not isinstance(columns, list):
+            raise StoreError(f"{self._url}: {self.record.id!r}/measurements has no column names")
+        return [str(c) for c in columns], np.asarray(array[...])
+
+    @property
+    def group(self) -> zarr.Group:
+        return self._group
+
+
 class Store:
     """A results store on local disk or any fsspec URL (s3://, gs://, memory://, ...)."""
 
     def __init__(self, url: str | Path, mode: Literal["r", "a"] = "r") -> None:
         self.url = str(url)
+        if self.url.split("://", 1)[0].split("::", 1)[0] == "zip" or self.url.startswith("zip::"):
+            raise StoreError(f"{self.url}: a zipped store cannot be read or written in place; unzip it and give "
+                             "the folder")
         self.fs, self.root_path = fsspec.core.url_to_fs(self.url)
         self.local = "file" in _protocols(self.fs)
         self.mode = mode
-        self.damaged: list[str] = []  # index records the last `records()` could not read
         self.root = self._open_root(mode)
 
     def _open_root(self, mode: Literal["r", "a"]) -> zarr.Group:
@@ -112,8 +173,7 @@ class Store:
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
         if not exists:
-            if self.fs.isfile(self.root_path):
-                raise StoreError(f"{self.url}: is a file, not a store folder")
+            self._refuse_foreign_folder()
             attrs: dict[str, Any] = {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}}
             root = zarr.open_group(self.url, mode="a", attributes=attrs, zarr_format=3)
             root.require_group("images")
@@ -131,66 +191,72 @@ class Store:
             )
         return root
 
+    def _refuse_foreign_folder(self) -> None:
+        """A new store goes only where nothing is, or into an empty folder: never over a file, a Zarr v2 store
+        or anyone's data (writing a v3 zarr.json there would take it over)."""
+        if self.fs.isfile(self.root_path):
+            raise StoreError(f"{self.url}: is a file, not a store folder")
+        if not self.fs.isdir(self.root_path):
+            return
+        present = [Path(p).name for p in self.fs.ls(self.root_path, detail=False)]
+        if present:
+            zarr_v2 = {".zgroup", ".zarray", ".zattrs"} & set(present)
+            what = "a Zarr v2 store" if zarr_v2 else f"a folder that is not a nuclei store ({len(present)} items)"
+            raise StoreError(f"{self.url}: {what}; give a new path or an empty folder for the store")
+
     # --- records: the index of complete entries --------------------------------------------------------
 
     def _record_path(self, image_id: str) -> str:
         return f"{self.root_path}/index/{id_to_key(image_id)}.json"
 
     def record(self, image_id: str) -> EntryRecord | None:
-        """The record of a complete entry, or None (also when the record is damaged: see `damaged`)."""
+        """The record of a complete entry, or None (also when the record is damaged: see `scan`)."""
         path = self._record_path(image_id)
         try:
             return _parse_record(self.fs.cat_file(path), path)
         except FileNotFoundError:
             return None
 
-    def records(self) -> dict[str, EntryRecord]:
-        """Every complete entry's record, by id (reads only the small index files, never arrays). A damaged
-        record hides its entry only: it is logged and listed in `damaged`."""
+    def scan(self) -> IndexScan:
+        """Every complete entry's record by id, and the index files that do not parse (reads only the small
+        index files, never arrays). A damaged record hides its own entry only."""
         index = f"{self.root_path}/index"
         try:
             paths = [p for p in self.fs.ls(index, detail=False) if p.endswith(".json")]
         except FileNotFoundError:
-            return {}
+            return IndexScan()
         if not paths:  # fsspec's cat([]) raises; an index holding only a record being written is empty
-            return {}
-        found = {}
-        self.damaged.clear()
+            return IndexScan()
+        found, damaged = {}, []
         for path, blob in self.fs.cat(paths, on_error="omit").items():
             record = _parse_record(blob, path)
             if record is None:
-                self.damaged.append(path)
-                continue
-            found[record.id] = record
-        return dict(sorted(found.items()))
+                damaged.append(path)
+            else:
+                found[record.id] = record
+        return IndexScan(dict(sorted(found.items())), sorted(damaged))
+
+    def records(self) -> dict[str, EntryRecord]:
+        """Every complete entry's record, by id (`scan` also lists the damaged ones)."""
+        return self.scan().records
 
     def ids(self) -> list[str]:
         return list(self.records())
 
-    def _commit(self, record: EntryRecord) -> None:
+    def commit(self, record: EntryRecord) -> None:
+        """Make an entry visible: write its record, last (its arrays must be durable already: `_put_files`)."""
         self._put_json(self._record_path(record.id), record.as_dict())
         self.clear_failure(record.id)
 
+    _commit = commit  # the name block-wise writers (`nuclei.store.slide`) used first
+
     def _put_json(self, path: str, data: dict[str, Any]) -> None:
-        """Write a small JSON file durably: temp file, fsync, rename, fsync the folder (local stores); a
-        reader sees the old file or the new one, never half of one, even after a power cut."""
+        """Write a small JSON file atomically and durably (`durable.write_atomically` on local disks)."""
         blob = json.dumps(data, sort_keys=True, default=str).encode()
-        if not self.local:
+        if self.local:
+            write_atomically(path, blob)
+        else:
             self.fs.pipe_file(path, blob)
-            return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     # --- files that failed: remembered so a schedule does not retry them until they change ---------------
 
@@ -228,16 +294,23 @@ class Store:
         self._uncommit(image_id)
 
     def remove_record_file(self, path: str) -> None:
-        """Delete an index file that does not parse (`damaged`)."""
+        """Delete an index file that does not parse (`scan().damaged`)."""
         if self.fs.exists(path):
             self.fs.rm_file(path)
 
     def _uncommit(self, image_id: str) -> None:
+        """Remove the record, durably before anything else changes: after a power cut an old record must never
+        describe arrays that were half rewritten."""
         path = self._record_path(image_id)
-        if self.fs.exists(path):
+        if self.local:
+            remove_durably(path)
+        elif self.fs.exists(path):
             self.fs.rm_file(path)
 
     # --- writing -------------------------------------------------------------------------------------
+
+    def _lock_path(self, image_id: str) -> str:
+        return os.path.join(self.root_path, "locks", f"{id_to_key(image_id)}.lock")
 
     @contextlib.contextmanager
     def writing(self, image_id: str) -> Iterator[None]:
@@ -249,176 +322,107 @@ class Store:
         if not self.local:
             yield
             return
-        path = os.path.join(self.root_path, "locks", f"{id_to_key(image_id)}.lock")
+        path = self._lock_path(image_id)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with FileLock(path):
             yield
 
+    @contextlib.contextmanager
+    def unless_being_written(self, image_id: str) -> Iterator[bool]:
+        """Hold the entry's lock if nobody does; yields False (holding nothing) while a writer has it, so a
+        reader that would act on the entry (`nuclei check --repair`) never races a run. Object stores have no
+        lock: True, as before."""
+        if not self.local:
+            yield True
+            return
+        path = self._lock_path(image_id)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = FileLock(path, timeout=0)
+            lock.acquire()
+        except Timeout:
+            yield False
+            return
+        except OSError:  # a read-only store: nobody can be writing it
+            yield True
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     def write_entry(
         self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
-        record: dict[str, Any],
+        record: dict[str, Any], *, expect: str | None | _Any = ANY,
     ) -> EntryRecord:
-        """Write one image's arrays, then commit its (validated) record; returns the record."""
+        """Write one image's arrays, then commit its (validated) record; returns the record.
+
+        Compare-and-commit: with ``expect`` set to the `EntryRecord.commit` the caller saw (None: no entry),
+        `EntryChanged` is raised, and nothing written, when another writer has committed since. Call it inside
+        `writing(image_id)` for the compare and the write to be one step.
+        """
         if self.mode == "r":
             raise StoreError(f"{self.url}: opened read-only")
+        if not isinstance(expect, _Any):
+            current = self.record(image_id)
+            if (current.commit if current else None) != expect:
+                raise EntryChanged(image_id, current)
         key = id_to_key(image_id)
-        self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
         label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
         labels = labels.astype(label_dtype, copy=False)
         sums = {"image": array_sha256(image), "labels": array_sha256(labels)}  # `nuclei check` re-reads them
         typed = EntryRecord(**{**record, "id": image_id, "key": key, "arrays_sha256": sums,
-                               "store_format_version": STORE_FORMAT_VERSION})
-        # The entry is composed in memory, then written as plain files in one batch: one round trip per file
-        # (a batched upload on object stores).
-        self._put_files(f"{self.root_path}/images/{key}", _entry_files(typed, image, labels, measurements))
-        self._commit(typed)
+                               "commit": uuid.uuid4().hex, "store_format_version": STORE_FORMAT_VERSION})
+        # Composed in memory, then written as plain files in one batch: one round trip per file (a batched
+        # upload on object stores).
+        table = in_micrometres(measurements, typed.pixel_size_um)  # um columns with the record's pixel size
+        files = layout.entry_files(typed, image, labels, table, COLUMN_NAMES)
+        self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
+        self._put_files(f"{self.root_path}/images/{key}", files)
+        self.commit(typed)
         return typed
 
     def _put_files(self, prefix: str, files: dict[str, bytes]) -> None:
-        """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes)."""
+        """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes); on local disks every file and
+        folder is fsynced before this returns, so the record that follows never outlives its arrays."""
         if self.fs.exists(prefix):
             self.fs.rm(prefix, recursive=True)
-        if not self.local:
+        if self.local:
+            write_files(prefix, files, fsync=True)
+        else:
             self.fs.pipe({f"{prefix}/{name}": blob for name, blob in files.items()})
-            return
-        for name, blob in files.items():
-            path = os.path.join(prefix, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(blob)
 
     # --- reading -------------------------------------------------------------------------------------
 
-    def entry(self, image_id: str) -> zarr.Group:
-        if self.record(image_id) is None:
+    def open_entry(self, image_id: str, record: EntryRecord | None = None) -> StoredEntry:
+        """A complete entry's arrays; its record is read here once (or taken as given, from `scan`), not again
+        for each array."""
+        record = record or self.record(image_id)
+        if record is None:
             raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
         with _index_is_ours():
             node = self.root[f"images/{id_to_key(image_id)}"]
         if not isinstance(node, zarr.Group):
             raise StoreError(f"{self.url}: entry {image_id!r} is not a group")
-        return node
+        return StoredEntry(record, node, self.url)
 
-    def _array(self, image_id: str, path: str) -> zarr.Array:
-        node = self.entry(image_id)[path]
-        if not isinstance(node, zarr.Array):
-            raise StoreError(f"{self.url}: {image_id!r}/{path} is not an array")
-        return node
+    def entry(self, image_id: str) -> zarr.Group:
+        return self.open_entry(image_id).group
 
     def read_labels(self, image_id: str, level: int = 0) -> np.ndarray:
-        return np.asarray(self._array(image_id, f"labels/nuclei/s{level}")[...])
+        return self.open_entry(image_id).labels(level)
 
     def read_mask(self, image_id: str, level: int = 0) -> np.ndarray:
-        return np.asarray(self._array(image_id, f"labels/mask/s{level}")[...])
+        return self.open_entry(image_id).mask(level)
 
     def read_image(self, image_id: str, level: int = 0) -> np.ndarray:
         """The stored image as (y, x, c), in its original dtype."""
-        return np.moveaxis(np.asarray(self._array(image_id, f"s{level}")[...]), 0, -1)
+        return self.open_entry(image_id).image(level)
 
     def read_measurements(self, image_id: str) -> tuple[list[str], np.ndarray]:
-        array = self._array(image_id, "measurements")
-        columns = array.attrs["columns"]
-        if not isinstance(columns, list):
-            raise StoreError(f"{self.url}: {image_id!r}/measurements has no column names")
-        return [str(c) for c in columns], np.asarray(array[...])
+        return self.open_entry(image_id).measurements()
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return tuple(protocol) if isinstance(protocol, (tuple, list)) else (protocol,)
-
-
-def _to_cyx(image: np.ndarray) -> np.ndarray:
-    return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-
-
-def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
-    """Full resolution, then half sizes until the largest side is at most PYRAMID_MIN_SIZE."""
-    yield array
-    while max(array.shape[-2:]) > PYRAMID_MIN_SIZE:
-        if nearest:
-            array = array[..., ::2, ::2]
-        else:
-            h, w = array.shape[-2:]
-            planes = [cv2.resize(p, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA) for p in array]
-            array = np.stack(planes)
-        yield array
-
-
-def _entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray
-                 ) -> dict[str, bytes]:
-    """An entry's files (relative paths -> bytes): the OME-Zarr image, its two label images, measurements."""
-    pixel_um = record.pixel_size_um
-    levels = list(_levels(_to_cyx(image), nearest=False))
-    files = group_files("", {
-        "nuclei": record.as_dict(),
-        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um),
-                "omero": _omero(levels[0])},
-    })
-    files |= _level_files("", levels)
-    files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
-    for name, label_image in (("nuclei", labels), ("mask", (labels > 0).astype(np.uint8))):
-        label_levels = list(_levels(label_image, nearest=True))
-        files |= group_files(f"labels/{name}", {"ome": {
-            "version": OME_VERSION,
-            "multiscales": _multiscales(_yx(pixel_um), len(label_levels), name, pixel_um),
-            "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
-        }})
-        files |= _level_files(f"labels/{name}", label_levels)
-    table = np.asarray(measurements, dtype=np.float64)
-    files |= array_files("measurements", table, chunks=(max(1, table.shape[0]), table.shape[1]),
-                         attributes={"columns": list(MEASUREMENT_COLUMNS)})
-    return files
-
-
-def _omero(cyx: np.ndarray) -> dict[str, Any]:
-    """OME-Zarr rendering settings, so viewers show an RGB image in its colours (red, green, blue channels
-    added up) and a dim 16-bit image with a usable contrast (window 1st..99.8th percentile) rather than black."""
-    colours = ["FF0000", "00FF00", "0000FF"] if cyx.shape[0] == 3 else ["FFFFFF"] * cyx.shape[0]
-    names = ["red", "green", "blue"] if cyx.shape[0] == 3 else [f"channel {i}" for i in range(cyx.shape[0])]
-    step = max(1, max(cyx.shape[1:]) // 512)  # percentiles of a subsample: cheap on big images, same window
-    channels = []
-    for plane, colour, name in zip(cyx, colours, names, strict=True):
-        full = (0.0, float(np.iinfo(plane.dtype).max)) if plane.dtype.kind in "ui" else (float(plane.min()),
-                                                                                          float(plane.max()))
-        if cyx.shape[0] == 3:  # RGB is shown as it is: no window to compute
-            start, end = full
-        else:
-            low, high = (float(v) for v in np.percentile(plane[::step, ::step], [1.0, 99.8]))
-            start, end = low, max(high, low + 1e-6)
-        channels.append({"color": colour, "label": name, "active": True,
-                         "window": {"min": full[0], "max": full[1], "start": start, "end": end}})
-    return {"channels": channels, "rdefs": {"model": "color" if cyx.shape[0] == 3 else "greyscale"}}
-
-
-def _level_files(path: str, levels: list[np.ndarray]) -> dict[str, bytes]:
-    """A multiscale's level arrays s0, s1, ... under ``path``."""
-    files: dict[str, bytes] = {}
-    for index, level in enumerate(levels):
-        chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
-        prefix = f"{path}/s{index}" if path else f"s{index}"
-        files |= array_files(prefix, level, chunks, dimension_names=("c", "y", "x")[-level.ndim:])
-    return files
-
-
-def _multiscales(
-    axes: list[dict[str, str]], n_levels: int, name: str, pixel_um: float | None
-) -> list[dict[str, Any]]:
-    """OME-NGFF multiscales: the scale is in micrometres when the pixel size is known, else in pixels (the
-    axes then carry no unit rather than a made-up one)."""
-    spatial = sum(1 for a in axes if a["type"] == "space")
-    size = pixel_um or 1.0
-    datasets = [
-        {"path": f"s{i}", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0] * (len(axes) - spatial) + [size * 2**i] * spatial}]}
-        for i in range(n_levels)
-    ]
-    return [{"name": name, "axes": axes, "datasets": datasets}]
-
-
-def _yx(pixel_um: float | None) -> list[dict[str, str]]:
-    unit = {"unit": "micrometer"} if pixel_um else {}
-    return [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
-
-
-def _cyx(pixel_um: float | None) -> list[dict[str, str]]:
-    return [{"name": "c", "type": "channel"}, *_yx(pixel_um)]

@@ -3,18 +3,21 @@
 An entry is damaged when its arrays cannot be read (missing or corrupt chunks), their content differs from the
 hashes its record was written with, or its counts disagree (labels, mask, measurements, record). Index records
 that do not parse are damaged too. `repair` hides damaged entries and deletes unreadable records, so the next
-run segments those images again; nothing else is touched.
+run segments those images again; nothing else is touched. An entry a run is writing is reported as being
+written, never as damaged: `check` and `repair` take each suspect entry's writer lock (`locks/KEY.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nuclei.store.backend import Store, array_sha256
+from nuclei.errors import StoreError
+from nuclei.store.backend import Store, array_sha256, key_to_id
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ class CheckReport:
     checked: int = 0
     damaged: dict[str, str] = field(default_factory=dict)
     unreadable_records: list[str] = field(default_factory=list)
+    being_written: list[str] = field(default_factory=list)  # a run holds their lock: not judged, not touched
 
     @property
     def ok(self) -> bool:
@@ -36,10 +40,9 @@ class CheckReport:
 def entry_problem(store: Store, record: EntryRecord) -> str | None:
     """Why this entry cannot be trusted, or None."""
     try:
-        labels = store.read_labels(record.id)
-        mask = store.read_mask(record.id)
-        image = store.read_image(record.id)
-        columns, table = store.read_measurements(record.id)
+        entry = store.open_entry(record.id, record)
+        labels, mask, image = entry.labels(), entry.mask(), entry.image()
+        columns, table = entry.measurements()
     except Exception as exc:  # noqa: BLE001 - a codec error, a missing array: all mean "damaged"
         return f"arrays unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     sums = record.arrays_sha256
@@ -58,24 +61,67 @@ def entry_problem(store: Store, record: EntryRecord) -> str | None:
     return None
 
 
-def check(store_path: str | Path) -> CheckReport:
-    """Check every visible entry and every index record of a store."""
-    store = Store(store_path, "r")
-    records = store.records()
-    report = CheckReport(checked=len(records), unreadable_records=list(store.damaged))
-    for image_id, record in records.items():
-        problem = entry_problem(store, record)
-        if problem:
-            report.damaged[image_id] = problem
+def check(store_path: str | Path, repair: bool = False) -> CheckReport:
+    """Check every visible entry and every index record of a store; with ``repair``, hide the damaged entries
+    and delete the unreadable records.
+
+    An entry found wrong is checked again under its writer's lock before it is called damaged: a run that is
+    rewriting it (record removed, arrays half replaced) makes it look damaged for a moment. While a writer
+    holds the lock the entry is "being written", never damaged, and repair leaves it alone, so repair can
+    never race a run."""
+    store = Store(store_path, "a" if repair else "r")
+    scan = store.scan()
+    report = CheckReport(checked=len(scan.records))
+    for image_id, record in scan.records.items():
+        if entry_problem(store, record) is not None:
+            _settle(store, image_id, report, repair)
+    for path in scan.damaged:
+        _settle_record_file(store, path, report, repair)
     return report
 
 
-def repair(store_path: str | Path, report: CheckReport) -> None:
-    """Hide damaged entries and delete unreadable index records: the next run segments them again."""
-    store = Store(store_path, "a")
-    for image_id in report.damaged:
-        store.hide(image_id)
-        log.warning("hid damaged entry %s", image_id)
-    for path in report.unreadable_records:
-        store.remove_record_file(path)
-        log.warning("removed unreadable record %s", path)
+def _settle(store: Store, image_id: str, report: CheckReport, repair: bool) -> None:
+    """Decide about an entry that looked wrong, under its lock: being written, fine after all, or damaged."""
+    with store.unless_being_written(image_id) as free:
+        if not free:
+            report.being_written.append(image_id)
+            return
+        record = store.record(image_id)  # as it is now that no one writes it
+        problem = entry_problem(store, record) if record is not None else None
+        if problem is None:
+            return
+        report.damaged[image_id] = problem
+        if repair:
+            store.hide(image_id)
+            log.warning("hid damaged entry %s", image_id)
+
+
+def _settle_record_file(store: Store, path: str, report: CheckReport, repair: bool) -> None:
+    """An index file that did not parse: damaged unless its entry's writer holds the lock (a store written
+    before records were replaced atomically, or an object store, may show a record mid-write)."""
+    key = Path(path).name.removesuffix(".json")
+    try:
+        image_id = key_to_id(key)
+    except StoreError:  # not a name this store writes: nobody can be writing it
+        image_id = None
+    with contextlib.ExitStack() as held:
+        if image_id is not None and not held.enter_context(store.unless_being_written(image_id)):
+            report.being_written.append(image_id)
+            return
+        if not store.fs.exists(path):
+            return
+        try:
+            if EntryRecord.model_validate_json(store.fs.cat_file(path)):
+                return  # rewritten meanwhile: readable now
+        except ValueError:
+            pass
+        report.unreadable_records.append(path)
+        if repair:
+            store.remove_record_file(path)
+            log.warning("removed unreadable record %s", path)
+
+
+def repair(store_path: str | Path, report: CheckReport | None = None) -> CheckReport:
+    """Check again and repair under each entry's lock (a report from an earlier `check` may be stale: an entry
+    it found damaged may have been rewritten since)."""
+    return check(store_path, repair=True)

@@ -1,7 +1,7 @@
 """The entry record: one small JSON file per image under STORE/index/, written last (it commits the entry).
 
-Typed and validated on read: a record that does not parse makes that one entry invisible (and reported by
-`Store.damaged`), never the whole store unreadable. Listings read only these records, never arrays.
+Typed and validated on read: a record that does not parse makes that one entry invisible (and listed by
+`Store.scan`), never the whole store unreadable. Listings read only these records, never arrays.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class EntryRecord(BaseModel):
     nuclei_version: str = ""
     written: str = ""
     status: Literal["complete"] = "complete"
+    commit: str = ""  # unique per write: what a compare-and-commit (`Store.write_entry(expect=...)`) compares
     store_format_version: int = STORE_FORMAT_VERSION
 
     def as_dict(self) -> dict[str, Any]:

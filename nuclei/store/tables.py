@@ -1,62 +1,48 @@
 """Tables of a whole store, as labs open them next: one row per nucleus (CellProfiler's habit), one per image.
 
-Rows stream entry by entry (one image's arrays in memory at a time), so stores of 10^5 images export in
-constant memory; CSV always, Parquet when pyarrow is installed (by the file's suffix). Shape features come from
-scikit-image's regionprops_table; lengths and areas are in pixels, plus micrometres where the entry's pixel size
-is known (empty otherwise: no unit is made up).
+Rows stream entry by entry (one entry's measurements in memory at a time), so stores of 10^5 images export in
+constant memory; CSV always, Parquet when pyarrow is installed (by the file's suffix). The nucleus table is the
+measurements each entry stores (`nuclei.core.measure.COLUMNS`, units in the names), read as written: the
+export computes nothing, so it shows what `nuclei view` and the query API show. A micrometre column is empty
+where the image's pixel size is unknown (no unit is made up).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from skimage.measure import regionprops_table
-
-from nuclei.core.normalize import channel_mean
+from nuclei.core.measure import COLUMN_NAMES, INTEGER_COLUMNS
 from nuclei.errors import StoreError
 from nuclei.store.backend import Store
-from nuclei.store.record import EntryRecord
 
-# regionprops_table property -> our column names (its names of several columns are suffixed -0, -1, ...).
-_PROPERTIES = {
-    "label": ["label"], "area": ["area"], "centroid": ["centroid_y", "centroid_x"],
-    "bbox": ["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"], "intensity_mean": ["mean_intensity"],
-    "eccentricity": ["eccentricity"], "solidity": ["solidity"], "axis_major_length": ["major_axis_length"],
-    "axis_minor_length": ["minor_axis_length"], "perimeter": ["perimeter"],
-}
-NUCLEUS_COLUMNS = ["image_id", *(c for names in _PROPERTIES.values() for c in names),
-                   "pixel_size_um", "area_um2", "centroid_y_um", "centroid_x_um", "perimeter_um"]
+NUCLEUS_COLUMNS = ["image_id", *COLUMN_NAMES]
 IMAGE_COLUMNS = ["image_id", "source", "n_nuclei", "covered_fraction", "mean_area", "height", "width",
                  "channel", "channel_name", "z", "pixel_size_um", "model_version", "precision", "written"]
 BATCH_ROWS = 10_000  # rows per Parquet row group
 
 
 def nucleus_rows(store: Store) -> Iterator[dict[str, Any]]:
-    """One row per nucleus of every complete entry, image by image in id order."""
+    """One row per nucleus of every complete entry, image by image in id order (only the measurements are read,
+    never images or labels)."""
     for image_id, record in store.records().items():
-        yield from _image_nuclei(store, image_id, record)
+        columns, table = store.open_entry(image_id, record).measurements()
+        for values in table:
+            row: dict[str, Any] = dict.fromkeys(NUCLEUS_COLUMNS)  # an older entry's missing columns stay empty
+            row["image_id"] = image_id
+            row.update({name: cell(name, value) for name, value in zip(columns, values, strict=True)
+                        if name in row})
+            yield row
 
 
-def _image_nuclei(store: Store, image_id: str, record: EntryRecord) -> Iterator[dict[str, Any]]:
-    labels = store.read_labels(image_id).astype(np.int32)
-    grey = channel_mean(store.read_image(image_id))  # scaled by the dtype's range, channels averaged
-    table = regionprops_table(labels, intensity_image=grey, properties=list(_PROPERTIES))
-    columns: dict[str, np.ndarray] = {}
-    for prop, names in _PROPERTIES.items():
-        for i, name in enumerate(names):
-            columns[name] = table[prop if len(names) == 1 else f"{prop}-{i}"]
-    size = record.pixel_size_um
-    for i in range(len(columns["label"])):
-        row: dict[str, Any] = {"image_id": image_id, **{k: _plain(v[i]) for k, v in columns.items()}}
-        row.update(pixel_size_um=size, area_um2=row["area"] * size**2 if size else None,
-                   centroid_y_um=row["centroid_y"] * size if size else None,
-                   centroid_x_um=row["centroid_x"] * size if size else None,
-                   perimeter_um=row["perimeter"] * size if size else None)
-        yield row
+def cell(name: str, value: float) -> int | float | None:
+    """A stored value as a table shows it: whole-number columns as int, NaN (unknown) as empty."""
+    if math.isnan(value):
+        return None
+    return int(value) if name in INTEGER_COLUMNS else float(value)
 
 
 def image_rows(store: Store) -> Iterator[dict[str, Any]]:
@@ -68,10 +54,6 @@ def image_rows(store: Store) -> Iterator[dict[str, Any]]:
                "channel_name": record.channel_name, "z": record.z, "pixel_size_um": record.pixel_size_um,
                "model_version": record.model.version, "precision": record.model.precision,
                "written": record.written}
-
-
-def _plain(value: Any) -> int | float:
-    return int(value) if isinstance(value, np.integer) else float(value)
 
 
 def write_table(rows: Iterable[dict[str, Any]], columns: list[str], path: str | Path) -> int:
@@ -117,7 +99,10 @@ def _write_parquet(rows: Iterable[dict[str, Any]], columns: list[str], path: Pat
 def _flush(pa: Any, pq: Any, batch: list[dict[str, Any]], columns: list[str], path: Path, writer: Any) -> Any:
     table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None) if batch else \
         pa.table({c: pa.array([], pa.float64()) for c in columns})
-    if writer is None:
-        writer = pq.ParquetWriter(str(path), table.select(columns).schema)
-    writer.write_table(table.select(columns))
+    table = table.select(columns)
+    if writer is None:  # a column empty throughout the first batch (no pixel size) is float, not "null"
+        schema = pa.schema([pa.field(f.name, pa.float64()) if pa.types.is_null(f.type) else f for f in table.schema])
+        table = table.cast(schema)
+        writer = pq.ParquetWriter(str(path), schema)
+    writer.write_table(table)
     return writer

@@ -1,0 +1,70 @@
+"""What making entries durable costs: an entry's files written with fsync (files and folders, then the record)
+against the same writes without fsync, measured in the same run.
+
+    .venv/bin/python benchmarks/fsync_cost.py --entries 60 --rounds 5 [--dir /path/on/the/disk/of/interest]
+
+Each entry is a real 256x256 RGB sample's files (`nuclei.store.layout.entry_files`: image, two label images,
+measurements, about 20 files) plus its record (`durable.write_atomically`, fsynced in both variants, as before).
+Rounds interleave the two variants so both see the same disk and machine load; the ratio is the median seconds
+per entry with fsync over the median without. The cost depends on the disk (a laptop SSD, a network file
+system and tmpfs differ by orders of magnitude): run it on the disk the store will live on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from nuclei.core.measure import COLUMN_NAMES, measure
+from nuclei.io.synthetic import make_sample
+from nuclei.store.durable import write_atomically, write_files
+from nuclei.store.layout import entry_files
+from nuclei.store.record import EntryRecord
+
+
+def _entry() -> tuple[dict[str, bytes], bytes]:
+    image, labels = make_sample((256, 256), n_nuclei=20, seed=1)
+    table = measure(labels, image)
+    record = EntryRecord(id="x", source="x.png", source_sha256="0" * 64, shape=(256, 256), channels=3,
+                         n_nuclei=int(table.shape[0]), covered_fraction=float((labels > 0).mean()), mean_area=1.0,
+                         model={"version": "bench@0"}, thresholds={})
+    return entry_files(record, image, labels, table, COLUMN_NAMES), json.dumps(record.as_dict()).encode()
+
+
+def _seconds_per_entry(root: Path, n: int, files: dict[str, bytes], blob: bytes, fsync: bool) -> float:
+    folder = Path(tempfile.mkdtemp(dir=root))
+    (folder / "images").mkdir()
+    started = time.perf_counter()
+    for i in range(n):
+        write_files(str(folder / "images" / f"e{i}"), files, fsync=fsync)
+        write_atomically(str(folder / "index" / f"e{i}.json"), blob)
+    seconds = (time.perf_counter() - started) / n
+    shutil.rmtree(folder)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=60, help="entries written per variant and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path("."), help="a folder on the disk to measure")
+    args = parser.parse_args()
+    files, blob = _entry()
+    print(f"one entry: {len(files)} files, {sum(map(len, files.values())) / 1024:.0f} KiB; disk under {args.dir}")
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.rounds):
+        for fsync in (False, True):
+            timings[fsync].append(_seconds_per_entry(args.dir, args.entries, files, blob, fsync))
+    plain, durable = statistics.median(timings[False]), statistics.median(timings[True])
+    print(f"without fsync of the arrays: {1000 * plain:.2f} ms per entry (record fsynced as before)")
+    print(f"with fsync of files and folders: {1000 * durable:.2f} ms per entry")
+    print(f"ratio: {durable / plain:.2f}x ({1000 * (durable - plain):.2f} ms more per entry)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Files that survive a power cut on local disks: fsync each file, then each folder that names it.
+
+A rename or a new file is durable only once its folder is fsynced too (POSIX: the directory entry lives in
+the folder). The commit protocol (`nuclei.store.backend`) relies on this order: an entry's arrays are on
+disk before its record is, so after a crash a record never points at arrays that are not there.
+`benchmarks/fsync_cost.py` measures what it costs per entry.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the names in ``folder`` (new files, renames, deletions) durable."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_files(prefix: str, files: dict[str, bytes], fsync: bool = True) -> None:
+    """Write ``files`` (relative paths -> bytes) under the folder ``prefix``; with ``fsync``, every file and
+    every folder from ``prefix``'s parent down is on disk when this returns."""
+    folders: set[str] = set()
+    for name, blob in files.items():
+        path = os.path.join(prefix, name)
+        folder = os.path.dirname(path)
+        if folder not in folders:
+            os.makedirs(folder, exist_ok=True)
+            folders.add(folder)
+        with open(path, "wb") as handle:
+            handle.write(blob)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+    if not fsync:
+        return
+    for folder in sorted(folders | _parents(folders, prefix), key=len, reverse=True):  # deepest first
+        fsync_folder(folder)
+    fsync_folder(os.path.dirname(prefix) or ".")
+
+
+def _parents(folders: set[str], prefix: str) -> set[str]:
+    """Every folder between ``prefix`` and the files' own folders (os.makedirs may create several)."""
+    found = set()
+    for folder in folders:
+        while len(folder) > len(prefix):
+            folder = os.path.dirname(folder)
+            found.add(folder)
+    return found
+
+
+def write_atomically(path: str, blob: bytes) -> None:
+    """Replace ``path`` by ``blob``: temp file, fsync, rename, fsync the folder. A reader sees the old file or
+    the new one, never half of one, even after a power cut."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(blob)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_folder(folder)
+
+
+def remove_durably(path: str) -> bool:
+    """Delete ``path`` and make the deletion durable; False when it was not there."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    fsync_folder(os.path.dirname(path))
+    return True

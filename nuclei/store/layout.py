@@ -1,0 +1,127 @@
+"""An entry's OME-NGFF 0.5 layout as plain files: the image pyramid, its rendering window, two label images
+and the measurements table. Pure composition (arrays in, relative paths -> bytes out); where and how the files
+are written, and when an entry becomes visible, is `nuclei.store.backend`'s business.
+
+    images/KEY/zarr.json               OME-Zarr image group: multiscales, omero, and attrs "nuclei" (the record)
+    images/KEY/s0 [, s1, ...]          (c, y, x), halved until the largest side is at most PYRAMID_MIN_SIZE
+    images/KEY/labels/nuclei/s0 ...    instance labels 1..N (image-label)
+    images/KEY/labels/mask/s0 ...      binary mask 0/1 (image-label)
+    images/KEY/measurements            float64 (N, k), column names in attrs (`nuclei.core.measure.COLUMNS`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from nuclei.store.record import EntryRecord
+from nuclei.store.zarr_files import array_files, group_files
+
+OME_VERSION = "0.5"
+PYRAMID_MIN_SIZE = 1024  # add half-resolution levels until the smallest is at most this (for viewers)
+CHUNK = 1024
+LABEL_NAMES = ("nuclei", "mask")
+LABELS_PATH = "labels/nuclei/s{level}"
+MASK_PATH = "labels/mask/s{level}"
+IMAGE_PATH = "s{level}"
+MEASUREMENTS_PATH = "measurements"
+
+
+def entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
+                columns: Sequence[str]) -> dict[str, bytes]:
+    """An entry's files (relative paths -> bytes): the OME-Zarr image, its two label images, measurements."""
+    pixel_um = record.pixel_size_um
+    levels = list(_levels(_to_cyx(image), nearest=False))
+    files = group_files("", {
+        "nuclei": record.as_dict(),
+        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um),
+                "omero": omero(levels[0])},
+    })
+    files |= _level_files("", levels)
+    files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
+    for name, label_image in (("nuclei", labels), ("mask", (labels > 0).astype(np.uint8))):
+        label_levels = list(_levels(label_image, nearest=True))
+        files |= group_files(f"labels/{name}", {"ome": {
+            "version": OME_VERSION,
+            "multiscales": _multiscales(_yx(pixel_um), len(label_levels), name, pixel_um),
+            "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
+        }})
+        files |= _level_files(f"labels/{name}", label_levels)
+    table = np.asarray(measurements, dtype=np.float64).reshape(-1, len(columns))
+    files |= array_files(MEASUREMENTS_PATH, table, chunks=(max(1, table.shape[0]), max(1, table.shape[1])),
+                         attributes={"columns": list(columns)})
+    return files
+
+
+def _to_cyx(image: np.ndarray) -> np.ndarray:
+    return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+
+
+def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
+    """Full resolution, then half sizes until the largest side is at most PYRAMID_MIN_SIZE."""
+    yield array
+    while max(array.shape[-2:]) > PYRAMID_MIN_SIZE:
+        if nearest:
+            array = array[..., ::2, ::2]
+        else:
+            h, w = array.shape[-2:]
+            planes = [cv2.resize(p, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA) for p in array]
+            array = np.stack(planes)
+        yield array
+
+
+def omero(cyx: np.ndarray) -> dict[str, Any]:
+    """OME-Zarr rendering settings, so viewers show an RGB image in its colours (red, green, blue channels
+    added up) and a dim 16-bit image with a usable contrast (window 1st..99.8th percentile) rather than black."""
+    colours = ["FF0000", "00FF00", "0000FF"] if cyx.shape[0] == 3 else ["FFFFFF"] * cyx.shape[0]
+    names = ["red", "green", "blue"] if cyx.shape[0] == 3 else [f"channel {i}" for i in range(cyx.shape[0])]
+    step = max(1, max(cyx.shape[1:]) // 512)  # percentiles of a subsample: cheap on big images, same window
+    channels = []
+    for plane, colour, name in zip(cyx, colours, names, strict=True):
+        full = (0.0, float(np.iinfo(plane.dtype).max)) if plane.dtype.kind in "ui" else (float(plane.min()),
+                                                                                          float(plane.max()))
+        if cyx.shape[0] == 3:  # RGB is shown as it is: no window to compute
+            start, end = full
+        else:
+            low, high = (float(v) for v in np.percentile(plane[::step, ::step], [1.0, 99.8]))
+            start, end = low, max(high, low + 1e-6)
+        channels.append({"color": colour, "label": name, "active": True,
+                         "window": {"min": full[0], "max": full[1], "start": start, "end": end}})
+    return {"channels": channels, "rdefs": {"model": "color" if cyx.shape[0] == 3 else "greyscale"}}
+
+
+def _level_files(path: str, levels: list[np.ndarray]) -> dict[str, bytes]:
+    """A multiscale's level arrays s0, s1, ... under ``path``."""
+    files: dict[str, bytes] = {}
+    for index, level in enumerate(levels):
+        chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
+        prefix = f"{path}/s{index}" if path else f"s{index}"
+        files |= array_files(prefix, level, chunks, dimension_names=("c", "y", "x")[-level.ndim:])
+    return files
+
+
+def _multiscales(
+    axes: list[dict[str, str]], n_levels: int, name: str, pixel_um: float | None
+) -> list[dict[str, Any]]:
+    """OME-NGFF multiscales: the scale is in micrometres when the pixel size is known, else in pixels (the
+    axes then carry no unit rather than a made-up one)."""
+    spatial = sum(1 for a in axes if a["type"] == "space")
+    size = pixel_um or 1.0
+    datasets = [
+        {"path": f"s{i}", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0] * (len(axes) - spatial) + [size * 2**i] * spatial}]}
+        for i in range(n_levels)
+    ]
+    return [{"name": name, "axes": axes, "datasets": datasets}]
+
+
+def _yx(pixel_um: float | None) -> list[dict[str, str]]:
+    unit = {"unit": "micrometer"} if pixel_um else {}
+    return [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+
+
+def _cyx(pixel_um: float | None) -> list[dict[str, str]]:
+    return [{"name": "c", "type": "channel"}, *_yx(pixel_um)]

@@ -1,0 +1,169 @@
+"""The commit protocol on its own (no model, no run): durable order, one writer per entry, check and repair
+never racing a writer, compare-and-commit, and stores that are refused. Real files on disk, fast."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from skimage.segmentation import relabel_sequential
+
+from nuclei.cli.main import main
+from nuclei.core.measure import measure
+from nuclei.errors import StoreError
+from nuclei.io.synthetic import make_sample
+from nuclei.store.backend import EntryChanged, Store
+from nuclei.store.check import check
+
+
+def _record(image: np.ndarray, labels: np.ndarray, table: np.ndarray) -> dict[str, Any]:
+    n = int(table.shape[0])
+    return {"source": "/data/x.png", "source_sha256": "0" * 64, "shape": list(labels.shape), "n_nuclei": n,
+            "covered_fraction": float(np.count_nonzero(labels)) / labels.size, "mean_area": 1.0,
+            "model": {"version": "m@1"}, "thresholds": {}}
+
+
+def _write(store: Store, image_id: str, seed: int = 1, **kw: Any) -> Any:
+    image, labels = make_sample((48, 48), n_nuclei=4, seed=seed)
+    labels = relabel_sequential(labels)[0]  # as the worker writes them (a covered nucleus leaves no gap)
+    table = measure(labels, image)
+    return store.write_entry(image_id, image, labels, table, _record(image, labels, table), **kw)
+
+
+def test_arrays_and_folders_are_fsynced_before_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a power cut a record must never point at arrays that were still in the page cache."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    store = Store(tmp_path / "s.zarr", "a")
+    monkeypatch.setattr(os, "fsync", spy)
+    _write(store, "a")
+    entry = tmp_path / "s.zarr" / "images" / "a"
+    files = {str(p) for p in entry.rglob("*")}
+    record_at = next(i for i, p in enumerate(synced) if p.endswith(".tmp"))  # the record's temp file
+    before = set(synced[:record_at])
+    assert files <= before  # every array file and folder of the entry ...
+    assert str(entry) in before and str(entry.parent) in before  # ... its folder, and the name in images/
+    assert synced[-1] == str(tmp_path / "s.zarr" / "index")  # the rename of the record, last
+
+
+def test_check_tells_being_written_from_damaged_and_repair_never_races_a_writer(tmp_path: Path) -> None:
+    """Issue 28 case 1: `check --repair` during a rewrite of the same entries hid entries the run had just
+    written. A writer rewrites entries in a loop (as `segment --overwrite` does) while check --repair runs
+    again and again: no entry is ever lost and nothing is called damaged."""
+    path = tmp_path / "s.zarr"
+    store = Store(path, "a")
+    ids = [f"img{i}" for i in range(6)]
+    for i, image_id in enumerate(ids):
+        _write(store, image_id, seed=i)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        writer = Store(path, "a")
+        seed = 100
+        while not stop.is_set():
+            for image_id in ids:
+                seed += 1
+                with writer.writing(image_id):
+                    _write(writer, image_id, seed=seed)
+
+    thread = threading.Thread(target=rewrite)
+    thread.start()
+    try:
+        deadline, rounds, being_written = time.monotonic() + 4, 0, 0
+        while time.monotonic() < deadline:
+            report = check(path, repair=True)
+            assert not report.damaged and not report.unreadable_records, report
+            being_written += len(report.being_written)
+            rounds += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert rounds > 3
+    assert sorted(Store(path).ids()) == ids and check(path).ok
+
+
+def test_an_entry_locked_by_a_writer_is_reported_as_being_written(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store = Store(path, "a")
+    _write(store, "a")
+    chunk = next(p for p in (path / "images" / "a" / "labels" / "nuclei" / "s0").rglob("*") if p.is_file()
+                 and p.name != "zarr.json")
+    chunk.unlink()  # looks damaged: exactly what a rewrite in progress looks like
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with Store(path, "a").writing("a"):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:
+        report = check(path, repair=True)
+        assert report.being_written == ["a"] and not report.damaged
+        assert Store(path).ids() == ["a"]  # repair left it alone
+    finally:
+        release.set()
+        thread.join()
+    report = check(path)
+    assert list(report.damaged) == ["a"] and not report.being_written  # no writer now: damaged it is
+
+
+def test_compare_and_commit_tells_the_loser(tmp_path: Path) -> None:
+    """Issue 28 case 5, the store's side: a writer that expects the entry it saw loses to another run's commit
+    and is told so (EntryChanged, nothing written), instead of both runs saying they wrote it."""
+    store = Store(tmp_path / "s.zarr", "a")
+    first = _write(store, "a", expect=None)  # expected no entry: there was none
+    with pytest.raises(EntryChanged, match="written meanwhile by another run"):
+        _write(store, "a", seed=2, expect=None)  # expected none, but one was committed
+    assert store.record("a") == first
+    second = _write(store, "a", seed=3, expect=first.commit)
+    assert second.commit != first.commit and store.record("a") == second
+    with pytest.raises(EntryChanged):
+        _write(store, "a", seed=4, expect=first.commit)  # stale: another write came in between
+
+
+def test_only_a_nuclei_store_or_an_empty_folder_is_written(tmp_path: Path) -> None:
+    """Issue 28 case 13: a Zarr v2 store given as --store was taken over (a v3 zarr.json written at its root)."""
+    v2 = tmp_path / "v2.zarr"
+    v2.mkdir()
+    (v2 / ".zgroup").write_text('{"zarr_format": 2}')
+    with pytest.raises(StoreError, match="Zarr v2 store"):
+        Store(v2, "a")
+    assert sorted(p.name for p in v2.iterdir()) == [".zgroup"]  # untouched
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a nuclei store"):
+        Store(data, "a")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Store(empty, "a")  # an empty folder becomes a store
+    assert (empty / "zarr.json").is_file()
+
+
+def test_a_zipped_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 28 case 13: `zip://::s0.zip` gave "no images", 0 entries checked, exit 0."""
+    store = tmp_path / "s0.zarr"
+    _write(Store(store, "a"), "a")
+    archive = tmp_path / "s0.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in store.rglob("*"):
+            handle.write(path, path.relative_to(tmp_path))
+    url = f"zip://::{archive}"
+    for argv in (["check", url], ["query", url, "list"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "zipped store" in err and "unzip" in err
