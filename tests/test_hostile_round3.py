@@ -3,11 +3,13 @@ exit. Small synthetic images and the shipped default model: seconds per test."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 import nuclei
+from nuclei.cli.main import main
 from nuclei.errors import InputError
 from nuclei.io.images import write_png
 from nuclei.io.synthetic import make_sample
@@ -55,3 +57,129 @@ def test_a_files_own_pixel_size_wins_over_the_option_and_the_conflict_is_reporte
     assert sizes == {"ome.ome": 0.5, "plain": 0.25}
     assert [Path(n["file"]).name for n in summary["notes"]] == ["ome.ome.tif"]
     assert "not --pixel-size 0.25" in summary["notes"][0]["reason"]
+
+
+# --- 5: two runs with other settings at once: the later writer knows --------------------------------------------
+
+
+def test_of_two_runs_with_other_settings_at_once_the_later_writer_fails_those_images(tmp_path: Path) -> None:
+    from nuclei.config import SegmentConfig
+    from nuclei.inference.run import plan, run, summarize
+
+    for seed in range(3):
+        _image(tmp_path / "in" / f"img{seed}.png", seed=seed)
+    first, second = (plan(SegmentConfig(inputs=[str(tmp_path / "in")], store=str(tmp_path / "s.zarr"),
+                                        diameter=d)) for d in (20.0, 40.0))  # both planned on an empty store
+    assert summarize(first, run(first))["done"] == 3
+    late = summarize(second, run(second))
+    assert late["done"] == 0 and late["failed"] == 3, late
+    assert all("another run wrote this entry while this one ran" in f["reason"] for f in late["failures"])
+    store = nuclei.open_store(tmp_path / "s.zarr")
+    assert {store.metadata(i)["diameter"] for i in store.ids()} == {20.0}  # one whole run's entries
+    assert not (tmp_path / "s.zarr" / "failed").exists() or not any((tmp_path / "s.zarr" / "failed").iterdir())
+    again = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr", diameter=40.0)  # alone: replaces them
+    assert again["done"] == 3 and again["failed"] == 0
+
+
+# --- 7 and 14: a cluster address that is no scheduler, or garbage: one line, exit 2, no store ------------------
+
+
+def test_a_port_that_is_not_a_dask_scheduler_fails_in_seconds_and_creates_no_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+    import time
+
+    from nuclei.inference import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    _image(tmp_path / "in" / "a.png")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        code = main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr"), "--dask-address",
+                     f"tcp://127.0.0.1:{server.server_address[1]}"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "is not a Dask scheduler" in err, err
+        assert time.monotonic() - started < 20
+    finally:
+        server.shutdown()
+    monkeypatch.setenv("NUCLEI_DASK_ADDRESS", "garbage")
+    assert main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'garbage' is not a Dask scheduler address" in err, err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# --- 10 and 14: a store that cannot be written fails before any image is read ---------------------------------
+
+
+def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import fsspec.implementations.local as local
+
+    from nuclei.inference import worker
+
+    _image(tmp_path / "in" / "a.png")
+    assert main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")]) == 0
+    _image(tmp_path / "in" / "b.png", seed=2)
+    monkeypatch.setattr(worker, "segment_batch", lambda *a, **k: pytest.fail("no image may be read"))
+    for path in (tmp_path / "s.zarr", tmp_path / "s.zarr" / "images", tmp_path / "s.zarr" / "index"):
+        path.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: the file system's refusal, as a read-only mount gives it
+
+        def refuse(self: object, path: str, *args: object, **kwargs: object) -> None:
+            raise OSError(30, "Read-only file system", path)
+
+        monkeypatch.setattr(local.LocalFileSystem, "pipe_file", refuse)
+    code = main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write to this store" in err, err
+    monkeypatch.undo()
+    for path in (tmp_path / "s.zarr", tmp_path / "s.zarr" / "images", tmp_path / "s.zarr" / "index"):
+        path.chmod(0o755)
+
+
+def test_a_new_store_under_a_folder_that_cannot_be_written_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    _image(tmp_path / "in" / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes where a mode forbids it: take a folder the kernel refuses (sysfs)
+        locked = Path("/sys")
+        try:
+            (locked / "nuclei-test.zarr").mkdir()
+        except OSError:
+            pass
+        else:
+            (locked / "nuclei-test.zarr").rmdir()
+            pytest.skip("no folder that root cannot write")
+    code = main(["segment", str(tmp_path / "in"), "--store", str(locked / "nuclei-test.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write to this store" in err, err
+    assert not (locked / "nuclei-test.zarr").exists()
+
+
+# --- 12: a moved input folder: counted once, the same content recognised, the way out offered ------------------
+
+
+def test_a_moved_input_folder_is_recognised_and_changed_files_are_counted_once(tmp_path: Path) -> None:
+    for seed in range(3):
+        _image(tmp_path / "old" / f"img{seed}.png", seed=seed)
+    assert nuclei.segment([tmp_path / "old"], tmp_path / "s.zarr")["done"] == 3
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    moved = nuclei.segment([tmp_path / "new"], tmp_path / "s.zarr")
+    assert (moved["found"], moved["done"], moved["skipped"], moved["failed"]) == (3, 0, 3, 0), moved
+    _image(tmp_path / "other" / "img0.png", seed=9)  # other content under a held id
+    clash = nuclei.segment([tmp_path / "other"], tmp_path / "s.zarr")
+    assert (clash["found"], clash["failed"]) == (1, 1), clash  # "2 found" before: the clash counted twice
+    assert "(use another store, or --overwrite to replace it)" in clash["failures"][0]["reason"]

@@ -10,6 +10,8 @@ then request one GPU each, so they run only there, one per GPU.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -68,10 +70,70 @@ CONNECT_TIMEOUT_S = 10  # a dead address fails in this long, with one line
 WORKERS_TIMEOUT_S = 60  # a scheduler without workers fails in this long instead of hanging
 
 
+def probe_scheduler(address: str) -> None:
+    """Ask ``address`` who it is, within CONNECT_TIMEOUT_S: a Dask client given a port that accepts TCP but is
+    no scheduler (an HTTP server, the dashboard's port by mistake) waits for ever, and a malformed address is a
+    traceback. Runs in its own thread and event loop, so it works under a caller's running loop too.
+    Raises ClusterError naming the address and the reason."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nuclei-probe") as pool:
+        try:
+            found = pool.submit(asyncio.run, _identity(address)).result()
+        except ValueError as exc:  # no port, unknown scheme
+            raise ClusterError(f"{address!r} is not a Dask scheduler address ({exc}); expected tcp://HOST:PORT") \
+                from exc
+        except _NoAnswer as exc:
+            raise ClusterError(f"{address} accepts connections but is not a Dask scheduler ({exc}): is it the "
+                               "dashboard's port? The scheduler's is usually 8786") from exc
+        except OSError as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT_S} s "
+                               f"({exc or type(exc).__name__})") from exc
+    if not isinstance(found, dict) or found.get("type") != "Scheduler":
+        kind = found.get("type") if isinstance(found, dict) else type(found).__name__
+        raise ClusterError(f"{address} is a Dask {kind}, not a scheduler: give the scheduler's address")
+
+
+class _NoAnswer(Exception):
+    """Connected, but no scheduler's answer: silence, or the connection closed."""
+
+
+async def _identity(address: str) -> object:
+    from distributed.comm import connect
+
+    try:
+        comm = await asyncio.wait_for(connect(address, timeout=CONNECT_TIMEOUT_S), 2 * CONNECT_TIMEOUT_S)
+    except OSError as exc:  # TimeoutError included: refused, unreachable, or no Dask handshake
+        if await _accepts_tcp(address):
+            raise _NoAnswer("no Dask handshake") from exc
+        raise
+    try:
+        await comm.write({"op": "identity"})
+        return await asyncio.wait_for(comm.read(), CONNECT_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise _NoAnswer(f"no answer within {CONNECT_TIMEOUT_S} s") from exc
+    except OSError as exc:  # distributed's CommClosedError
+        raise _NoAnswer(f"it closed the connection: {exc}") from exc
+    finally:
+        comm.abort()
+
+
+async def _accepts_tcp(address: str) -> bool:
+    """Something listens at ``address`` (a TCP connection opens), whatever it speaks."""
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        host, port = get_address_host_port(address)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+    except (OSError, ValueError):
+        return False
+    writer.close()
+    return True
+
+
 @contextlib.contextmanager
 def _connect(address: str) -> Iterator[Client]:
     from distributed import Client
 
+    probe_scheduler(address)
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:

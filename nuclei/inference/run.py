@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,11 +23,17 @@ import fsspec
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
-from nuclei.errors import InputError
-from nuclei.inference.cluster import cluster_address, dask_client, local_cluster_size, task_resources
+from nuclei.errors import InputError, StoreError
+from nuclei.inference.cluster import (
+    cluster_address,
+    dask_client,
+    local_cluster_size,
+    probe_scheduler,
+    task_resources,
+)
 from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
-from nuclei.inference.worker import ImageResult, build_engine, entry_key, segment_batch
+from nuclei.inference.worker import ImageResult, build_engine, entry_key, seen_mark, segment_batch
 from nuclei.io.discovery import ImageItem, discover
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
@@ -45,11 +53,15 @@ class Plan:
     unchanged: list[str] = field(default_factory=list)
     failed_before: list[Failure] = field(default_factory=list)  # unchanged files that failed last time
     problems: list[InputError] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)  # id -> `seen_mark` of its record when planned
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def items(self) -> list[ImageItem]:
         return [item for batch in self.batches for item in batch]
+
+    def seen_of(self, batch: list[ImageItem]) -> dict[str, str]:
+        return {item.id: self.seen.get(item.id, "") for item in batch}
 
 
 def check_model(config: SegmentConfig) -> Engine:
@@ -85,36 +97,69 @@ def _other_source(item: ImageItem, record: EntryRecord | None) -> InputError | N
     """An id the store already holds for another file: never replaced silently (data loss)."""
     if record is None or record.source == item.url:
         return None
-    return InputError(item.url, f"the store's entry {item.id!r} comes from {record.source}; not replacing it "
-                      "with another file (use another store, or --overwrite to replace it)")
+    gone = "://" not in record.source and not os.path.exists(record.source)
+    return InputError(item.url, f"the store's entry {item.id!r} comes from {record.source}"
+                      f"{' (no longer there: moved?)' if gone else ''}; not replacing it with other content (use "
+                      "another store, or --overwrite to replace it)")
+
+
+def _moved(item: ImageItem, record: EntryRecord | None) -> bool:
+    """The entry holds this very content from another path (an input folder moved or copied): no clash."""
+    return bool(record and record.source != item.url and record.source_size == item.size
+                and file_sha256(item.url) == record.source_sha256)
+
+
+def open_for_writing(url: str) -> Store:
+    """The store, created if new, and proven writable before any image is read: a read-only store, or a new
+    one under a folder this user cannot write, failed every image only after inferring them all."""
+    try:
+        store = Store(url, mode="a")
+        for folder in ("", "/images", "/index"):
+            if folder == "" or store.fs.exists(store.root_path + folder):
+                probe = f"{store.root_path}{folder}/.nuclei-write-probe-{uuid.uuid4().hex}"
+                store.fs.pipe_file(probe, b"")
+                store.fs.rm_file(probe)
+    except OSError as exc:
+        raise StoreError(f"{url}: cannot write to this store ({exc.strerror or exc})") from exc
+    return store
 
 
 def plan(config: SegmentConfig) -> Plan:
-    """Check the model, discover images, leave out unchanged ones, and group the rest into tasks."""
+    """Check the model, the inputs, the cluster and that the store is writable (in that order, so a user error
+    creates no store); leave out unchanged images, and group the rest into tasks."""
     config = preflight(config)  # again: the flow and the API may be called without the CLI
     engine = check_model(config)
     model_dir = engine.model
-    store = Store(config.store, mode="a")
-    records, failures = store.records(), store.failures()
     found = discover(config.inputs)
-    todo, unchanged, failed_before = [], [], []
+    if (address := cluster_address(config.dask_address)) is not None:
+        probe_scheduler(address)
+    store = open_for_writing(config.store)
+    records, failures = store.records(), store.failures()
+    key = entry_key(engine, config)
+    todo, unchanged, failed_before, clashes = [], [], [], []
     for item in found.items:
-        failure, clash = failures.get(item.id), _other_source(item, records.get(item.id))
+        record, failure = records.get(item.id), failures.get(item.id)
+        clash = _other_source(item, record)
+        if clash and not config.overwrite and _moved(item, record):
+            clash = None  # the same content at a new path: segmented again only if the settings changed
+            if record is not None and record.output_key == key:
+                unchanged.append(item.id)
+                continue
         if config.overwrite:
             todo.append(item)
         elif clash:
-            found.problems.append(clash)
-        elif _unchanged(item, records.get(item.id), entry_key(engine, config)):
+            clashes.append(clash)  # counted once: the item is in found.items already
+        elif _unchanged(item, record, key):
             unchanged.append(item.id)
-        elif failure and _same_file(item, failure) and failure.get("key") == entry_key(engine, config):
+        elif failure and _same_file(item, failure) and failure.get("key") == key:
             failed_before.append(Failure(file=item.url, reason=str(failure.get("reason", ""))))
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
     batches = balanced(todo, config.images_per_task, expected_workers(config))
     version = model_dir.version + (f" (stained tissue: {engine.stained.version})" if engine.stained else "")
-    return Plan(settings, version, len(found.items) + len(found.problems), batches, unchanged,
-                failed_before, found.problems)
+    return Plan(settings, version, len(found.items) + len(found.problems), batches, unchanged, failed_before,
+                found.problems + clashes, seen={i.id: seen_mark(records.get(i.id)) for i in todo})
 
 
 def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
@@ -170,7 +215,8 @@ def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
         resources = task_resources(client)
         if resources:
             log.info("inference tasks request %s per task", resources)
-        futures = client.map(segment_batch, plan.batches, settings=config, pure=False, resources=resources)
+        seen = [plan.seen_of(batch) for batch in plan.batches]
+        futures = client.map(segment_batch, plan.batches, seen, settings=config, pure=False, resources=resources)
         batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
         for future in finished(futures):
             yield batch_of[future.key], _collect(future, batch_of[future.key])
@@ -184,12 +230,13 @@ def _in_process(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]
     log.info("%d images: segmenting in this process, %d thread(s)", len(plan.items), workers)
     if workers == 1:
         for batch in plan.batches:
-            yield batch, segment_batch(batch, config)
+            yield batch, segment_batch(batch, config, plan.seen_of(batch))
         return
     per_thread = config.model_copy(update={"threads": max(1, (config.threads or default_threads()) // workers)})
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nuclei-batch")
     try:
-        futures = {pool.submit(segment_batch, batch, per_thread): batch for batch in plan.batches}
+        futures = {pool.submit(segment_batch, batch, per_thread, plan.seen_of(batch)): batch
+                   for batch in plan.batches}
         for future in as_completed(futures):
             yield futures[future], _collect(future, futures[future])
     finally:  # an interrupt: queued batches never start; running ones finish their entry and stop at batch end

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
 from nuclei.modeldir import load_model_dir, resolve_stained_model
 from nuclei.store.backend import Store
+from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,11 @@ def build_engine(settings: SegmentConfig) -> Engine:
                   settings.batch_size, settings.int8, settings.diameter, settings.tta, stained)
 
 
-def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[ImageResult]:
-    """Segment ``items`` into the store; returns one result per item, in order."""
+def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Mapping[str, str] | None = None
+                  ) -> list[ImageResult]:
+    """Segment ``items`` into the store; returns one result per item, in order. ``seen``: each id's record
+    as the plan saw it (`seen_mark`), so a concurrent run's write with other settings is not replaced
+    silently."""
     engine = build_engine(settings)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
@@ -110,7 +114,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig) -> list[I
         per_image = (time.perf_counter() - started) / len(chunk)
         for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
             results[decoded.item.id] = _finish(store, decoded, probs.pop(0), engine, providers, per_image,
-                                               settings)
+                                               settings, (seen or {}).get(decoded.item.id))
     return [results[item.id] for item in items]
 
 
@@ -132,7 +136,7 @@ def _chunks(todo: list[_Decoded], engine: Engine) -> Iterator[list[_Decoded]]:
 
 def _finish(
     store: Store, decoded: _Decoded, prob: np.ndarray, engine: Engine, providers: list[str], seconds: float,
-    settings: SegmentConfig,
+    settings: SegmentConfig, seen: str | None = None,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
     item = decoded.item
@@ -145,6 +149,8 @@ def _finish(
         with store.writing(item.id):
             if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
+            if conflict := _written_meanwhile(store.record(item.id), seen, entry_key(engine, settings)):
+                return ImageResult(item.id, item.url, "failed", conflict)  # not remembered: not the file's fault
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
         return ImageResult(item.id, item.url, "done", n_nuclei=int(table.shape[0]), seconds=elapsed,
@@ -152,6 +158,25 @@ def _finish(
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         log.exception("failed on %s", item.url)
         return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))
+
+
+def seen_mark(record: EntryRecord | None) -> str:
+    """What identifies one write of an entry: a run compares it under the entry lock with what it planned on,
+    to tell a concurrent run's write (with other settings) from the store it planned for."""
+    if record is None:
+        return ""
+    return f"{record.written}|{record.output_key}|{record.source}|{record.arrays_sha256.get('labels', '')}"
+
+
+def _written_meanwhile(record: EntryRecord | None, seen: str | None, output_key: str) -> str:
+    """Why not to write (or ""): since the plan, another run wrote this entry with other settings or from
+    another file. Two runs at once (--diameter 20 and 40) both said "30 segmented" and the store held one
+    run's labels; now the later writer fails those images, and the store holds whole runs' entries."""
+    if seen is None or record is None or seen_mark(record) == seen or record.output_key == output_key:
+        return ""
+    return (f"another run wrote this entry while this one ran (from {record.source}, other settings: output key "
+            f"{record.output_key}, this run's {output_key}); not replacing it: run again when it is done to "
+            "replace it")
 
 
 def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = None, key: str = "") -> ImageResult:
