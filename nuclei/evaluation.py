@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from nuclei.core.metrics import ImageScores, score_image, summarize
 from nuclei.core.postprocess import Thresholds, drop_unsure, instances, remove_small
+from nuclei.core.text import spreadsheet_cell
 from nuclei.errors import InputError
 from nuclei.plots import image_grid, overlay
 
@@ -153,7 +154,8 @@ def write_report(
         keys = list(report.images[0].scores.as_dict()) if report.images else []
         writer.writerow(["id", "category", *keys])
         for s in report.images:
-            writer.writerow([s.id, s.category, *(f"{v:.6g}" for v in s.scores.as_dict().values())])
+            writer.writerow([spreadsheet_cell(s.id), spreadsheet_cell(s.category),
+                             *(f"{v:.6g}" for v in s.scores.as_dict().values())])
     write_json(paths["summary"], report.as_dict())
     if images is not None and report.images:
         ranked = sorted(report.images, key=lambda s: s.scores.dsb_score)[:worst]

@@ -183,3 +183,36 @@ def test_a_moved_input_folder_is_recognised_and_changed_files_are_counted_once(t
     clash = nuclei.segment([tmp_path / "other"], tmp_path / "s.zarr")
     assert (clash["found"], clash["failed"]) == (1, 1), clash  # "2 found" before: the clash counted twice
     assert "(use another store, or --overwrite to replace it)" in clash["failures"][0]["reason"]
+
+
+# --- 6: file names never become spreadsheet formulas, terminal commands or Markdown/HTML ------------------------
+
+
+def test_file_names_are_text_in_csv_cells_terminals_and_the_summary_artifact(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    from nuclei.inference.run import summary_markdown, summary_text
+
+    names = ["=cmd|' -C calc'!A0", "=HYPERLINK(\"evil.example\",\"y\")", "esc\x1b[2J\x1b[31mred"]
+    for seed, name in enumerate(names):
+        _image(tmp_path / "in" / f"{name}.png", seed=seed)
+    for bad in ("bad`<img src=x onerror=alert(1)>.png", "empty\x1b[2J.png"):
+        (tmp_path / "in" / bad).write_bytes(b"")  # fails: empty
+    summary = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")
+    assert (summary["done"], summary["failed"]) == (3, 2)
+    assert "\x1b" not in summary_text(summary) and "\\x1b" in summary_text(summary)
+    markdown = summary_markdown(summary)
+    failed = next(line for line in markdown.splitlines() if "img src" in line)
+    assert failed.startswith("- ``") and failed.count("``") == 2 and "<img" in failed.split("``")[1]  # in code
+    store = tmp_path / "s.zarr"
+    for argv in (["list"], ["show", names[2]], ["export", "--measurements", str(tmp_path / "n.csv"),
+                                                "--summary", str(tmp_path / "i.csv")]):
+        assert main(["query", str(store), *argv]) == 0
+        assert "\x1b" not in capsys.readouterr().out
+    for table in ("n.csv", "i.csv"):
+        with open(tmp_path / table, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            assert not row["image_id"].startswith(("=", "+", "-", "@")), row["image_id"]
+    assert {r["image_id"] for r in rows} == {"'" + names[0], "'" + names[1], names[2]}  # i.csv: every image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nuclei.cli.options import print_json
+from nuclei.core.text import printable
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report.checked} entries checked, {len(report.damaged)} damaged, "
               f"{len(report.unreadable_records)} unreadable records, {len(report.being_written)} being written")
         for image_id, reason in report.damaged.items():
-            print(f"  damaged: {image_id}: {reason}")
+            print(f"  damaged: {printable(image_id)}: {printable(reason)}")
         for path in report.unreadable_records:
-            print(f"  unreadable record: {path}")
+            print(f"  unreadable record: {printable(path)}")
         for image_id in report.being_written:
-            print(f"  being written by a run (not checked): {image_id}")
+            print(f"  being written by a run (not checked): {printable(image_id)}")
     if args.repair and not report.ok:
         print("repaired: damaged entries hidden; the next `nuclei segment` run writes them again")
         return 0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nuclei.core.text import printable
 from nuclei.errors import StoreError
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _show(args: argparse.Namespace) -> int:
         _print_json({"metadata": record, "measurements": rows})
         return 0
     for key, value in _flatten(record):
-        print(f"{key}: {value}")
+        print(f"{key}: {printable(str(value))}")
     print()
     names = list(columns)
     if rows:
@@ -179,7 +180,7 @@ def _export_tables(args: argparse.Namespace, store: NucleiStore) -> int:
 
 def _list_cells(row: dict[str, Any]) -> list[str]:
     shape = f"{row['height']}x{row['width']}" if row["height"] is not None else "-"
-    return [row["id"], _cell(row["n_nuclei"]), _percent(row["covered_fraction"]), shape,
+    return [_cell(row["id"]), _cell(row["n_nuclei"]), _percent(row["covered_fraction"]), shape,
             row["model_version"] or "-"]
 
 
@@ -216,9 +217,11 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _cell(value: Any) -> str:
+    """A value as table text; ids, sources and names (the user's file names) printable only: an escape
+    sequence in a file name is shown, never run by the terminal."""
     if value is None:
         return "-"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    return f"{value:.2f}" if isinstance(value, float) else printable(str(value))
 
 
 def _number(value: float | None) -> str:

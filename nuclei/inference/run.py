@@ -23,6 +23,7 @@ import fsspec
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
+from nuclei.core.text import markdown_code, markdown_text, printable
 from nuclei.errors import InputError, StoreError
 from nuclei.inference.cluster import (
     cluster_address,
@@ -286,23 +287,28 @@ def summary_text(summary: RunSummary) -> str:
     lines = [
         f"{summary['done']} segmented, {summary['skipped']} skipped (unchanged), {summary['failed']} failed "
         f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
-        f"on {', '.join(summary['providers']) or '-'}; store {summary['store']}",
+        f"on {', '.join(summary['providers']) or '-'}; store {printable(summary['store'])}",
     ]
-    lines += [f"  failed: {f['file']}: {f['reason']}" for f in summary["failures"]]
-    lines += [f"  skipped, failed before and unchanged: {f['file']}: {f['reason']}"
-              for f in summary.get("skipped_failed_before", [])]
-    lines += [f"  note: {f['file']}: {f['reason']}" for f in summary.get("notes", [])]
+    for label, key in (("failed", "failures"), ("skipped, failed before and unchanged", "skipped_failed_before"),
+                       ("note", "notes")):  # file names are printed as text, never as terminal commands
+        lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in summary.get(key, [])]
     return "\n".join(lines)
 
 
 def summary_markdown(summary: RunSummary) -> str:
-    rows = "\n".join(f"| {k} | {summary[k]} |" for k in
+    """The run summary as a Prefect artifact: file names and reasons are escaped (a backtick or raw HTML in a
+    file name stays text)."""
+    rows = "\n".join(f"| {k} | {markdown_text(str(summary[k]))} |" for k in
                      ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
                       "images_per_second", "providers"))
-    failures = "\n".join(f"- `{f['file']}`: {f['reason']}" for f in summary["failures"]) or "none"
-    before = "\n".join(f"- `{f['file']}`: {f['reason']}" for f in summary.get("skipped_failed_before", [])) or "none"
-    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{failures}\n\n"
-            f"## Skipped: failed before, unchanged since\n\n{before}\n")
+
+    def listed(key: str) -> str:
+        found = summary.get(key, [])
+        return "\n".join(f"- {markdown_code(f['file'])}: {markdown_text(f['reason'])}" for f in found) or "none"
+
+    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{listed('failures')}\n\n"
+            f"## Skipped: failed before, unchanged since\n\n{listed('skipped_failed_before')}\n\n"
+            f"## Notes\n\n{listed('notes')}\n")
 
 
 def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nuclei.core.measure import COLUMN_NAMES, INTEGER_COLUMNS
+from nuclei.core.text import spreadsheet_cell
 from nuclei.errors import StoreError
 from nuclei.store.backend import Store
 
@@ -68,8 +69,8 @@ def write_table(rows: Iterable[dict[str, Any]], columns: list[str], path: str | 
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
+        for row in rows:  # file names become cells: none may start a spreadsheet formula
+            writer.writerow({k: spreadsheet_cell(v) for k, v in row.items()})
             count += 1
     return count
 
