@@ -289,10 +289,15 @@ def summary_text(summary: RunSummary) -> str:
         f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
         f"on {', '.join(summary['providers']) or '-'}; store {printable(summary['store'])}",
     ]
-    for label, key in (("failed", "failures"), ("skipped, failed before and unchanged", "skipped_failed_before"),
-                       ("note", "notes")):  # file names are printed as text, never as terminal commands
-        lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in summary.get(key, [])]
+    for label, listed in _file_lists(summary).items():  # file names as text, never as terminal commands
+        lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in listed]
     return "\n".join(lines)
+
+
+def _file_lists(summary: RunSummary) -> dict[str, list[Failure]]:
+    return {"failed": summary["failures"],
+            "skipped, failed before and unchanged": summary.get("skipped_failed_before", []),
+            "note": summary.get("notes", [])}
 
 
 def summary_markdown(summary: RunSummary) -> str:
@@ -302,13 +307,11 @@ def summary_markdown(summary: RunSummary) -> str:
                      ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
                       "images_per_second", "providers"))
 
-    def listed(key: str) -> str:
-        found = summary.get(key, [])
-        return "\n".join(f"- {markdown_code(f['file'])}: {markdown_text(f['reason'])}" for f in found) or "none"
-
-    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{listed('failures')}\n\n"
-            f"## Skipped: failed before, unchanged since\n\n{listed('skipped_failed_before')}\n\n"
-            f"## Notes\n\n{listed('notes')}\n")
+    lists = {label: "\n".join(f"- {markdown_code(f['file'])}: {markdown_text(f['reason'])}" for f in found)
+             or "none" for label, found in _file_lists(summary).items()}
+    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{lists['failed']}\n\n"
+            f"## Skipped: failed before, unchanged since\n\n{lists['skipped, failed before and unchanged']}\n\n"
+            f"## Notes\n\n{lists['note']}\n")
 
 
 def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],
