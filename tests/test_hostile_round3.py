@@ -216,3 +216,18 @@ def test_file_names_are_text_in_csv_cells_terminals_and_the_summary_artifact(
         for row in rows:
             assert not row["image_id"].startswith(("=", "+", "-", "@")), row["image_id"]
     assert {r["image_id"] for r in rows} == {"'" + names[0], "'" + names[1], names[2]}  # i.csv: every image
+
+
+# --- 9: the pixel limit holds after rescaling, for a given diameter and a measured one -------------------------
+
+
+def test_the_pixel_limit_holds_after_rescaling(tmp_path: Path) -> None:
+    _image(tmp_path / "in" / "strip.png", shape=(16, 256))  # x12.5 for --diameter 2: 200x3200 = 0.64 Mpixel
+    summary = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr", diameter=2.0, max_pixels=200_000)
+    assert summary["failed"] == 1 and "above max_pixels=0.2 Mpixel" in summary["failures"][0]["reason"]
+    assert "give the nuclei's real diameter" in summary["failures"][0]["reason"]
+    # auto: small nuclei measured on the first pass would rescale this 96x96 image x6 or so
+    write_png(tmp_path / "tiny" / "small.png", make_sample((96, 96), n_nuclei=40, touching_pairs=0, seed=4,
+                                                           radius=(2.0, 2.5))[0])
+    summary = nuclei.segment([tmp_path / "tiny"], tmp_path / "t.zarr", diameter="auto", max_pixels=96 * 96 * 4)
+    assert summary["failed"] == 1 and "above max_pixels" in summary["failures"][0]["reason"], summary

@@ -17,17 +17,19 @@ from numpy.typing import NDArray
 
 from nuclei.core.measure import median_diameter
 from nuclei.core.postprocess import instances
+from nuclei.errors import InputError
 from nuclei.inference.engine import AUTO, Engine
 
 AUTO_BAND = 2.5  # rescale when the first pass's median diameter is over 2.5x off the training diameter
 
 
 def label_image(
-    engine: Engine, image: NDArray[np.generic], prob: NDArray[np.float32] | None = None
+    engine: Engine, image: NDArray[np.generic], prob: NDArray[np.float32] | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[NDArray[np.uint32], Engine]:
     """The nuclei of ``image`` (from ``prob`` when the caller already ran the engine on it) and the engine that
     made them: the stained-tissue model's for such an image (`Engine.for_image`); with ``diameter="auto"`` it
-    carries the measured diameter when the image was rescaled."""
+    carries the measured diameter when the image was rescaled (refused past ``max_pixels``, as a file would be)."""
     engine = engine.for_image(image)  # the stained-tissue model's engine for such an image, if one is set
     labels = instances(engine.predict(image) if prob is None else prob, engine.thresholds)
     if engine.diameter != AUTO:
@@ -36,4 +38,19 @@ def label_image(
     if not trained or not found or 1.0 / AUTO_BAND < found / trained < AUTO_BAND:
         return labels, engine
     sized = replace(engine, diameter=round(found, 1))
+    if max_pixels is not None:
+        check_rescaled_size(sized, image.shape, max_pixels)
     return instances(sized.predict(image), sized.thresholds), sized
+
+
+def check_rescaled_size(engine: Engine, shape: tuple[int, ...], max_pixels: int) -> None:
+    """The pixel limit holds after rescaling too: ``--diameter 2`` on a 20000x300 strip made a 937 Mpixel image
+    (2.9 GB and climbing) out of a 6 Mpixel file. Raises InputError saying what to give instead."""
+    zoom = engine.zoom
+    height, width = max(1, round(shape[0] * zoom)), max(1, round(shape[1] * zoom))
+    if zoom <= 1.0 or height * width <= max_pixels:
+        return
+    raise InputError("image", f"rescaled x{zoom:.3g} (nuclei of {engine.diameter} px to the model's "
+                     f"{engine.model.nucleus_diameter} px) it would be {height}x{width} = {height * width / 1e6:.1f} "
+                     f"Mpixel, above max_pixels={max_pixels / 1e6:.1f} Mpixel (give the nuclei's real diameter, or "
+                     "raise max_pixels)")

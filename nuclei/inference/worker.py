@@ -24,7 +24,7 @@ from nuclei.config import SegmentConfig
 from nuclei.core.measure import measure
 from nuclei.errors import NucleiError
 from nuclei.inference.engine import AUTO, Engine
-from nuclei.inference.sizing import label_image
+from nuclei.inference.sizing import check_rescaled_size, label_image
 from nuclei.io.discovery import ImageItem
 from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
@@ -101,6 +101,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Map
     for item in items:  # any one file's failure (name, decode, store path) fails that file only
         try:
             decoded = _read(item, settings)
+            check_rescaled_size(engine.for_image(decoded.raw), decoded.raw.shape, settings.max_pixels)
             if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
             else:
@@ -142,7 +143,7 @@ def _finish(
     item = decoded.item
     try:
         started = time.perf_counter()
-        labels, used = label_image(engine, decoded.raw, prob)  # `used`: with the diameter measured, if auto
+        labels, used = label_image(engine, decoded.raw, prob, settings.max_pixels)  # `used`: as measured, if auto
         del prob  # the caller holds no other reference: a large image's probabilities go now
         table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, engine, used, providers, settings)
