@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nuclei
@@ -231,3 +232,41 @@ def test_the_pixel_limit_holds_after_rescaling(tmp_path: Path) -> None:
                                                            radius=(2.0, 2.5))[0])
     summary = nuclei.segment([tmp_path / "tiny"], tmp_path / "t.zarr", diameter="auto", max_pixels=96 * 96 * 4)
     assert summary["failed"] == 1 and "above max_pixels" in summary["failures"][0]["reason"], summary
+
+
+# --- 8: float images with NaN or Inf are segmented (and said so), never a traceback ------------------------------
+
+
+def test_float_images_with_nan_or_inf_are_segmented_and_the_replacement_is_noted(tmp_path: Path) -> None:
+    import tifffile
+
+    grey = make_sample((64, 64), n_nuclei=4, seed=1)[0][..., 1].astype(np.float32)
+    (tmp_path / "in").mkdir()
+    with_nan, with_inf, all_nan = grey.copy(), grey.copy(), np.full_like(grey, np.nan)
+    with_nan[:8, :8] = np.nan
+    with_inf[10, 10], with_inf[11, 11] = np.inf, -np.inf
+    for name, image in (("nan", with_nan), ("inf", with_inf), ("all_nan", all_nan), ("clean", grey)):
+        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", image)
+    summary = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")
+    assert (summary["done"], summary["failed"]) == (3, 1), summary
+    assert "no finite pixel value" in summary["failures"][0]["reason"]
+    notes = {Path(n["file"]).stem: n["reason"] for n in summary["notes"]}
+    assert notes.keys() == {"nan", "inf"} and notes["nan"].startswith("64 NaN or infinite pixel(s)")
+    store = nuclei.open_store(tmp_path / "s.zarr")
+    counts = {i: store.metadata(i)["n_nuclei"] for i in ("nan", "inf", "clean")}
+    assert counts["inf"] == counts["clean"] and counts["nan"] > 0, counts
+
+
+# --- 14: '::' in names -----------------------------------------------------------------------------------------
+
+
+def test_double_colons_in_names_are_read_as_paths_or_refused_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _image(tmp_path / "in::x" / "a.png")
+    _image(tmp_path / "b::c.png", seed=2)
+    summary = nuclei.segment([tmp_path / "in::x", tmp_path / "b::c.png"], tmp_path / "s.zarr")
+    assert (summary["done"], summary["failed"]) == (2, 0), summary  # fsspec found no such file before
+    code = main(["segment", str(tmp_path / "in::x"), "--store", str(tmp_path / "s::t.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'::' in a local store path" in err, err
+    assert not list(tmp_path.glob("s::t*")) and not (tmp_path / "s").exists()

@@ -27,6 +27,8 @@ def preflight(config: SegmentConfig) -> SegmentConfig:
             raise InputError(local, "input does not exist")
     store = config.store
     if "://" not in store:
+        if "::" in store:  # fsspec splits there: a chained URL (zip://::x.zip), never this folder
+            raise StoreError(f"{store}: '::' in a local store path reads as a chained fsspec URL; rename the folder")
         if Path(store).is_file():
             raise StoreError(f"{store}: is a file, not a store folder")
         store = os.path.abspath(store)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
 
-import fsspec
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
@@ -35,7 +34,7 @@ from nuclei.inference.cluster import (
 from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
 from nuclei.inference.worker import ImageResult, build_engine, entry_key, seen_mark, segment_batch
-from nuclei.io.discovery import ImageItem, discover
+from nuclei.io.discovery import ImageItem, discover, open_source
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord, Failure, RunSummary
@@ -88,7 +87,7 @@ def _unchanged(item: ImageItem, record: EntryRecord | None, output_key: str) -> 
 
 def file_sha256(url: str, block: int = 1 << 22) -> str:
     digest = hashlib.sha256()
-    with fsspec.open(url, "rb") as handle:
+    with open_source(url) as handle:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()

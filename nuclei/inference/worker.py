@@ -16,16 +16,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 
 import nuclei
 from nuclei.config import SegmentConfig
 from nuclei.core.measure import measure
-from nuclei.errors import NucleiError
+from nuclei.errors import InputError, NucleiError
 from nuclei.inference.engine import AUTO, Engine
 from nuclei.inference.sizing import check_rescaled_size, label_image
-from nuclei.io.discovery import ImageItem
+from nuclei.io.discovery import ImageItem, open_source
 from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
 from nuclei.modeldir import load_model_dir, resolve_stained_model
@@ -60,13 +59,33 @@ class _Decoded:
     raw: np.ndarray  # the plane to segment, as stored; the engine and measure() scale it a part at a time
     sha256: str
     lab: LabImage  # what was chosen to get the plane (channel, z) and the pixel size the file gave
+    note: str = ""  # what the user should know of the pixels (NaN replaced)
 
 
 def _read(item: ImageItem, settings: SegmentConfig) -> _Decoded:
-    with fsspec.open(item.url, "rb") as handle:
+    with open_source(item.url) as handle:
         data = handle.read()
     lab = decode_image(data, item.url, settings.max_pixels, PlaneChoice(settings.channel, settings.z))
-    return _Decoded(item, lab.array, hashlib.sha256(data).hexdigest(), lab)
+    raw, note = _finite(lab.array)
+    return _Decoded(item, raw, hashlib.sha256(data).hexdigest(), lab, note)
+
+
+def _finite(raw: np.ndarray) -> tuple[np.ndarray, str]:
+    """A float plane with NaN or infinite pixels (no-data regions, stitching gaps) as a plane the model,
+    the measurements and the store's JSON metadata can take: NaN and -Inf become the finite minimum (no
+    signal), +Inf the finite maximum, and a note says how many. Such a file could never be stored before."""
+    if raw.dtype.kind != "f":
+        return raw, ""
+    finite = np.isfinite(raw)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if not bad:
+        return raw, ""
+    if bad == finite.size:
+        raise InputError("image", "has no finite pixel value (all NaN or infinite)")
+    low, high = raw[finite].min(), raw[finite].max()
+    fixed = np.where(np.isposinf(raw), high, np.where(finite, raw, low)).astype(raw.dtype, copy=False)
+    return fixed, (f"{bad} NaN or infinite pixel(s) segmented and stored as the image's finite minimum "
+                   f"({low:g}; +Inf as its maximum, {high:g})")
 
 
 def entry_key(engine: Engine, settings: SegmentConfig) -> str:
@@ -155,7 +174,8 @@ def _finish(
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
         return ImageResult(item.id, item.url, "done", n_nuclei=int(table.shape[0]), seconds=elapsed,
-                           providers=providers, note=_pixel_size(decoded, settings)[1])
+                           providers=providers, note="; ".join(n for n in (decoded.note,
+                                                                            _pixel_size(decoded, settings)[1]) if n))
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         log.exception("failed on %s", item.url)
         return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))

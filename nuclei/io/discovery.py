@@ -10,8 +10,10 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 import fsspec
 
@@ -104,6 +106,15 @@ def _glob_root(pattern: str) -> str:
     """The folder part of a glob before its first wildcard: ids are relative to it."""
     head = pattern[: min(pattern.index(c) for c in GLOB_CHARS if c in pattern)]
     return head.rsplit("/", 1)[0] if "/" in head else "."
+
+
+def open_source(url: str) -> AbstractContextManager[IO[bytes]]:
+    """An input file for reading: a local path as it is (fsspec would read '::' in a name as a URL chain and
+    never find ``in::x/a.png``), anything with a scheme through fsspec."""
+    if "://" not in url:
+        return open(url, "rb")  # noqa: SIM115 - the caller's with-block closes it
+    opened: AbstractContextManager[IO[bytes]] = fsspec.open(url, "rb")
+    return opened
 
 
 def discover_one(spec: str) -> Discovery:
