@@ -17,7 +17,14 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from nuclei.config import DEFAULT_MAX_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE, SegmentConfig
+from nuclei.config import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_PROVIDERS,
+    DEFAULT_SLIDE_PIXELS,
+    DEFAULT_TILE_SIZE,
+    SegmentConfig,
+)
 from nuclei.inference import run as batch
 from nuclei.store.record import RunSummary
 
@@ -43,6 +50,8 @@ def segment(
     threads: int = 0,
     batch_size: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    slide_pixels: int = DEFAULT_SLIDE_PIXELS,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     progress: bool = False,
 ) -> dict:
     """Segment every image of ``inputs`` into ``store``; returns the run summary. The parameters are the fields

@@ -16,6 +16,9 @@ DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 DEFAULT_TILE_SIZE = 1024
 # Larger images must be asked for: a tiny file can claim a huge size (a decompression bomb).
 DEFAULT_MAX_PIXELS = 2**28  # 268 Mpixel, e.g. 16384 x 16384
+# Slides above this are cut into blocks: a 64 Mpx window and its probabilities would need about 1.5 GB.
+DEFAULT_SLIDE_PIXELS = 2**26
+DEFAULT_BLOCK_SIZE = 4096  # about 1 GB per block task, and a margin of 2 x 128 px costs 13% more pixels
 
 
 class TrainConfig(BaseModel):
@@ -133,3 +136,9 @@ class SegmentConfig(BaseModel):
     threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the cores a worker has)")
     batch_size: int = Field(8, ge=1, le=256, description="same-sized images per model run")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images (decompression bombs)")
+    slide_pixels: int = Field(DEFAULT_SLIDE_PIXELS, ge=1, description="whole slides: images read a window at a "
+                              "time (tiled TIFF, OME-Zarr) above this many pixels run as blocks, each a task, and "
+                              "never whole in one process (max_pixels does not apply to them)")
+    block_size: int = Field(DEFAULT_BLOCK_SIZE, ge=64, le=32768, description="whole slides: a block's side in "
+                            "pixels, rounded up to the model's pad multiple (each block is read with the "
+                            "receptive-field context around it)")

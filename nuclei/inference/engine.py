@@ -200,26 +200,28 @@ class Engine:
         return np.mean([np.flip(part, axis) if axis else part for part, axis in zip(parts, flips, strict=True)],
                        axis=0)
 
-    def _scaler(self, image: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """Normalises any part of ``image`` with the intensity range of the whole image (tiles included)."""
+    def _scaler(self, image: np.ndarray, value_range: tuple[float, float] | None = None
+                ) -> Callable[[np.ndarray], np.ndarray]:
+        """Normalises any part of ``image`` with the intensity range of the whole image (tiles included), or with
+        ``value_range`` where the image is a block of a slide (the slide's range, measured once)."""
         norm = self.model.normalization
-        lo, span = intensity_range(image, norm)
+        lo, span = value_range or intensity_range(image, norm)
         return lambda part: apply_range(part, norm, lo, span)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict(self, image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
         """Probabilities for one image (any dtype, grey/RGB/RGBA, as read); large images run as overlapping
         tiles, each scaled a tile at a time with the whole image's intensity range. With ``diameter`` the image
         is resized to the model's training scale and the probabilities back to the image's size. With a
-        stained-tissue model, the model `for_image` picks runs."""
-        if (routed := self.for_image(image)) is not self:
+        stained-tissue model, the model `for_image` picks runs. ``value_range``: see `_scaler`."""
+        if value_range is None and (routed := self.for_image(image)) is not self:
             return routed.predict(image)
         if self.zoom == 1.0:
-            return self._predict(image)
-        return rescale(self._predict(rescale(image, self.zoom)), size=image.shape[:2])
+            return self._predict(image, value_range)
+        return rescale(self._predict(rescale(image, self.zoom), value_range), size=image.shape[:2])
 
-    def _predict(self, image: np.ndarray) -> np.ndarray:
+    def _predict(self, image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
         height, width = image.shape[:2]
-        scale = self._scaler(image)
+        scale = self._scaler(image, value_range)
         padded = pad_to_multiple(image, self.model.pad_multiple)
         if max(padded.shape[:2]) <= self.tile_size:
             return self._run([scale(padded)])[0, :height, :width]

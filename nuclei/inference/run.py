@@ -33,8 +33,10 @@ from nuclei.inference.cluster import (
 )
 from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
+from nuclei.inference.slide import is_slide, segment_slides
 from nuclei.inference.worker import ImageResult, build_engine, entry_key, seen_mark, segment_batch
 from nuclei.io.discovery import ImageItem, discover, open_source
+from nuclei.io.lazy import source_identity
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord, Failure, RunSummary
@@ -55,6 +57,7 @@ class Plan:
     problems: list[InputError] = field(default_factory=list)
     seen: dict[str, str] = field(default_factory=dict)  # id -> `seen_mark` of its record when planned
     started: float = field(default_factory=time.perf_counter)
+    slides: list[ImageItem] = field(default_factory=list)  # whole slides: each runs as blocks (`inference.slide`)
 
     @property
     def items(self) -> list[ImageItem]:
@@ -82,6 +85,8 @@ def _unchanged(item: ImageItem, record: EntryRecord | None, output_key: str) -> 
     if not (record and record.output_key == output_key and record.source == item.url
             and record.source_size == item.size and item.mtime is not None and record.source_mtime == item.mtime):
         return False
+    if getattr(record, "slide", None):  # a slide's record says what its digest hashes (gigabytes: not all)
+        return source_identity(item.url, item.size)[0] == record.source_sha256
     return file_sha256(item.url) == record.source_sha256
 
 
@@ -156,10 +161,12 @@ def plan(config: SegmentConfig) -> Plan:
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
+    slides = [item for item in todo if is_slide(item, config)]
+    todo = [item for item in todo if item not in slides]
     batches = balanced(todo, config.images_per_task, expected_workers(config))
     version = model_dir.version + (f" (stained tissue: {engine.stained.version})" if engine.stained else "")
     return Plan(settings, version, len(found.items) + len(found.problems), batches, unchanged, failed_before,
-                found.problems + clashes, seen={i.id: seen_mark(records.get(i.id)) for i in todo})
+                found.problems + clashes, seen={i.id: seen_mark(records.get(i.id)) for i in todo}, slides=slides)
 
 
 def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
@@ -191,13 +198,18 @@ def uses_dask(config: SegmentConfig) -> bool:
 def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> list[ImageResult]:
     """Run the planned batches, in this process (a thread per core) unless a Dask cluster is named or a
     LocalCluster asked for (`uses_dask`); a batch that fails as a whole marks its images failed with the reason."""
-    if not plan.batches:
+    if not plan.batches and not plan.slides:
         return []
-    total, results = len(plan.items), []
+    total, results = len(plan.items) + len(plan.slides), []
     with tqdm(total=total, unit="img", desc="segmenting", disable=not progress) as bar:
-        for batch, found in _batches(plan):
+        for batch, found in _batches(plan) if plan.batches else ():
             results += found
             bar.update(len(batch))
+            if on_batch:
+                on_batch(len(results), total)
+        for found_slide in segment_slides(plan.slides, plan.settings, progress):  # each: its blocks as tasks
+            results.append(found_slide)
+            bar.update(1)
             if on_batch:
                 on_batch(len(results), total)
     return results

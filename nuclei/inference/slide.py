@@ -1,0 +1,315 @@
+"""Whole slides: one image bigger than memory, segmented as blocks across the threads or the Dask cluster.
+
+    nuclei segment slide.ome.tif --store s.zarr --workers 2
+
+An image that can be read a window at a time (`nuclei.io.lazy`) and is larger than ``slide_pixels`` runs here,
+in four rounds of tasks that each get a reference (the job and a block), never pixels:
+
+1. label: read the block's window, run the model (normalised by the whole slide's range, measured once on a
+   strided sample), label the nuclei over the block's reach, write the core of the image; keep the labels
+   (the block is done: a killed run resumes from here, by block);
+2. match: join the nuclei two neighbouring blocks both labelled (`core.blocks.match`);
+3. write: the slide's ids 1..N (`core.blocks.number`) into the core of the labels and mask;
+4. measure: every nucleus once, whole, by the block holding its bounding box's first corner.
+
+Then the pyramid levels are built from chunks and the record is written last, as for every entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+import nuclei
+from nuclei.config import SegmentConfig
+from nuclei.core.blocks import (
+    Block,
+    core_ids,
+    match,
+    neighbour_pairs,
+    number,
+    owned,
+    plan_blocks,
+    to_slide_coordinates,
+    touches_inner_edge,
+)
+from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
+from nuclei.core.normalize import PERCENTILE_SAMPLE, intensity_range
+from nuclei.core.postprocess import instances
+from nuclei.core.tiling import round_up
+from nuclei.errors import InputError
+from nuclei.inference.cluster import dask_client, local_cluster_size, task_resources
+from nuclei.inference.engine import AUTO, Engine, default_threads
+from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key
+from nuclei.io.discovery import ImageItem
+from nuclei.io.lazy import LazyPlane, SlideSource, is_lazy_name, percentile_step, plane_pixels, source_identity
+from nuclei.io.planes import PlaneChoice
+from nuclei.store import layout
+from nuclei.store.backend import Store
+from nuclei.store.slide import SlideEntry, chunk_for
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Mapper = Callable[[Callable[..., T], Sequence[Any]], Iterator[T]]  # fn(job, arg) over args, as they finish
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """What every block task of one slide gets: small, pickled once per task."""
+
+    item: ImageItem
+    settings: SegmentConfig
+    height: int
+    width: int
+    blocks: tuple[Block, ...]
+    value_range: tuple[float, float]
+    stained: bool  # the stained-tissue model runs (decided once, on the slide's sample)
+    block_side: int  # a core's side (the last row and column of blocks may be smaller)
+
+    @property
+    def source(self) -> SlideSource:
+        return SlideSource(self.item.url, PlaneChoice(self.settings.channel, self.settings.z))
+
+    def engine(self) -> Engine:
+        engine = build_engine(self.settings)
+        return engine.stained_engine if self.stained else engine
+
+    def entry(self) -> SlideEntry:
+        return SlideEntry(Store(self.settings.store, mode="a"), self.item.id)
+
+
+def is_slide(item: ImageItem, settings: SegmentConfig) -> bool:
+    """An image read a window at a time and segmented as blocks (its header says it is large enough)."""
+    return is_lazy_name(item.url) and (plane_pixels(item.url) or 0) > settings.slide_pixels
+
+
+# --- the tasks --------------------------------------------------------------------------------------------
+
+def label_block(job: SlideJob, block: Block) -> int:
+    """Round 1: the block's nuclei over its reach, and its core of the image; returns the block's index."""
+    engine = job.engine()
+    with LazyPlane(job.source) as plane:
+        raw = plane.read(block.window)
+    prob = engine.predict(raw, value_range=job.value_range)
+    labels = instances(prob[block.reach.within(block.window)], engine.thresholds)
+    del prob
+    entry = job.entry()
+    entry.write_core(block.core, image=raw[block.core.within(block.window)])
+    entry.save_block(block.index, labels)  # last: the block is done
+    return block.index
+
+
+def match_block(job: SlideJob, block: Block) -> tuple[int, np.ndarray, dict[tuple[int, int], np.ndarray]]:
+    """Round 2: the block's ids with core pixels, and its matches with the neighbours after it."""
+    entry = job.entry()
+    labels = entry.load_block(block.index)
+    found = {}
+    for a, b in neighbour_pairs(job.blocks):
+        if a == block.index:
+            found[(a, b)] = match(labels, block, entry.load_block(b), job.blocks[b])
+    return block.index, core_ids(labels, block), found
+
+
+def write_block(job: SlideJob, work: tuple[Block, np.ndarray]) -> int:
+    """Round 3: the core's labels as slide ids, and the mask."""
+    block, lut = work
+    labels = job.entry().load_block(block.index)[block.core.within(block.reach)]
+    job.entry().write_core(block.core, labels=lut[labels])
+    return block.index
+
+
+def measure_block(job: SlideJob, block: Block) -> np.ndarray:
+    """Round 4: the rows of the nuclei this block owns, measured whole over its reach, in slide coordinates."""
+    labels = job.entry().read_labels(block.reach)
+    with LazyPlane(job.source) as plane:
+        raw = plane.read(block.reach)
+    pixel = _pixel_size(job.settings, plane)
+    table = measure(labels, raw, pixel)
+    table = to_slide_coordinates(table, MEASUREMENT_COLUMNS, block.reach, pixel)
+    mine = owned(table[:, MEASUREMENT_COLUMNS.index(_BBOX_Y)], table[:, MEASUREMENT_COLUMNS.index(_BBOX_X)], block)
+    cut = touches_inner_edge(labels, block.reach, job.height, job.width)
+    if np.isin(table[mine, 0], cut).any():
+        log.warning("%s: nuclei larger than the block margin were measured cut at a block border", job.item.id)
+    return table[mine]
+
+
+_BBOX_Y = next(c for c in MEASUREMENT_COLUMNS if c.startswith("bbox_min_y"))
+_BBOX_X = next(c for c in MEASUREMENT_COLUMNS if c.startswith("bbox_min_x"))
+
+
+def _pixel_size(settings: SegmentConfig, plane: LazyPlane) -> float | None:
+    return settings.pixel_size or plane.lab.pixel_size_um
+
+
+# --- the driver ---------------------------------------------------------------------------------------------
+
+def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, progress: bool = False,
+                   on_slide: Callable[[], None] | None = None) -> list[ImageResult]:
+    """Segment each slide in turn, its blocks spread over the run's threads or Dask cluster."""
+    if not items:
+        return []
+    results = []
+    with _mapper(settings) as mapper:
+        for item in items:
+            results.append(segment_slide(item, settings, mapper, progress))
+            if on_slide:
+                on_slide()
+    return results
+
+
+def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False
+                  ) -> ImageResult:
+    """One slide, block by block, into its entry; any failure is the slide's result."""
+    started = time.perf_counter()
+    store = Store(settings.store, mode="a")
+    engine = build_engine(settings)
+    key = entry_key(engine, settings)
+    try:
+        digest, hashed = source_identity(item.url, item.size)
+        record = store.record(item.id)
+        if not settings.overwrite and record and record.source == item.url and record.source_sha256 == digest \
+                and record.output_key == key:
+            return ImageResult(item.id, item.url, "skipped", "already in the store")
+        job, plane_info, omero = _prepare(item, settings, engine)
+        entry = job.entry()
+        manifest = {"source": item.url, "source_sha256": digest, "output_key": key, "shape": [job.height, job.width],
+                    "block_size": settings.block_size, "blocks": len(job.blocks),
+                    "value_range": list(job.value_range), "stained": job.stained}
+        done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
+                           chunk_for(job.block_side))
+        n_nuclei, table = _run_rounds(job, mapper, done, progress)
+        entry.build_pyramids()
+        used = job.engine()
+        recorded = _record(item, job, used, engine, settings, plane_info, digest, hashed, table, key)
+        entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
+        return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
+                           providers=used.session_providers())
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one slide must not stop the run
+        log.exception("failed on %s", item.url)
+        return _failed(store, item, _reason(exc), key=key)
+
+
+def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
+             ) -> tuple[SlideJob, dict[str, Any], dict[str, Any]]:
+    """Open the slide once: its size, the whole slide's intensity range and model, the blocks."""
+    if settings.diameter == AUTO:
+        raise InputError(item.url, "--diameter auto measures nuclei per image; give a slide's diameter in pixels")
+    with LazyPlane(SlideSource(item.url, PlaneChoice(settings.channel, settings.z))) as plane:
+        sample = plane.strided(percentile_step(plane.height, plane.width, PERCENTILE_SAMPLE))
+        info = {"channels": plane.channels, "dtype": plane.dtype, "lab": plane.lab.describe(),
+                "pixel_size_um": _pixel_size(settings, plane)}
+        height, width = plane.height, plane.width
+    used = engine.for_image(sample)
+    value_range = intensity_range(sample, used.model.normalization)
+    multiple = used.model.pad_multiple
+    margin = round_up(math.ceil(used.overlap / used.zoom), multiple)  # the receptive field, in image pixels
+    side = round_up(settings.block_size, multiple)
+    blocks = plan_blocks(height, width, side, margin, margin, multiple)
+    cyx = sample[None] if sample.ndim == 2 else np.moveaxis(sample, -1, 0)
+    job = SlideJob(item, settings, height, width, tuple(blocks), value_range, used is not engine, side)
+    log.info("%s: %dx%d as %d blocks, range %s", item.id, height, width, len(blocks), value_range)
+    return job, info, layout.omero(np.ascontiguousarray(cyx))
+
+
+def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool) -> tuple[int, np.ndarray]:
+    """The four rounds; returns the nuclei count and their measurements, in label order."""
+    todo = [b for b in job.blocks if b.index not in done]
+    with tqdm(total=len(job.blocks), initial=len(job.blocks) - len(todo), unit="block", desc=job.item.id,
+              disable=not progress) as bar:
+        for _ in mapper(label_block, [(job, b) for b in todo]):
+            bar.update(1)
+    ids: list[np.ndarray] = [np.zeros(0, np.int64)] * len(job.blocks)
+    matches: dict[tuple[int, int], np.ndarray] = {}
+    for index, found_ids, found in mapper(match_block, [(job, b) for b in job.blocks]):
+        ids[index] = found_ids
+        matches |= found
+    luts = number(ids, matches)
+    list(mapper(write_block, [(job, (b, luts[b.index])) for b in job.blocks]))
+    rows = list(mapper(measure_block, [(job, b) for b in job.blocks]))
+    table = np.concatenate(rows) if rows else np.zeros((0, len(MEASUREMENT_COLUMNS)))
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    return int(table.shape[0]), table
+
+
+def _record(item: ImageItem, job: SlideJob, used: Engine, engine: Engine, settings: SegmentConfig,
+            info: dict[str, Any], digest: str, hashed: str, table: np.ndarray, key: str) -> dict[str, Any]:
+    """The entry's record: the fields every entry has, and how the slide was cut."""
+    n, pixels = int(table.shape[0]), job.height * job.width
+    covered = float(table[:, MEASUREMENT_COLUMNS.index(_AREA)].sum()) if n else 0.0
+    model = used.model
+    return {
+        "source": item.url, "source_sha256": digest, "source_size": item.size, "source_mtime": item.mtime,
+        "shape": [job.height, job.width], "dtype": str(info["dtype"]), "channels": info["channels"],
+        "n_nuclei": n, "covered_fraction": min(1.0, covered / pixels), "mean_area": covered / n if n else 0.0,
+        "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
+                  "precision": used.precision},
+        "thresholds": used.thresholds.as_dict(), "stained_brightfield": job.stained, "output_key": key,
+        **info["lab"], "pixel_size_um": info["pixel_size_um"], "diameter": None, "diameter_auto": False,
+        "zoom": used.zoom, "normalization": model.normalization.model_dump(), "providers": used.session_providers(),
+        "nuclei_version": nuclei.__version__, "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "status": "complete",
+        "slide": {"blocks": len(job.blocks), "block_size": settings.block_size, "source_hash": hashed,
+                  "value_range": list(job.value_range)},
+    }
+
+
+_AREA = next(c for c in MEASUREMENT_COLUMNS if c.startswith("area"))
+
+
+# --- where the tasks run ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _mapper(settings: SegmentConfig) -> Iterator[Mapper[Any]]:
+    """Threads in this process, or the run's Dask cluster (as `run.uses_dask` decides for batches)."""
+    from nuclei.inference.run import uses_dask
+
+    if not uses_dask(settings):
+        workers = local_cluster_size()[0]
+        per_thread = max(1, (settings.threads or default_threads()) // workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="nuclei-block") as pool:
+            yield lambda fn, args: _threads(pool, fn, args, per_thread)
+        return
+    with dask_client(settings.dask_address, settings.n_workers) as client:
+        resources = task_resources(client)
+        yield lambda fn, args: _dask(client, fn, args, resources)
+
+
+def _threads(pool: ThreadPoolExecutor, fn: Callable[..., T], args: Sequence[Any], threads: int) -> Iterator[T]:
+    futures = [pool.submit(fn, _with_threads(job, threads), arg) for job, arg in args]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:  # an interrupt or a failure: queued blocks never start
+        for future in futures:
+            future.cancel()
+
+
+def _with_threads(job: SlideJob, threads: int) -> SlideJob:
+    from dataclasses import replace
+
+    return replace(job, settings=job.settings.model_copy(update={"threads": threads}))
+
+
+def _dask(client: Any, fn: Callable[..., T], args: Sequence[Any], resources: dict[str, float] | None
+          ) -> Iterator[T]:
+    from distributed import as_completed as finished
+
+    futures = [client.submit(fn, job, arg, pure=False, resources=resources) for job, arg in args]
+    try:
+        for future in finished(futures):
+            yield future.result()
+    finally:
+        client.cancel(futures)

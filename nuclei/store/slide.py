@@ -1,0 +1,222 @@
+"""A slide's entry, written block by block: the same OME-Zarr layout as any entry (`nuclei.store.layout`), but
+its arrays are created first and filled a block's core at a time by the tasks, so neither the slide nor its
+label image is ever whole in one process.
+
+    STORE/images/KEY/...             the entry's arrays, chunked; block cores are whole chunks, so tasks never
+                                     write the same chunk
+    STORE/blocks/KEY/manifest.json   what the blocks below were made from (source, settings, geometry)
+    STORE/blocks/KEY/NNNNNN.npy.zst  one block's labels over its reach: the block is done (resume by block)
+
+The record is written last, as for every entry (`Store`'s commit); the blocks folder is removed after it.
+A killed run leaves the blocks it finished; the same command, same source and settings, runs only the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+import zarr
+from numcodecs import Zstd
+
+from nuclei.config import STORE_FORMAT_VERSION
+from nuclei.core.blocks import Box
+from nuclei.store import layout
+from nuclei.store.backend import Store, _index_is_ours, id_to_key
+from nuclei.store.record import EntryRecord
+
+log = logging.getLogger(__name__)
+
+SCRATCH = "blocks"
+MEASUREMENT_CHUNK_ROWS = 65536
+_ZSTD = Zstd(level=1)
+
+
+def chunk_for(block_size: int) -> int:
+    """Array chunks that tile every block core: the store's chunk where it divides the block, else the block."""
+    return layout.CHUNK if block_size % layout.CHUNK == 0 else block_size
+
+
+def n_levels(height: int, width: int) -> int:
+    """Pyramid levels as `layout` makes them: halved until the largest side is at most PYRAMID_MIN_SIZE."""
+    levels, side = 1, max(height, width)
+    while side > layout.PYRAMID_MIN_SIZE:
+        side, levels = (side + 1) // 2, levels + 1
+    return levels
+
+
+class SlideEntry:
+    """One slide's entry in a store, while its blocks are being written and when it is committed."""
+
+    def __init__(self, store: Store, image_id: str) -> None:
+        self.store, self.image_id = store, image_id
+        self.key = id_to_key(image_id)
+        self.prefix = f"{store.root_path}/images/{self.key}"
+        self.scratch = f"{store.root_path}/{SCRATCH}/{self.key}"
+
+    # --- the attempt: start clean, or resume the blocks a previous attempt finished ----------------------
+
+    def start(self, manifest: dict[str, Any], shape: tuple[int, int], channels: int, dtype: np.dtype,
+              chunk: int) -> set[int]:
+        """Hide a committed entry of this id, create the arrays unless a previous attempt with the same
+        ``manifest`` made them, and return the blocks that attempt finished."""
+        self.store.hide(self.image_id)  # invisible until whole again
+        if self._manifest() == manifest and self.store.fs.exists(f"{self.prefix}/labels/nuclei/s0/zarr.json"):
+            return self.done_blocks()
+        for path in (self.scratch, self.prefix):
+            if self.store.fs.exists(path):
+                self.store.fs.rm(path, recursive=True)
+        self._create_arrays(shape, channels, dtype, chunk)
+        self._put(f"{self.scratch}/manifest.json", _json(manifest))
+        return set()
+
+    def _manifest(self) -> dict[str, Any] | None:
+        try:
+            found = json.loads(self.store.fs.cat_file(f"{self.scratch}/manifest.json"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def _create_arrays(self, shape: tuple[int, int], channels: int, dtype: np.dtype, chunk: int) -> None:
+        group = self.group()
+        height, width = shape
+        for level in range(n_levels(height, width)):
+            h, w = -(-height // 2**level), -(-width // 2**level)
+            group.create_array(layout.IMAGE_PATH.format(level=level), shape=(channels, h, w), dtype=dtype,
+                               chunks=(channels, min(h, chunk), min(w, chunk)), fill_value=0,
+                               dimension_names=("c", "y", "x"))
+            for path, kind in ((layout.LABELS_PATH, np.uint32), (layout.MASK_PATH, np.uint8)):
+                group.create_array(path.format(level=level), shape=(h, w), dtype=kind,
+                                   chunks=(min(h, chunk), min(w, chunk)), fill_value=0, dimension_names=("y", "x"))
+
+    def group(self) -> zarr.Group:
+        with _index_is_ours():
+            return self.store.root.require_group(f"images/{self.key}")
+
+    # --- blocks -------------------------------------------------------------------------------------
+
+    def _block_path(self, index: int) -> str:
+        return f"{self.scratch}/{index:06d}.npy.zst"
+
+    def done_blocks(self) -> set[int]:
+        try:
+            names = self.store.fs.ls(self.scratch, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {int(os.path.basename(n).split(".")[0]) for n in names if n.endswith(".npy.zst")}
+
+    def save_block(self, index: int, labels: np.ndarray) -> None:
+        """A block's labels over its reach; once written, the block is done."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(labels))
+        self._put(self._block_path(index), bytes(_ZSTD.encode(buffer.getvalue())))
+
+    def load_block(self, index: int) -> np.ndarray:
+        blob = self.store.fs.cat_file(self._block_path(index))
+        return np.asarray(np.load(io.BytesIO(bytes(_ZSTD.decode(blob)))))
+
+    def _put(self, path: str, blob: bytes) -> None:
+        """Whole or absent: a temp file renamed into place on local disks, one PUT on object stores."""
+        if not self.store.local:
+            self.store.fs.pipe_file(path, blob)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(blob)
+        os.replace(tmp, path)
+
+    # --- arrays ------------------------------------------------------------------------------------------
+
+    def write_core(self, box: Box, image: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        """Write a block's core (whole chunks) of level 0: the image (h, w[, c]), or labels and their mask."""
+        group, rows, cols = self.group(), slice(box.y0, box.y1), slice(box.x0, box.x1)
+        if image is not None:
+            cyx = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+            _array(group, layout.IMAGE_PATH.format(level=0))[:, rows, cols] = cyx
+        if labels is not None:
+            _array(group, layout.LABELS_PATH.format(level=0))[rows, cols] = labels
+            _array(group, layout.MASK_PATH.format(level=0))[rows, cols] = (labels > 0).astype(np.uint8)
+
+    def read_labels(self, box: Box) -> np.ndarray:
+        return np.asarray(_array(self.group(), layout.LABELS_PATH.format(level=0))[box.y0:box.y1, box.x0:box.x1])
+
+    def build_pyramids(self, threads: int = 4) -> None:
+        """Levels 1.. from the level below, a chunk at a time: area-averaged image, nearest labels and mask."""
+        group = self.group()
+        levels = len([k for k in group.array_keys() if k.startswith("s")])
+        for path, nearest in ((layout.IMAGE_PATH, False), (layout.LABELS_PATH, True), (layout.MASK_PATH, True)):
+            for level in range(1, levels):
+                source, target = _array(group, path.format(level=level - 1)), _array(group, path.format(level=level))
+                boxes = _chunk_boxes(target)
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda box, s=source, t=target, n=nearest: _halve_into(s, t, box, n), boxes))
+
+    # --- the commit ----------------------------------------------------------------------------------
+
+    def commit(self, record: dict[str, Any], measurements: np.ndarray, columns: Sequence[str],
+               omero: dict[str, Any]) -> EntryRecord:
+        """Write the measurements and the OME metadata, then the record (the commit), then drop the blocks."""
+        typed = EntryRecord(**{**record, "id": self.image_id, "key": self.key, "arrays_sha256": {},
+                               "commit": uuid.uuid4().hex, "store_format_version": STORE_FORMAT_VERSION})
+        group = self.group()
+        table = np.asarray(measurements, np.float64).reshape(-1, len(columns))
+        array = group.create_array(layout.MEASUREMENTS_PATH, shape=table.shape, dtype=np.float64,
+                                   chunks=(max(1, min(len(table), MEASUREMENT_CHUNK_ROWS)), max(1, len(columns))),
+                                   fill_value=0.0, overwrite=True, attributes={"columns": list(columns)})
+        array[...] = table
+        self._write_metadata(group, typed, omero)
+        self.store._commit(typed)  # the store's own commit: the record, written last (no public one yet)
+        self.store.fs.rm(self.scratch, recursive=True)
+        return typed
+
+    def _write_metadata(self, group: zarr.Group, record: EntryRecord, omero: dict[str, Any]) -> None:
+        pixel_um = record.pixel_size_um
+        levels = len([k for k in group.array_keys() if k.startswith("s")])
+        group.attrs.update({"nuclei": record.as_dict(), "ome": {
+            "version": layout.OME_VERSION, "omero": omero,
+            "multiscales": layout._multiscales(layout._cyx(pixel_um), levels, "image", pixel_um)}})
+        labels = group.require_group("labels")
+        labels.attrs.update({"ome": {"version": layout.OME_VERSION, "labels": list(layout.LABEL_NAMES)}})
+        for name in layout.LABEL_NAMES:
+            labels.require_group(name).attrs.update({"ome": {
+                "version": layout.OME_VERSION,
+                "multiscales": layout._multiscales(layout._yx(pixel_um), levels, name, pixel_um),
+                "image-label": {"version": layout.OME_VERSION, "source": {"image": "../../"}}}})
+
+
+def _array(group: zarr.Group, path: str) -> zarr.Array:
+    node = group[path]
+    assert isinstance(node, zarr.Array), path
+    return node
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def _chunk_boxes(array: zarr.Array) -> list[Box]:
+    height, width = array.shape[-2:]
+    ch, cw = array.chunks[-2:]
+    return [Box(y, min(height, y + ch), x, min(width, x + cw)) for y in range(0, height, ch)
+            for x in range(0, width, cw)]
+
+
+def _halve_into(source: zarr.Array, target: zarr.Array, box: Box, nearest: bool) -> None:
+    """target[box] from source[2 * box]: what `layout`'s whole-array halving gives there."""
+    rows, cols = slice(2 * box.y0, 2 * box.y1), slice(2 * box.x0, 2 * box.x1)
+    h, w = box.shape
+    if nearest:
+        target[box.y0:box.y1, box.x0:box.x1] = np.asarray(source[rows, cols])[::2, ::2]
+        return
+    planes = np.asarray(source[:, rows, cols])
+    target[:, box.y0:box.y1, box.x0:box.x1] = np.stack(
+        [cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in planes])
