@@ -6,6 +6,11 @@ gives the nuclei the whole-image path gives, nucleus for nucleus.
 
 from __future__ import annotations
 
+import logging
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +136,29 @@ def test_blocks_equal_whole_image_nucleus_for_nucleus(slide: Path, tmp_path: Pat
     assert entry["labels/nuclei/s0"].chunks == (400, 400)  # block cores are whole chunks: no two tasks share one
     assert entry["labels/nuclei/s1"].shape == (500, 650) and "s2" not in entry  # halved until <= 1024 px
     np.testing.assert_array_equal(entry["labels/nuclei/s1"][...], ours[::2, ::2])
+
+
+def test_a_killed_slide_run_resumes_by_block_and_equals_a_clean_run(slide: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nuclei.inference.slide")
+    store = tmp_path / "killed.zarr"
+    code = (f"import nuclei; nuclei.segment([{str(slide)!r}], store={str(store)!r}, slide_pixels=1, "
+            "block_size=400, n_workers=None)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scratch = store / "blocks" / "mosaic.ome"
+    deadline = time.monotonic() + 120
+    while len(list(scratch.glob("*.npy.zst"))) < 3 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_before = {p.name for p in scratch.glob("*.npy.zst")}
+    assert 3 <= len(done_before) < 12, "the run should be killed part way (12 blocks)"
+    assert nuclei.open_store(store).images() == []  # nothing visible: the record comes last
+    resumed = nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=400)
+    assert resumed["done"] == 1 and not (store / "blocks" / "mosaic.ome").exists()
+    assert f"resuming: {len(done_before)} of 12 blocks done" in caplog.text
+    nuclei.segment([str(slide)], store=tmp_path / "clean.zarr", slide_pixels=1, block_size=400)
+    np.testing.assert_array_equal(nuclei.open_store(store).labels("mosaic.ome"),
+                                  nuclei.open_store(tmp_path / "clean.zarr").labels("mosaic.ome"))
+    again = nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=400)
+    assert again["skipped"] == 1 and again["done"] == 0

@@ -188,6 +188,8 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
                     "value_range": list(job.value_range), "stained": job.stained}
         done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
                            chunk_for(job.block_side))
+        if done:
+            log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
         n_nuclei, table = _run_rounds(job, mapper, done, progress)
         entry.build_pyramids()
         used = job.engine()
