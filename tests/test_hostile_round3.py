@@ -270,3 +270,48 @@ def test_double_colons_in_names_are_read_as_paths_or_refused_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "'::' in a local store path" in err, err
     assert not list(tmp_path.glob("s::t*")) and not (tmp_path / "s").exists()
+
+
+# --- 11: nothing is skipped in silence: other formats, empty globs, several series, unlistable folders ----------
+
+
+def test_unreadable_formats_empty_globs_and_multi_series_tiffs_are_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.czi", "b.nd2", "c.webp", "d.gif"):
+        (folder / name).write_bytes(b"not read")
+    (folder / "notes.txt").write_text("not an image: left alone")
+    grey = make_sample((64, 64), n_nuclei=4, seed=1)[0][..., 1]
+    tifffile.imwrite(folder / "two.tif", grey)
+    tifffile.imwrite(folder / "two.tif", grey[:32], append=True)  # a second series
+    code = main(["segment", str(folder), str(tmp_path / "none" / "*.png"), "--store", str(tmp_path / "s.zarr")])
+    out = capsys.readouterr().out
+    assert code == 1 and out.startswith("0 segmented, 0 skipped (unchanged), 6 failed of 6 found"), out
+    for text in ("a.czi: not a format nuclei reads", "d.gif: not a format nuclei reads",
+                 "none/*.png: matches no file", "two.tif: holds 2 images (TIFF series"):
+        assert text in out, out
+    assert "notes.txt" not in out
+
+
+def test_a_folder_too_deep_to_list_is_reported_not_skipped(tmp_path: Path) -> None:
+    import os
+
+    from nuclei.io.discovery import discover
+
+    _image(tmp_path / "in" / "shallow.png")
+    fd = os.open(tmp_path / "in", os.O_RDONLY)
+    try:
+        for _ in range(17):  # 17 x 256 bytes: past PATH_MAX (4096)
+            os.mkdir("d" * 255, dir_fd=fd)
+            deeper = os.open("d" * 255, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.close(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+    found = discover([str(tmp_path / "in")])
+    assert [i.id for i in found.items] == ["shallow"]
+    assert [p.reason for p in found.problems] == ["cannot list this folder (File name too long)"]

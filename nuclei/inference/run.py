@@ -300,6 +300,8 @@ def summary_text(summary: RunSummary) -> str:
         f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
         f"on {', '.join(summary['providers']) or '-'}; store {printable(summary['store'])}",
     ]
+    if not summary["found"]:
+        lines.append("  no image files in the inputs (nuclei reads PNG, TIFF, JPEG and BMP)")
     for label, listed in _file_lists(summary).items():  # file names as text, never as terminal commands
         lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in listed]
     return "\n".join(lines)

@@ -21,6 +21,12 @@ from nuclei.errors import InputError
 from nuclei.io.images import IMAGE_SUFFIXES
 
 GLOB_CHARS = "*?["
+# Microscopy and picture formats nuclei does not read: reported by name (a folder of .czi files said "0 of 0
+# found" and exited 0), never skipped in silence. Other files (notes, CSVs) are not images and are left alone.
+UNSUPPORTED_SUFFIXES = (".czi", ".nd2", ".lif", ".lsm", ".oib", ".oif", ".vsi", ".ims", ".dv", ".r3d", ".ndpi",
+                        ".scn", ".mrxs", ".webp", ".gif", ".jp2", ".j2k", ".jxl", ".heic", ".heif", ".avif", ".ppm",
+                        ".pgm", ".pnm", ".exr", ".dcm")
+UNSUPPORTED = "not a format nuclei reads (PNG, TIFF, JPEG, BMP): export it as (OME-)TIFF"
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,22 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not os.path.basename(name).startswith(".")
 
 
+def _is_unsupported(name: str) -> bool:
+    return (name.lower().endswith(UNSUPPORTED_SUFFIXES) and not _is_image_name(name)
+            and not os.path.basename(name).startswith("."))
+
+
 def _image_id(relative: str) -> str:
     path = PurePosixPath(relative.replace(os.sep, "/"))
     return str(path.with_suffix(""))
 
 
 def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """(path, problem) for every image-named entry under root; symlinked folders are not followed."""
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    """(path, problem) for every image-named entry under root; symlinked folders are not followed, and a
+    folder that cannot be listed (no permission, a path longer than PATH_MAX) is a problem, not a silence."""
+    unlisted: list[OSError] = []
+    for folder, dirs, files in os.walk(root, followlinks=False, onerror=unlisted.append):
+        yield from _unlisted(unlisted, root)
         dirs.sort()
         for name in sorted(dirs):
             if _is_image_name(name):
@@ -58,7 +72,9 @@ def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
             elif os.path.islink(os.path.join(folder, name)):
                 yield Path(folder) / name, "is a symlinked folder: not followed (give it as an input to include it)"
         for name in sorted(files):
-            if _is_image_name(name):
+            if _is_unsupported(name):
+                yield Path(folder) / name, UNSUPPORTED
+            elif _is_image_name(name):
                 path = Path(folder) / name
                 try:
                     os.stat(path)
@@ -66,6 +82,14 @@ def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
                     yield path, f"cannot open ({exc.strerror or exc})"
                     continue
                 yield path, None
+    yield from _unlisted(unlisted, root)
+
+
+def _unlisted(errors: list[OSError], root: Path) -> Iterator[tuple[Path, str]]:
+    """os.walk's listing errors so far, as problems (it drops them unless asked)."""
+    while errors:
+        error = errors.pop(0)
+        yield Path(error.filename or root), f"cannot list this folder ({error.strerror or error})"
 
 
 def _local(root: Path, files: Sequence[Path] | None = None) -> Discovery:
@@ -89,7 +113,11 @@ def _remote(url: str) -> Discovery:
     root = _glob_root(path) if has_glob else (path if fs.isdir(path) else path.rsplit("/", 1)[0])
     listing = fs.glob(path, detail=True) if has_glob else fs.find(path, detail=True)
     found = Discovery([], [])
+    if has_glob and not listing:
+        found.problems.append(InputError(url, "matches no file"))
     for name, info in sorted(listing.items()):
+        if _is_unsupported(name):
+            found.problems.append(InputError(f"{protocol}://{name}", UNSUPPORTED))
         if not _is_image_name(name):
             continue
         if info.get("type") == "directory":
@@ -124,10 +152,14 @@ def discover_one(spec: str) -> Discovery:
     spec = spec.removeprefix("file://")
     if not Path(spec).exists() and any(c in spec for c in GLOB_CHARS):  # an existing path is never a glob
         root = Path(_glob_root(spec))
-        matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if _is_image_name(p)]
+        every = sorted(glob.glob(spec, recursive=True))
+        matches = [Path(p) for p in every if _is_image_name(p)]
         dirs = [p for p in matches if p.is_dir()]
         found = _local(root, [p for p in matches if not p.is_dir()])
         found.problems += [InputError(p, "is a directory, not an image file") for p in dirs]
+        found.problems += [InputError(p, UNSUPPORTED) for p in every if _is_unsupported(p)]
+        if not every:
+            found.problems.append(InputError(spec, "matches no file"))
         return found
     path = Path(spec)
     if path.is_dir():

@@ -54,11 +54,22 @@ def read_tiff(data: bytes, name: str, choice: PlaneChoice | None = None) -> LabI
     """The plane of a (OME-)TIFF file that ``choice`` names; InputError saying which option to give."""
     choice = choice or PlaneChoice()
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        _one_series(tif, name)
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
         names, size = _ome_channels_and_size(tif)
         size = size or _resolution_size(tif)
     return select(array, axes, choice, name, names, size)
+
+
+def _one_series(tif: tifffile.TiffFile, name: str) -> None:
+    """A file of several images (TIFF series: positions, tiles, a multi-image export) is refused: only the first
+    was segmented, silently. Levels of one pyramid are one series and pass."""
+    if len(tif.series) > 1:
+        shapes = ", ".join(f"{s.axes} {tuple(s.shape)}" for s in tif.series[:4])
+        more = f", and {len(tif.series) - 4} more" if len(tif.series) > 4 else ""
+        raise InputError(name, f"holds {len(tif.series)} images (TIFF series: {shapes}{more}); nuclei segments one "
+                         "image per file: save each as its own file")
 
 
 def select(array: np.ndarray, axes: str, choice: PlaneChoice, name: str, channel_names: list[str] | None = None,
