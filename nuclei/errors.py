@@ -28,3 +28,8 @@ class StoreError(NucleiError):
 
 class ClusterError(NucleiError):
     """A Dask cluster that cannot be reached or has no workers."""
+
+
+class Interrupted(Exception):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+    """A run stopped on request (Ctrl-C, SIGTERM): queued work was cancelled and every entry written is whole.
+    Not a NucleiError: the command line reports it apart (exit 130)."""

@@ -51,6 +51,17 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path,
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    """The model the package ships (no training, no Prefect server): what the fast tier runs and stores with."""
+    from nuclei.modeldir import DEFAULT_MODEL_NAME, SHIPPED_MODELS
+
+    path = SHIPPED_MODELS / DEFAULT_MODEL_NAME
+    if not (path / "model.onnx").is_file():
+        pytest.skip(f"{path} has no model.onnx")
+    return path
+
+
 SLOW_FIXTURES = {"trained_model", "prefect_harness"}  # a training run or a Prefect server: not the fast tier
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+import nuclei
 from nuclei.cli import check, demo, evaluate, export_model, query, segment, train, view
 from nuclei.errors import NucleiError
 
@@ -33,10 +34,6 @@ def _quiet_environment(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
-        # The local cluster's worker processes too (-v: all). Critical, not error: a worker whose scheduler went
-        # down first as an interrupted run tears down logs a heartbeat ERROR with a traceback, which is not the
-        # user's news; a task's own failure still reaches the run summary through the client.
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
 
@@ -44,6 +41,7 @@ def _quiet_environment(verbose: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuclei", description="Batch nuclei segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"nuclei {nuclei.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -53,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_environment(args.verbose)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=console, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:  # the terminal shows warnings and errors whatever level a library
+        handler.setLevel(console)          # gives its own loggers (distributed sets its own to INFO on import)
     for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:

@@ -3,22 +3,25 @@
 With a Prefect server (`PREFECT_API_URL` set, or `--prefect`) the run is the `segment` flow, recorded there
 with its progress and summary artifacts. Without one, the CLI runs the same steps directly: no temporary
 Prefect server to start (about 11 s, and a run that cannot start when the machine is busy), nothing to
-report to that would vanish at exit. Ctrl-C or SIGTERM stops the work within seconds; every entry already
-written is complete (an entry becomes visible only with its record), and a re-run finishes the rest.
+report to that would vanish at exit. Ctrl-C or SIGTERM stops the work within seconds: the handler only sets an
+event, the run loop cancels what is queued and closes its cluster in order. Every entry already written is
+complete (an entry becomes visible only with its record), and a re-run finishes the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 import threading
-from types import FrameType
+from collections.abc import Iterator
 
 from nuclei.cli.options import add_config_options, given, print_json
 from nuclei.config import SegmentConfig
+from nuclei.errors import Interrupted, NucleiError
 from nuclei.store.record import RunSummary
 
 
@@ -38,13 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from nuclei.inference.preflight import preflight
 
     config = preflight(SegmentConfig(**given(args, SegmentConfig)))  # user errors: one line, nothing started
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     quiet = args.json or not sys.stderr.isatty()  # a progress bar only where a person watches it
     try:
-        summary = _with_prefect(config, quiet) if args.prefect or os.environ.get("PREFECT_API_URL") \
-            else _direct(config, quiet)
-    except KeyboardInterrupt:
+        if args.prefect or os.environ.get("PREFECT_API_URL"):
+            summary = _with_prefect(config, quiet)
+        else:
+            stop = threading.Event()
+            with _signals_set(stop):
+                summary = _direct(config, quiet, stop)
+    except (Interrupted, KeyboardInterrupt):
         print(f"nuclei: interrupted: the entries written to {config.store} are complete; run the same command "
               "again to finish", file=sys.stderr)
         return 130
@@ -57,40 +62,63 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-_interrupted = threading.Event()
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    """While a run works here: SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) set ``stop`` and nothing else.
+    The run loop sees it within a fraction of a second, cancels what is queued and closes its cluster in order,
+    so nothing is torn down mid-call and no library's noise needs hiding. The previous handlers come back after
+    (a second run in the same process starts afresh)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda _signum, _frame: stop.set()) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    _interrupted.set()
-    _hush_cluster_logs()
-    raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does
-
-
-def _hush_cluster_logs() -> None:
-    """A cluster torn down mid-call logs its own noise (lost keys, a callback's NameError): not the user's news.
-    Every logger under distributed/tornado, not only the two parents: distributed's config gives some children
-    (distributed.client, tornado.application) levels of their own, which a parent's level does not override."""
-    for name in ["distributed", "tornado", *logging.root.manager.loggerDict]:
-        if name.partition(".")[0] in ("distributed", "tornado"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _stop_if_interrupted(done: int, total: int) -> None:
-    """Raise again after each batch once a signal came: a library's wait may swallow the signal's own
-    KeyboardInterrupt (seen once in Dask's client), and the run must stop all the same."""
-    if _interrupted.is_set():
-        raise KeyboardInterrupt
-
-
-def _direct(config: SegmentConfig, quiet: bool) -> RunSummary:
+def _direct(config: SegmentConfig, quiet: bool, stop: threading.Event) -> RunSummary:
     from nuclei.inference.run import plan, summarize
     from nuclei.inference.run import run as run_plan
 
     work = plan(config)
-    return summarize(work, run_plan(work, progress=not quiet, on_batch=_stop_if_interrupted))
+    return summarize(work, run_plan(work, progress=not quiet, stop=stop))
 
 
 def _with_prefect(config: SegmentConfig, quiet: bool) -> RunSummary:
+    """The run as a Prefect flow; Ctrl-C is Python's KeyboardInterrupt there, which Prefect handles itself
+    (the flow run ends Crashed), and SIGTERM the same."""
+    prefect_reachable()
     from flows.segment import segment  # Prefect only when a run is recorded there
 
-    return segment(**config.model_dump(), progress=not quiet)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return segment(**config.model_dump(), progress=not quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+PREFECT_TIMEOUT_S = 10
+
+
+def prefect_reachable() -> None:
+    """The Prefect server the run will report to answers (PREFECT_API_URL), or a temporary one can keep its
+    database (PREFECT_HOME): a dead URL was 113 lines of traceback, a read-only HOME 102 s and 21 tracebacks.
+    Raises NucleiError with what to do."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        import httpx
+
+        try:
+            httpx.get(f"{url.rstrip('/')}/health", timeout=PREFECT_TIMEOUT_S).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise NucleiError(f"cannot reach the Prefect server at {url} ({exc}): start it (make server), or "
+                              "unset PREFECT_API_URL to run without one") from exc
+        return
+    home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
+    try:
+        os.makedirs(home, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as exc:
+        raise NucleiError(f"{home}: --prefect keeps a temporary server's database here, and it cannot be written "
+                          f"({exc.strerror or exc}): set PREFECT_HOME to a writable folder") from exc

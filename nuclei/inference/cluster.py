@@ -15,11 +15,11 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from nuclei.errors import ClusterError
+from nuclei.inference.signals import WORKER_MARK
 
 if TYPE_CHECKING:  # distributed costs about a second to import: small in-process runs never need it
     from distributed import Client
@@ -51,19 +51,20 @@ def cluster_address(address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def _sigint_ignored_by_children() -> Iterator[None]:
-    """Worker processes started in here ignore SIGINT (Python installs no KeyboardInterrupt handler where SIGINT
-    is ignored at start-up): Ctrl-C reaches the whole process group, but only this process should act on it,
-    closing the cluster cleanly instead of every worker printing a traceback. Main thread only."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread (e.g. inside a Prefect task): leave signals alone
-        yield
-        return
+def _workers_leave_signals_to_us() -> Iterator[None]:
+    """Mark the worker processes started in here (`nuclei.inference.signals`): their environment names this
+    process as their parent, so no later process, a nuclei run started by this one included, takes the mark for
+    its own. Unlike ignoring SIGINT here while they start (which they would inherit), this process still hears
+    a Ctrl-C during start-up."""
+    previous = os.environ.get(WORKER_MARK)
+    os.environ[WORKER_MARK] = str(os.getpid())
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is None:
+            os.environ.pop(WORKER_MARK, None)
+        else:
+            os.environ[WORKER_MARK] = previous
 
 
 CONNECT_TIMEOUT_S = 10  # a dead address fails in this long, with one line
@@ -161,7 +162,7 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
 
     workers, threads = local_cluster_size(n_workers)
     env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    with _sigint_ignored_by_children():  # while the worker processes start; this process still gets Ctrl-C
+    with _workers_leave_signals_to_us():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", env=env)
     with cluster, Client(cluster) as client:

@@ -6,15 +6,17 @@ The `segment` flow wires these steps as Prefect tasks; `segment()` below runs th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
 from nuclei.core.text import markdown_code, markdown_text, printable
-from nuclei.errors import InputError, StoreError
+from nuclei.errors import InputError, Interrupted, StoreError
 from nuclei.inference.cluster import (
     cluster_address,
     dask_client,
@@ -195,14 +197,18 @@ def uses_dask(config: SegmentConfig) -> bool:
     return cluster_address(config.dask_address) is not None or config.n_workers is not None
 
 
-def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> list[ImageResult]:
+def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
+        stop: threading.Event | None = None) -> list[ImageResult]:
     """Run the planned batches, in this process (a thread per core) unless a Dask cluster is named or a
-    LocalCluster asked for (`uses_dask`); a batch that fails as a whole marks its images failed with the reason."""
+    LocalCluster asked for (`uses_dask`); a batch that fails as a whole marks its images failed with the reason.
+
+    ``stop``: once set (a signal handler sets it), queued batches are cancelled, the cluster is closed in order
+    and `Interrupted` is raised; every entry already written is whole."""
     if not plan.batches and not plan.slides:
         return []
     total, results = len(plan.items) + len(plan.slides), []
     with tqdm(total=total, unit="img", desc="segmenting", disable=not progress) as bar:
-        for batch, found in _batches(plan) if plan.batches else ():
+        for batch, found in _batches(plan, stop) if plan.batches else ():
             results += found
             bar.update(len(batch))
             if on_batch:
@@ -215,26 +221,83 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None) -> 
     return results
 
 
-def _batches(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
+def _batches(plan: Plan, stop: threading.Event | None = None
+             ) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
     """(batch, its results) as each batch finishes."""
     config = plan.settings
     if not uses_dask(config):
-        yield from _in_process(plan)
+        yield from _in_process(plan, stop)
         return
     from distributed import as_completed as finished
 
-    with dask_client(config.dask_address, config.n_workers) as client:
+    with _stopping_is_not_failing(stop), dask_client(config.dask_address, config.n_workers) as client:
+        _stop_if_asked(stop)  # a Ctrl-C while the cluster started
         resources = task_resources(client)
         if resources:
             log.info("inference tasks request %s per task", resources)
         seen = [plan.seen_of(batch) for batch in plan.batches]
-        futures = client.map(segment_batch, plan.batches, seen, settings=config, pure=False, resources=resources)
+        futures = client.map(segment_batch, plan.batches, [config] * len(plan.batches), seen, pure=False,
+                             resources=resources)
         batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
-        for future in finished(futures):
-            yield batch_of[future.key], _collect(future, batch_of[future.key])
+        done = finished(futures)
+        try:
+            while not done.is_empty():
+                for future in _next_finished(done, stop):
+                    yield batch_of[future.key], _collect(future, batch_of[future.key])
+        finally:  # stopped: nothing queued starts, running batches end their entries, then all closes in order
+            client.cancel([f for f in futures if not f.done()])
+            if stop is not None and stop.is_set():
+                _let_running_batches_end(client)
 
 
-def _in_process(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
+POLL_S = 0.2  # how often a wait for the next batch looks at the stop event
+DRAIN_S = 5.0  # after a stop, how long running batches may take to end their entries before the cluster closes
+
+
+def _next_finished(done: Any, stop: threading.Event | None) -> list[Any]:
+    """The futures that finished next (a distributed.as_completed), looking at ``stop`` while waiting."""
+    while stop is not None and not done.has_ready():
+        _stop_if_asked(stop, timeout=POLL_S)
+    _stop_if_asked(stop)
+    return list(done.next_batch(block=True))
+
+
+def _stop_if_asked(stop: threading.Event | None, timeout: float = 0.0) -> None:
+    if stop is not None and (stop.wait(timeout) if timeout else stop.is_set()):
+        raise Interrupted("stopped on request")
+
+
+@contextlib.contextmanager
+def _stopping_is_not_failing(stop: threading.Event | None) -> Iterator[None]:
+    """Once a stop was asked for, a cluster that fails to start or close (a worker process hit by the Ctrl-C
+    before it could set its signals aside) is part of stopping, not an error of its own."""
+    try:
+        yield
+    except Exception as exc:
+        if stop is not None and stop.is_set():
+            raise Interrupted("stopped on request") from exc
+        raise
+
+
+def _let_running_batches_end(client: Any, timeout: float = DRAIN_S) -> None:
+    """Wait (a little) until no worker executes a batch: a worker closed mid-task warns of the task it cancels."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(client.run(_executing).values()):
+                return
+        except Exception:  # noqa: BLE001 - a worker already gone: nothing left to wait for
+            return
+        time.sleep(POLL_S / 2)
+
+
+def _executing(dask_worker: Any) -> int:
+    """Tasks this worker is executing now (run on each worker by `client.run`)."""
+    return len(dask_worker.state.executing)
+
+
+def _in_process(plan: Plan, stop: threading.Event | None = None
+                ) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
     """The batches on a thread per core (at most one per batch) sharing one ONNX session, each call of it on
     one thread; a single batch runs here with all the cores in its session."""
     config = plan.settings
@@ -242,6 +305,7 @@ def _in_process(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]
     log.info("%d images: segmenting in this process, %d thread(s)", len(plan.items), workers)
     if workers == 1:
         for batch in plan.batches:
+            _stop_if_asked(stop)
             yield batch, segment_batch(batch, config, plan.seen_of(batch))
         return
     per_thread = config.model_copy(update={"threads": max(1, (config.threads or default_threads()) // workers)})
@@ -249,8 +313,13 @@ def _in_process(plan: Plan) -> Iterator[tuple[list[ImageItem], list[ImageResult]
     try:
         futures = {pool.submit(segment_batch, batch, per_thread, plan.seen_of(batch)): batch
                    for batch in plan.batches}
-        for future in as_completed(futures):
-            yield futures[future], _collect(future, futures[future])
+        pending: set[Future[list[ImageResult]]] = set(futures)
+        while pending:
+            _stop_if_asked(stop)
+            finished, pending = wait(pending, timeout=POLL_S if stop is not None else None,
+                                     return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield futures[future], _collect(future, futures[future])
     finally:  # an interrupt: queued batches never start; running ones finish their entry and stop at batch end
         pool.shutdown(wait=False, cancel_futures=True)
 
