@@ -125,6 +125,7 @@ def load_model_dir(path: str | Path) -> ModelDir:
             f"{path / 'config.json'}: model format {config.get('model_format_version')!r}, "
             f"this nuclei reads {MODEL_FORMAT_VERSION}"
         )
+    _check_config(config, path / "config.json")
     onnx_path = path / "model.onnx"
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: missing (export the model first)")
@@ -136,6 +137,30 @@ def load_model_dir(path: str | Path) -> ModelDir:
     int8 = path / INT8_FILE
     return ModelDir(path=path, config=config, thresholds=thresholds, onnx_sha256=sha256_file(onnx_path),
                     int8_sha256=sha256_file(int8) if int8.is_file() else None)
+
+
+INFERENCE_KEYS = ("channels", "pad_multiple", "receptive_field")  # what config.json must give inference
+
+
+def _check_config(config: Any, path: Path) -> None:
+    """config.json gives what inference needs, in usable form: a missing key was a KeyError traceback after
+    the store was created, a bad normalisation an error after it too."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    missing = [key for key in INFERENCE_KEYS if key not in config]
+    if missing:
+        raise ModelError(f"{path}: missing {', '.join(repr(k) for k in missing)}, which inference needs (export "
+                         "the model again with this nuclei)")
+    for key in ("pad_multiple", "receptive_field"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise ModelError(f"{path}: {key!r} must be a positive integer, not {config[key]!r}")
+    if not isinstance(config["channels"], list) or not config["channels"]:
+        raise ModelError(f"{path}: 'channels' must be a non-empty list of output names")
+    try:
+        Normalization(**(config.get("normalization") or {}))
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        reason = "; ".join(str(exc).splitlines()[1:3]) or str(exc)
+        raise ModelError(f"{path}: 'normalization' is not usable ({reason})") from exc
 
 
 def default_model_path() -> Path | None:

@@ -315,3 +315,91 @@ def test_a_folder_too_deep_to_list_is_reported_not_skipped(tmp_path: Path) -> No
     found = discover([str(tmp_path / "in")])
     assert [i.id for i in found.items] == ["shallow"]
     assert [p.reason for p in found.problems] == ["cannot list this folder (File name too long)"]
+
+
+# --- 14: what the README promises as one line (exit 2) is one line, before any store is created -----------------
+
+
+def _model_copy(tmp_path: Path, name: str) -> Path:
+    from nuclei.modeldir import default_model_path
+
+    model = tmp_path / name
+    shutil.copytree(default_model_path(), model)  # type: ignore[arg-type]
+    (model / "model.int8.onnx").unlink(missing_ok=True)
+    return model
+
+
+def _identity_onnx(path: Path, ir_version: int = 9) -> None:
+    """An ONNX model with the right input but three output channels where config.json says two."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", "h", "w", 3])
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", "h", "w", 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["mask"])], "wrong", [image], [mask])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ir_version),
+              path)
+
+
+def _one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("nuclei: error: "), (code, err)
+    return err
+
+
+def test_broken_model_directories_are_one_line_before_the_store(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    _image(tmp_path / "in" / "a.png")
+    no_pad, bad_norm, wrong_output, future = (_model_copy(tmp_path, n) for n in ("no_pad", "bad_norm",
+                                                                                 "wrong_output", "future"))
+    config = json.loads((no_pad / "config.json").read_text())
+    (no_pad / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "pad_multiple"}))
+    (bad_norm / "config.json").write_text(json.dumps({**config, "normalization": {"low": "x", "high": 200}}))
+    _identity_onnx(wrong_output / "model.onnx")
+    _identity_onnx(future / "model.onnx", ir_version=99)  # ONNX Runtime's refusal spans several lines
+    for model, expected in ((no_pad, "missing 'pad_multiple'"), (bad_norm, "'normalization' is not usable"),
+                            (wrong_output, "gives output of shape (16, 16, 3)"),
+                            (future, "not a loadable ONNX model")):
+        err = _one_line(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr"), "--model",
+                         str(model)], capsys)
+        assert expected in err and str(model) in err, err
+        assert not (tmp_path / "s.zarr").exists()
+
+
+def test_exports_to_a_path_that_is_a_file_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _image(tmp_path / "in" / "a.png")
+    nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")
+    (tmp_path / "afile").write_text("in the way")
+    err = _one_line(["query", str(tmp_path / "s.zarr"), "export", str(tmp_path / "afile")], capsys)
+    assert "afile: is a file, where a folder must go" in err
+    err = _one_line(["query", str(tmp_path / "s.zarr"), "export", "--measurements",
+                     str(tmp_path / "afile" / "n.csv")], capsys)
+    assert "afile" in err and "is a file" in err
+
+
+def test_an_unreachable_prefect_server_or_home_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import socket
+    import time
+
+    _image(tmp_path / "in" / "a.png")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    started = time.monotonic()
+    err = _one_line(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")], capsys)
+    assert "cannot reach the Prefect server" in err and time.monotonic() - started < 15
+    monkeypatch.delenv("PREFECT_API_URL")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes where a mode forbids it: a folder the kernel refuses (sysfs)
+        home = Path("/sys/nuclei-prefect-home")
+    monkeypatch.setenv("PREFECT_HOME", str(home / ".prefect"))
+    err = _one_line(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr"), "--prefect"], capsys)
+    assert "set PREFECT_HOME to a writable folder" in err
+    assert not (tmp_path / "s.zarr").exists()

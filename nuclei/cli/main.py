@@ -59,13 +59,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args))
-    except NucleiError as exc:
-        print(f"nuclei: error: {exc}", file=sys.stderr)
+    except NucleiError as exc:  # one line, also where a library's message had several (ONNX Runtime's)
+        print(f"nuclei: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # a bad option value, caught by the stage's config
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         print(f"nuclei: error: {problems}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused: a file where a folder must go, no permission, no space
+        logging.getLogger(__name__).debug("file system error", exc_info=True)  # the traceback with -v
+        print(f"nuclei: error: {os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error(exc: OSError) -> str:
+    """One line naming the path and what the file system said, and where a file stands in a folder's way."""
+    path = exc.filename if exc.filename is not None else ""
+    if isinstance(exc, FileExistsError | NotADirectoryError) and path and os.path.isfile(path):
+        return f"{path}: is a file, where a folder must go"
+    if isinstance(exc, NotADirectoryError) and path:  # a file somewhere above it
+        return f"{path}: a part of this path is a file, where a folder must go"
+    return f"{path}: {exc.strerror or exc}" if path else str(exc.strerror or exc)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
 from nuclei.core.text import markdown_code, markdown_text, printable
-from nuclei.errors import InputError, Interrupted, StoreError
+from nuclei.errors import InputError, Interrupted, ModelError, StoreError
 from nuclei.inference.cluster import (
     cluster_address,
     dask_client,
@@ -73,11 +74,29 @@ def check_model(config: SegmentConfig) -> Engine:
     """Load the model and build a session once here, so a bad model fails before any work is sent."""
     engine = build_engine(config.model_copy(update={"model": str(resolve_model(config.model).path)}))
     log.info("model %s (%s) on providers %s", engine.model.version, engine.precision, engine.session_providers())
+    check_outputs(engine)
     if engine.stained is not None:
         stained = engine.stained_engine
         log.info("colour brightfield images: model %s (%s)", stained.model.version, stained.precision)
-        stained.session_providers()
+        check_outputs(stained)
     return engine
+
+
+def check_outputs(engine: Engine) -> None:
+    """Run the model once on a blank image of its pad multiple: an ONNX file whose output is not one
+    probability map per config.json channel failed every image, after inferring it, with a reason about
+    arrays. Costs a few milliseconds."""
+    size, channels = engine.model.pad_multiple, engine.model.channels
+    onnx = engine.model.int8_path if engine.precision == "int8" else engine.model.onnx_path
+    try:
+        prob = engine.predict(np.zeros((size, size, 3), np.uint8))
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for a graph that cannot run
+        raise ModelError(f"{onnx}: fails on a blank {size}x{size} image ({type(exc).__name__}: {exc})") from exc
+    if prob.shape != (size, size, len(channels)):
+        raise ModelError(f"{onnx}: gives output of shape {prob.shape} for a {size}x{size} image; config.json "
+                         f"says ({size}, {size}, {len(channels)}): one probability map per channel {channels}")
 
 
 def _unchanged(item: ImageItem, record: EntryRecord | None, output_key: str) -> bool:
