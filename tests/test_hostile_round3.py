@@ -82,6 +82,25 @@ def test_of_two_runs_with_other_settings_at_once_the_later_writer_fails_those_im
     assert again["done"] == 3 and again["failed"] == 0
 
 
+def test_two_cli_runs_with_other_settings_at_once_never_both_claim_the_store(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    for seed in range(12):
+        _image(tmp_path / "in" / f"img{seed:02d}.png", seed=seed)
+    runs = [subprocess.Popen([sys.executable, "-m", "nuclei.cli.main", "segment", str(tmp_path / "in"), "--store",
+                              str(tmp_path / "s.zarr"), "--diameter", d, "--json", "--images-per-task", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for d in ("20", "40")]
+    done = {d: json.loads(r.communicate(timeout=120)[0]) for d, r in zip((20.0, 40.0), runs, strict=True)}
+    store = nuclei.open_store(tmp_path / "s.zarr")
+    held = [store.metadata(i)["diameter"] for i in store.ids()]
+    assert len(held) == 12
+    for diameter, summary in done.items():  # no run counts an entry the other run's settings hold
+        assert held.count(diameter) <= summary["done"], (done, held)
+        assert summary["done"] + summary["failed"] == 12
+
+
 # --- 7 and 14: a cluster address that is no scheduler, or garbage: one line, exit 2, no store ------------------
 
 
