@@ -24,6 +24,7 @@ from nuclei.core.metrics import matching
 from nuclei.io.images import read_raw
 from nuclei.io.lazy import LazyPlane, SlideSource, plane_pixels, source_identity
 from nuclei.io.planes import PlaneChoice
+from nuclei.store.backend import Store
 
 from .conftest import SAMPLES
 
@@ -162,3 +163,21 @@ def test_a_killed_slide_run_resumes_by_block_and_equals_a_clean_run(slide: Path,
                                   nuclei.open_store(tmp_path / "clean.zarr").labels("mosaic.ome"))
     again = nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=400)
     assert again["skipped"] == 1 and again["done"] == 0
+
+
+def test_an_ome_zarr_input_is_a_slide_whatever_its_size(tmp_path: Path) -> None:
+    """Another tool's OME-Zarr output, given as an input: read a window at a time, identified by its metadata."""
+    image = tmp_path / "in" / "plate.ome.zarr"
+    group = zarr.open_group(str(image), mode="w", zarr_format=3)
+    group.create_array("0", data=_mosaic()[None, :500, :700], chunks=(1, 256, 256))
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.65, 0.65]}]}]}]}
+    first = nuclei.segment([str(image)], store=tmp_path / "s.zarr", block_size=256)
+    assert first["done"] == 1, first["failures"]
+    record = Store(str(tmp_path / "s.zarr")).record("plate.ome")
+    assert record is not None and record.n_nuclei > 50 and record.pixel_size_um == pytest.approx(0.65)
+    assert record.model_extra and record.model_extra["slide"]["source_hash"] == "metadata"
+    again = nuclei.segment([str(image)], store=tmp_path / "s.zarr", block_size=256)
+    assert again["skipped"] == 1

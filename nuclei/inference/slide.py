@@ -52,7 +52,15 @@ from nuclei.inference.cluster import dask_client, local_cluster_size, task_resou
 from nuclei.inference.engine import AUTO, Engine, default_threads
 from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key
 from nuclei.io.discovery import ImageItem
-from nuclei.io.lazy import LazyPlane, SlideSource, is_lazy_name, percentile_step, plane_pixels, source_identity
+from nuclei.io.lazy import (
+    ZARR_SUFFIX,
+    LazyPlane,
+    SlideSource,
+    is_lazy_name,
+    percentile_step,
+    plane_pixels,
+    source_identity,
+)
 from nuclei.io.planes import PlaneChoice
 from nuclei.store import layout
 from nuclei.store.backend import Store
@@ -91,6 +99,8 @@ class SlideJob:
 
 def is_slide(item: ImageItem, settings: SegmentConfig) -> bool:
     """An image read a window at a time and segmented as blocks (its header says it is large enough)."""
+    if item.url.rstrip("/").lower().endswith(ZARR_SUFFIX):
+        return True  # an OME-Zarr image is only ever read a window at a time, whatever its size
     return is_lazy_name(item.url) and (plane_pixels(item.url) or 0) > settings.slide_pixels
 
 

@@ -145,6 +145,16 @@ def open_source(url: str) -> AbstractContextManager[IO[bytes]]:
     return opened
 
 
+def _is_ome_zarr(path: Path) -> bool:
+    """An OME-Zarr image given as an input (Zarr v3 or v2 metadata at its top)."""
+    return path.name.lower().endswith(".zarr") and any((path / n).is_file() for n in ("zarr.json", ".zattrs"))
+
+
+def _zarr_mtime(path: Path) -> float:
+    """The image's metadata's modification time: a rewritten OME-Zarr rewrites it."""
+    return max((path / n).stat().st_mtime for n in ("zarr.json", ".zattrs") if (path / n).is_file())
+
+
 def discover_one(spec: str) -> Discovery:
     """Images of one input: a folder (recursive), a glob, or a file; local paths or fsspec URLs."""
     if "://" in spec and not spec.startswith("file://"):
@@ -162,6 +172,10 @@ def discover_one(spec: str) -> Discovery:
             found.problems.append(InputError(spec, "matches no file"))
         return found
     path = Path(spec)
+    if path.is_dir() and _is_ome_zarr(path):  # one image (a whole slide, read a window at a time), not a folder
+        stat = path.stat()
+        return Discovery([ImageItem(_image_id(path.name), os.path.abspath(path), stat.st_size, _zarr_mtime(path))],
+                         [])
     if path.is_dir():
         return _local(path)
     if path.is_file():
