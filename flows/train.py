@@ -51,11 +51,14 @@ def train(
     val_fraction: float = 0.2,
     seed: int = 12345,
     patience: int = 10,
+    precision: str = "float32",
+    minutes: float | None = None,
     learning_rate: float = 1e-3,
     crop_size: int = 256,
     augment: bool = True,
     scale_range: tuple[float, float] = (1.0, 1.0),
     normalization: dict[str, Any] | None = None,
+    nucleus_brightness: float = 0.5,
     held_out: list[str] | None = None,
     held_out_in_validation: bool = True,
     balance_categories: bool = False,
@@ -119,7 +122,7 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     return str(model_dir)
 
 
-_NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights")
+_NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights", "minutes")
 
 
 def make_config(params: dict[str, Any]) -> TrainConfig:

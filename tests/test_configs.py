@@ -71,13 +71,15 @@ def test_every_train_option_reaches_the_config() -> None:
                       '{"low": 2, "high": 99}', "--held-out", "d1:id=^a", "--held-out", "d2:id=^b",
                       "--no-held-out-in-validation", "--balance-categories", "--dataset-weights", '{"d1": 2}',
                       "--max-images", "5", "--on-error", "skip", "--quantize-int8",
-                      "--min-ap50", "0.1"])
+                      "--min-ap50", "0.1", "--nucleus-brightness", "0.3", "--precision", "mixed_bfloat16",
+                      "--minutes", "5"])
     assert set(params) == set(TrainConfig.model_fields)
     config = TrainConfig(**params)
     assert config.data_dir == ["d1", "d2"]
     assert config.scale_range == (0.5, 2.0) and config.held_out == ["d1:id=^a", "d2:id=^b"]
     assert config.normalization.low == 2 and config.augment is False and config.instance_channel is False
     assert config.dataset_weights == {"d1": 2.0} and config.held_out_in_validation is False
+    assert config.nucleus_brightness == 0.3 and config.precision == "mixed_bfloat16" and config.minutes == 5
 
 
 def test_bad_values_are_refused_by_the_config() -> None:

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 import nuclei
-from nuclei.cli import check, demo, evaluate, export_model, query, segment, train, view
+from nuclei.cli import check, demo, evaluate, export_model, finetune, query, segment, train, view
 from nuclei.errors import NucleiError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    train.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, export_model.add, view.add,
+    train.add, finetune.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, export_model.add,
+    view.add,
 ]
 
 

@@ -3,9 +3,17 @@
 A model's config.json says which one it was trained with, and every consumer (training, threshold tuning,
 evaluation, the inference engine, tiled or not) goes through `normalized` with those settings:
 
-- ``percentile`` (default for new models): per image, the ``low``-th and ``high``-th percentiles of the
-  luminance map to 0 and 1 (as StarDist and Cellpose do). A 12-bit image stored as uint16, a dim image and its
-  stretched 8-bit copy reach the network alike. Percentiles are of the whole image, never of a tile.
+- ``foreground`` (default for new models): the ``low``-th percentile of the image's content maps to 0 and
+  the median of its *foreground* pixels to ``1 / anchor``. The foreground is what stands ``k`` background
+  noise levels above the background (both estimated below an Otsu split), so neither the amount of empty
+  background around the cells (a sparse well, a field inside a slide) nor a handful of saturated cells moves
+  the window: dim nuclei beside bright ones stay visible. Padding (one exact value filling a large share of
+  the image, as slides and mosaics have) is left out of every statistic. Images whose background is the
+  bright part (brightfield) keep the ``percentile`` window, which background does not move there.
+- ``percentile``: per image, the ``low``-th and ``high``-th percentiles of the luminance map to 0 and 1 (as
+  StarDist and Cellpose do). The more empty background an image has, the lower its ``high`` percentile falls.
+- Either way a 12-bit image stored as uint16, a dim image and its stretched 8-bit copy reach the network
+  alike, and the statistics are the whole image's (a strided sample), never a tile's.
 - ``dtype_range`` (models trained before normalisation was part of the model): divide by the dtype's maximum.
 
 Pure numpy, no I/O.
@@ -73,9 +81,15 @@ class Normalization(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["percentile", "dtype_range"] = "percentile"
-    low: float = Field(1.0, ge=0.0, lt=100.0, description="percentile that maps to 0")
-    high: float = Field(99.8, gt=0.0, le=100.0, description="percentile that maps to 1")
+    kind: Literal["foreground", "percentile", "dtype_range"] = "percentile"
+    low: float = Field(default=1.0, ge=0.0, lt=100.0, description="percentile that maps to 0")
+    high: float = Field(default=99.8, gt=0.0, le=100.0, description="percentile that maps to 1 (percentile kind, and "
+                        "the foreground kind on bright-background images)")
+    anchor: float = Field(default=2.5, gt=0.0, le=100.0, description="foreground kind: the foreground's median maps "
+                          "to 1 / anchor (2.5 gives fluorescence images the same window as 1..99.8 percentiles "
+                          "when nuclei cover about a fifth of the image)")
+    k: float = Field(default=4.0, gt=0.0, le=100.0, description="foreground kind: pixels this many background noise "
+                     "levels (1.4826 MAD) above the background's median are foreground")
 
     @model_validator(mode="after")
     def _ordered(self) -> Normalization:
@@ -86,7 +100,19 @@ class Normalization(BaseModel):
     def describe(self) -> str:
         if self.kind == "dtype_range":
             return "RGB scaled by the dtype's range to [0, 1]"
-        return f"RGB, the image's luminance {self.low:g}th..{self.high:g}th percentiles mapped to 0..1"
+        window = f"the image's luminance {_ordinal(self.low)}..{_ordinal(self.high)} percentiles mapped to 0..1"
+        if self.kind == "percentile":
+            return f"RGB, {window}"
+        return (f"RGB, the {_ordinal(self.low)} percentile of the image's luminance mapped to 0 and the median of "
+                f"its foreground (> background + {self.k:g} noise) to 1/{self.anchor:g}; padding ignored; "
+                f"bright-background images: {window}")
+
+
+def _ordinal(value: float) -> str:
+    """1 -> '1st', 2 -> '2nd', 99.8 -> '99.8th' (the model description said '1th')."""
+    text = f"{value:g}"
+    suffix = {"1": "st", "2": "nd", "3": "rd"}.get(text[-1], "th")
+    return text + ("th" if "." in text or text.endswith(("11", "12", "13")) else suffix)
 
 
 LEGACY = Normalization(kind="dtype_range", low=0.0, high=100.0)
@@ -111,15 +137,62 @@ def intensity_range(raw: np.ndarray, norm: Normalization) -> tuple[float, float]
     if norm.kind == "dtype_range":
         return 0.0, 1.0  # to_float_rgb scales; nothing per image
     lum = _luminance_sample(raw)
-    finite = lum[np.isfinite(lum)]
-    if finite.size == 0:
+    quantum = 1.0 if np.issubdtype(raw.dtype, np.integer) else 0.0
+    return sample_range(lum[np.isfinite(lum)].ravel(), norm, quantum)
+
+
+def sample_range(values: np.ndarray, norm: Normalization, quantum: float = 0.0) -> tuple[float, float]:
+    """`intensity_range` of an image from a 1-D sample of its finite luminance values (a slide's sample too).
+    ``quantum``: the step between stored values (1 for integer images), the least noise there can be."""
+    if values.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(finite, (norm.low, norm.high))
-    span = float(hi - lo)
-    scale = float(np.abs(finite).max()) or 1.0
+    scale = float(np.abs(values).max()) or 1.0
+    lo, hi = (float(v) for v in np.percentile(values, (norm.low, norm.high)))
+    if norm.kind == "foreground" and hi - lo > MIN_RANGE * scale:
+        values = without_padding(values, tolerance=0.01 * (hi - lo))
+        lo, hi = (float(v) for v in np.percentile(values, (norm.low, norm.high)))
+        hi = _foreground_anchor(values, lo, norm, quantum) or hi
+    span = hi - lo
     if span <= MIN_RANGE * scale:  # uniform or empty image: everything maps to 0
-        return float(lo), float("inf")
-    return float(lo), span
+        return lo, float("inf")
+    return lo, span
+
+
+# One exact value holding more than this share of an image is padding (a slide's empty area, a canvas).
+PADDING_SHARE = 0.2
+# Fewer foreground pixels than this share of the content: no foreground to anchor on (keep the percentiles).
+MIN_FOREGROUND_SHARE = 0.001
+
+
+def without_padding(values: np.ndarray, tolerance: float) -> np.ndarray:
+    """The sample without its most common exact value when that fills more than PADDING_SHARE of it and its
+    neighbours (within ``tolerance``) hold few pixels: zero- or constant-filled margins are not image content,
+    whereas a dark background quantised to a few levels (8-bit) is, and keeps its neighbouring levels full."""
+    uniques, counts = np.unique(values, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] <= PADDING_SHARE * values.size or counts[top] == values.size:
+        return values
+    near = np.abs(uniques - uniques[top]) <= max(tolerance, 1e-12)
+    if counts[near].sum() - counts[top] > 0.25 * counts[top]:
+        return values  # a noisy background's mode, not a fill
+    return values[values != uniques[top]]
+
+
+def _foreground_anchor(values: np.ndarray, lo: float, norm: Normalization, quantum: float) -> float | None:
+    """``lo + anchor * (median foreground - lo)``, or None where the background is the bright part
+    (brightfield) or nothing stands out: the caller keeps the percentile window then."""
+    from skimage.filters import threshold_otsu
+
+    split = float(threshold_otsu(values))
+    below = values[values <= split]
+    if below.size < 0.5 * values.size:
+        return None  # the bright class is the larger: brightfield polarity (or confluent cells): percentiles
+    background = float(np.median(below))
+    noise = max(1.4826 * float(np.median(np.abs(below - background))), quantum)
+    foreground = values[values > background + norm.k * noise]
+    if foreground.size < max(16, MIN_FOREGROUND_SHARE * values.size):
+        return None
+    return lo + norm.anchor * (float(np.median(foreground)) - lo)
 
 
 def apply_range(raw: np.ndarray, norm: Normalization, lo: float, span: float) -> np.ndarray:

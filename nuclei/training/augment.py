@@ -1,10 +1,12 @@
-"""Training crops and augmentation, pure numpy/OpenCV: zoom, flips, 90-degree rotations, intensity, blur, noise
-and colour changes. Images arrive normalised (`nuclei.core.normalize`), so intensity changes act around 0..1."""
+"""Training crops and augmentation, pure numpy/OpenCV: zoom, flips, 90-degree rotations, brightness per nucleus,
+intensity, blur, noise and colour changes. Images arrive normalised (`nuclei.core.normalize`), so intensity
+changes act around 0..1."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
 from nuclei.core.normalize import CLIP
 from nuclei.core.tiling import pad_to_at_least
@@ -63,6 +65,50 @@ def jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+# Per-nucleus gains are log-uniform over this range: interphase nuclei at 5-100% of their neighbours' brightness.
+NUCLEUS_GAIN = (0.05, 1.0)
+# Nuclei pushed towards saturation (mitotic, apoptotic cells): gain over this range, then clipped flat.
+SATURATED_GAIN = (2.0, 8.0)
+HALO = 4
+# The rescale that restores the median nucleus amplifies noise too, as normalising a dim field does; capped.
+MAX_RESCALE = 4.0
+
+
+def vary_nuclei_brightness(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Give every nucleus a brightness of its own, as lab fields have (dim interphase nuclei beside a few
+    saturated cells), then rescale so the median nucleus pixel keeps its value, as the foreground
+    normalisation does at inference: the network learns that a nucleus at 5% of its neighbours' brightness,
+    or one clipped flat, is still a nucleus. Gains vary smoothly across nucleus borders (no painted edges)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    inside = labels > 0
+    if ids.size == 0 or inside.all():
+        return image
+    low, high = np.log(NUCLEUS_GAIN)
+    gains = np.exp(rng.uniform(low, high, size=ids.size))
+    saturated = np.zeros(ids.size, dtype=bool)
+    if rng.random() < 0.5:  # in half of the varied crops, one to three nuclei (on average) near saturation
+        saturated = rng.random(ids.size) < min(1.0, rng.uniform(1, 4) / ids.size)
+        gains[saturated] = rng.uniform(*SATURATED_GAIN, size=int(np.count_nonzero(saturated)))
+    lookup = np.ones(int(labels.max()) + 1, np.float32)
+    lookup[ids.astype(np.int64)] = gains
+    # Each nucleus's blurred rim (HALO px around it) takes its gain too, so no bright ring is left behind.
+    distance, (iy, ix) = ndi.distance_transform_edt(~inside, return_indices=True)
+    nearest = np.where(distance <= HALO, labels[iy, ix], 0).astype(np.int64)
+    gain = cv2.GaussianBlur(lookup[nearest], (0, 0), 1.0)[..., None]
+    background = float(np.median(image[~inside]))
+    before = float(np.median(image[inside])) - background
+    varied = background + (image - background) * gain
+    after = float(np.median(varied[inside])) - background
+    if before > 0 and after > 0:
+        varied = background + (varied - background) * min(before / after, MAX_RESCALE)
+    if np.any(saturated):
+        ceiling = np.float32(rng.uniform(1.0, CLIP[1]))
+        flat = np.isin(labels, ids[saturated])[..., None]
+        varied = np.where(flat, np.minimum(varied, ceiling), varied)
+    return varied.astype(np.float32)
+
+
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gamma, contrast and offset changes, then sometimes blur (out of focus) and noise (a dim, short exposure)."""
     image = np.clip(image, 0.0, None) ** rng.uniform(0.6, 1.6) if rng.random() < 0.6 else image
@@ -81,11 +127,20 @@ def augmented_crop(
     rng: np.random.Generator,
     augment: bool = True,
     scale_range: tuple[float, float] = (1.0, 1.0),
+    labels: np.ndarray | None = None,
+    nucleus_brightness: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A training example: a random (zoomed) crop, then (optionally) symmetries, colour and intensity jitter."""
+    """A training example: a random (zoomed) crop, then (optionally) symmetries, brightness per nucleus (in a
+    ``nucleus_brightness`` share of crops; needs the instance ``labels``), colour and intensity jitter."""
     zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
+    vary = augment and labels is not None and rng.random() < nucleus_brightness
+    if vary:  # the labels ride along as a last target plane, so the crop, zoom and symmetries match
+        target = np.concatenate([target, np.asarray(labels, np.float32)[..., None]], axis=-1)
     image, target = zoomed_crop(image, target, size, zoom, rng)
     if augment:
         image, target = flip_rotate(image, target, rng)
+        if vary:
+            image = vary_nuclei_brightness(image, np.rint(target[..., -1]).astype(np.int32), rng)
+            target = target[..., :-1]
         image = jitter_intensity(jitter_colour(image, rng), rng)
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(target, np.float32)

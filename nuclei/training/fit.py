@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class CropBatches(keras.utils.PyDataset):
         super().__init__()
         self.images = [normalized(s.raw, config.normalization) for s in samples]
         self.targets = [make_targets(s.labels, config.channels, config.contact_weight) for s in samples]
+        self.labels = [s.labels for s in samples]
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
@@ -82,6 +84,7 @@ class CropBatches(keras.utils.PyDataset):
         return augmented_crop(
             self.images[index], self.targets[index], self.config.crop_size, self.rng,
             augment=self.train and self.config.augment, scale_range=self.config.scale_range,
+            labels=self.labels[index], nucleus_brightness=self.config.nucleus_brightness,
         )
 
     def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +136,29 @@ def dice(y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTen
     return (2 * ops.sum(truth * pred) + 1e-6) / (ops.sum(truth) + ops.sum(pred) + 1e-6)
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops fitting once the next epoch would end past the budget (epochs are timed as they run)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = 60.0 * minutes
+        self.started = self.epoch_started = 0.0
+        self.longest = 0.0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch_started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.epoch_started)
+        if now - self.started + self.longest > self.seconds:
+            log.info("time budget of %.1f min reached after %d epochs", self.seconds / 60, epoch + 1)
+            self.model.stop_training = True
+
+
 class EpochLog(keras.callbacks.Callback):
     """One log line per epoch, so progress shows in Prefect's logs and in non-interactive terminals."""
 
@@ -165,6 +191,7 @@ def fit(
         keras.callbacks.CSVLogger(str(model_dir / "history.csv")),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(2, config.patience // 2)),
         EpochLog(config.epochs),
+        *([TimeBudget(config.minutes)] if config.minutes else []),
     ]
     history = model.fit(
         CropBatches(train, config, train=True, steps=config.steps_per_epoch),

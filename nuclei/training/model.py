@@ -17,13 +17,41 @@ ARCHITECTURE_FIELDS = ("architecture", "depth", "base_filters", "instance_channe
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """The architecture the config names, with a sigmoid output of one channel per target.
+    """The architecture the config names, with a sigmoid output of one channel per target, computing in the
+    config's ``precision`` (weights are float32 either way; the output layer always computes in float32).
 
     With ``init_from`` the weights of that model directory's model.keras are the starting point; its
     architecture must be the one the config names, so that config.json keeps describing the model.
     """
-    if config.init_from:
-        return _initial_model(Path(config.init_from), config)
+    initial = _initial_model(Path(config.init_from), config) if config.init_from else None
+    if initial is not None and config.precision == "float32":
+        return initial
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        model = _architecture(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    if initial is not None:
+        model.set_weights(initial.get_weights())
+    return model
+
+
+def as_float32(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """The same weights in a float32 model: what is saved and exported after mixed-precision training."""
+    if config.precision == "float32":
+        return model
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = _architecture(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _architecture(config: TrainConfig) -> keras.Model:
     if config.architecture == "mobilenet_unet":
         return mobilenet_unet(len(config.channels), config.encoder_weights)
     return unet(len(config.channels), config.depth, config.base_filters)
@@ -62,7 +90,8 @@ def unet(channels: int = 2, depth: int = 4, base_filters: int = 16) -> keras.Mod
         x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, padding="same")(x)
         x = layers.Concatenate()([x, skips[level]])
         x = _conv_block(x, base_filters * 2**level)
-    outputs = layers.Conv2D(channels, 1, activation="sigmoid", name="mask")(x)
+    # float32 output under mixed precision: the loss's logs of bfloat16 probabilities would round badly.
+    outputs = layers.Conv2D(channels, 1, activation="sigmoid", name="mask", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
 
 
@@ -103,7 +132,7 @@ def mobilenet_unet(channels: int = 2, encoder_weights: str | None = None) -> ker
     for filters, skip in zip((512, 256, 128, 64), reversed(skips), strict=True):
         x = layers.Concatenate()([_upsample(x, filters), skip])
     x = layers.Conv2DTranspose(channels, 3, strides=2, padding="same")(x)
-    outputs = layers.Activation("sigmoid", name="mask")(x)
+    outputs = layers.Activation("sigmoid", name="mask", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="mobilenet_unet")
 
 

@@ -30,7 +30,7 @@ from nuclei.modeldir import load_model_dir, write_json
 from nuclei.plots import read_history, training_curves
 from nuclei.training.export import export_onnx, parity_check
 from nuclei.training.fit import fit
-from nuclei.training.model import build_model, receptive_field
+from nuclei.training.model import as_float32, build_model, receptive_field
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def train_model(config: TrainConfig, data: Split, model_dir: Path) -> keras.Mode
     model = build_model(config)
     started = time.perf_counter()
     fit(model, data.train, data.val, config, model_dir)
-    log.info("training took %.0f s", time.perf_counter() - started)
+    log.info("training took %.0f s (%s)", time.perf_counter() - started, config.precision)
+    model = as_float32(model, config)
     if config.init_from:
         chain_history(Path(config.init_from) / "history.csv", model_dir / "history.csv")
     training_curves(read_history(model_dir / "history.csv"), model_dir / "curves.png")

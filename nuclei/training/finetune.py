@@ -1,0 +1,229 @@
+"""Fine-tuning a shipped model on a lab's own few labelled images, within a time budget (as Cellpose 2.0 made
+it a workflow): hold back part of the images, train from the shipped weights, choose the thresholds again,
+then compare the starting model and the fine-tuned one on the held-back images (a table and a picture).
+
+    nuclei finetune my_labelled/ --name lab-unet --minutes 15
+    nuclei segment new_images/ --store results.zarr --model models/lab-unet
+
+The result is a complete model directory (ONNX, int8 when it holds, thresholds, metrics, a model card stub).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nuclei.config import TrainConfig
+from nuclei.core.modality import is_stained_brightfield
+from nuclei.core.postprocess import instances
+from nuclei.evaluation import Report, score_samples
+from nuclei.inference.engine import Engine
+from nuclei.io.datasets import Dataset, Sample, load_datasets
+from nuclei.modeldir import SHIPPED_MODELS, STAINED_MODEL_NAME, default_model_path, load_model_dir, write_json
+from nuclei.plots import image_grid, overlay
+from nuclei.training import steps
+from nuclei.training.steps import Split
+
+log = logging.getLogger(__name__)
+
+# What changes from the starting model's own training recipe: a short, gentle run on the lab's crops.
+FINETUNE_CHANGES: dict[str, Any] = {
+    "learning_rate": 1e-4, "steps_per_epoch": 8, "epochs": 1000, "patience": 1000, "held_out": [],
+    "held_out_in_validation": True, "balance_categories": False, "dataset_weights": {}, "max_images": None,
+    "quantize_int8": True, "min_ap50": 0.0,
+}
+# Of the budget, what fitting may use: loading, export, thresholds, int8 and the comparison take the rest.
+FIT_SHARE = 0.7
+PICTURE_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The starting model and the fine-tuned one on the same held-back images."""
+
+    n_images: int
+    base: dict[str, float]
+    finetuned: dict[str, float]
+
+    def table(self, base_name: str, name: str) -> str:
+        rows = [("model", "AP@0.5", "DSB score", "nuclei found", "nuclei labelled")]
+        for label, scores in ((base_name, self.base), (name, self.finetuned)):
+            rows.append((label, f"{scores['ap50']:.3f}", f"{scores['dsb_score']:.3f}",
+                         f"{scores['n_pred'] * self.n_images:.0f}", f"{scores['n_true'] * self.n_images:.0f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    model_dir: Path
+    base: Path
+    comparison: Comparison | None
+    seconds: float
+
+
+def starting_model(samples: list[Sample]) -> Path:
+    """The shipped model a lab's images start from: the default one, or the stained-tissue model's family
+    when most images are colour brightfield. The stained-tissue model ships without Keras weights, so stained
+    images fine-tune the generalist, which saw them in its first stages."""
+    stained = sum(is_stained_brightfield(s.raw) for s in samples)
+    if stained > len(samples) / 2:
+        log.info("%d of %d images are colour brightfield (stained tissue); %s has no Keras weights to start "
+                 "from, so fine-tuning starts from the default model", stained, len(samples), STAINED_MODEL_NAME)
+    found = default_model_path()
+    if found is None or not (found / "model.keras").is_file():
+        raise ValueError(f"no model with Keras weights to start from ({found}); pass --base MODEL_DIR")
+    return found
+
+
+def hold_back(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(kept for training, held back for the comparison): a seeded share of the images, at least one when
+    there are three or more and ``share`` > 0."""
+    if share <= 0 or len(samples) < 3:
+        return list(samples), []
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_back = min(len(samples) - 2, max(1, round(share * len(samples))))
+    back = set(order[:n_back].tolist())
+    return [s for i, s in enumerate(samples) if i not in back], [s for i, s in enumerate(samples) if i in back]
+
+
+def finetune_config(base: Path, data: list[str], name: str, out: str, minutes: float, seed: int) -> TrainConfig:
+    """The starting model's own recipe (architecture, normalisation, augmentation), changed for a short
+    fine-tune within ``minutes`` from its weights."""
+    recipe = {k: v for k, v in json.loads((base / "config.json").read_text()).items() if k in TrainConfig.model_fields}
+    changes = {"data_dir": data, "name": name, "out_dir": out, "init_from": str(base), "seed": seed,
+               "minutes": max(0.5, FIT_SHARE * minutes)}
+    return TrainConfig(**{**recipe, **FINETUNE_CHANGES, **changes})
+
+
+# Below this many kept images every one of them trains: a validation image or two would only add noise.
+MIN_FOR_VALIDATION = 8
+
+
+def split_for_finetune(kept: list[Sample], held: list[Sample], val_fraction: float, seed: int) -> Split:
+    """Training and validation images among the kept ones (validation steers which weights are kept and
+    the thresholds; with fewer than MIN_FOR_VALIDATION images all of them do both), the held-back images as a
+    group."""
+    if len(kept) >= MIN_FOR_VALIDATION:
+        order = np.random.default_rng(seed + 1).permutation(len(kept))
+        n_val = max(1, round(val_fraction * len(kept)))
+        val = [kept[i] for i in order[:n_val]]
+        train = [kept[i] for i in order[n_val:]]
+    else:
+        train = val = list(kept)
+    return Split(train=train, val=val, held_out={"held back": held} if held else {})
+
+
+def finetune(
+    data: str | list[str],
+    name: str,
+    out: str = "models",
+    minutes: float = 15.0,
+    base: str | None = None,
+    held_back: float = 0.3,
+    seed: int = 12345,
+) -> FinetuneResult:
+    """Fine-tune ``base`` (default: the shipped model for these images) on labelled folders; returns the
+    published model directory and, when images were held back, the comparison on them."""
+    started = time.perf_counter()
+    dirs = [data] if isinstance(data, str) else list(data)
+    dataset = load_datasets(dirs)
+    samples = dataset.subset("train") + dataset.subset("test")
+    if len(samples) < 2:
+        raise ValueError(f"{', '.join(dirs)}: {len(samples)} labelled image(s); fine-tuning needs at least 2")
+    start = model_path(base) if base else starting_model(samples)
+    kept, held = hold_back(samples, held_back, seed)
+    config = finetune_config(start, dirs, name, out, minutes, seed)
+    split = split_for_finetune(kept, held, config.val_fraction, seed)
+    log.info("fine-tuning %s on %d images (%d validate), %d held back, %.1f min for fitting", start,
+             len(split.train), len(split.val), len(held), config.minutes)
+    staging = steps.staging_dir(config)
+    steps.describe(config, _as_dataset(dataset, samples), split, staging)
+    model = steps.train_model(config, split, staging)
+    steps.export(model, config, staging)
+    _, report, _ = steps.evaluate(staging, split)
+    steps.quantize(staging, split, report, calibration=len(split.train))
+    comparison = compare(start, staging, held) if held else None
+    if comparison is not None:
+        write_comparison(comparison, start, name, held, start_dir=start, tuned_dir=staging)
+    write_model_card(staging, config, start, split, comparison, time.perf_counter() - started)
+    model_dir = steps.publish(staging, config)
+    return FinetuneResult(model_dir, start, comparison, time.perf_counter() - started)
+
+
+def _as_dataset(dataset: Dataset, samples: list[Sample]) -> Dataset:
+    dataset.samples = samples
+    return dataset
+
+
+def _engine(model_dir: Path) -> Engine:
+    return Engine(load_model_dir(model_dir), providers=("CPUExecutionProvider",))
+
+
+def _scores(engine: Engine, samples: list[Sample]) -> tuple[Report, dict[str, np.ndarray]]:
+    return score_samples(samples, lambda i: instances(engine.predict(samples[i].raw), engine.thresholds),
+                         progress=False)
+
+
+def compare(start: Path, tuned: Path, held: list[Sample]) -> Comparison:
+    """Both models on the held-back images, each with its own thresholds, int8 where it ships it (as a run on
+    this CPU gets them)."""
+    base_report, _ = _scores(_engine(start), held)
+    tuned_report, _ = _scores(_engine(tuned), held)
+    return Comparison(len(held), base_report.overall(), tuned_report.overall())
+
+
+def write_comparison(comparison: Comparison, start: Path, name: str, held: list[Sample], start_dir: Path,
+                     tuned_dir: Path) -> None:
+    """finetune/comparison.{md,json,png} in the new model directory: the table, and outlines of both models'
+    nuclei on the first held-back images (missed labelled nuclei in red)."""
+    folder = tuned_dir / "finetune"
+    folder.mkdir(exist_ok=True)
+    table = comparison.table(start.name, name)
+    (folder / "comparison.md").write_text(
+        f"# {name} against {start.name}\n\nOn the {comparison.n_images} held-back image(s), never trained on:\n\n"
+        f"{table}\n")
+    write_json(folder / "comparison.json", {"n_images": comparison.n_images, "base": str(start),
+                                            start.name: comparison.base, name: comparison.finetuned,
+                                            "held_back_ids": [s.id for s in held]})
+    shown = held[:PICTURE_IMAGES]
+    before, after = _scores(_engine(start_dir), shown)[1], _scores(_engine(tuned_dir), shown)[1]
+    panels = []
+    for s in shown:
+        panels.append((f"{s.id[:20]}: {start.name}", overlay(s.image, before[s.id], s.labels)))
+        panels.append((f"{s.id[:20]}: {name}", overlay(s.image, after[s.id], s.labels)))
+    image_grid(panels, folder / "comparison.png", columns=2)
+
+
+def write_model_card(model_dir: Path, config: TrainConfig, start: Path, split: Split,
+                     comparison: Comparison | None, seconds: float) -> None:
+    """A model card stub: where the model came from, on what, and how it compares; the lab completes it."""
+    lines = [
+        f"# {config.name}", "",
+        f"- **What**: `{start.name}` fine-tuned with `nuclei finetune` on {len(split.train) + len(split.val)} "
+        f"labelled image(s) from {', '.join(config.data_dirs)} ({len(split.val)} of them chose the weights kept "
+        f"and the thresholds); {seconds / 60:.1f} min on this machine.",
+        f"- **Inputs**: {config.normalization.describe()} (as `{start.name}`).",
+        f"- **Recipe**: `config.json` (learning rate {config.learning_rate:g}, {config.crop_size}x"
+        f"{config.crop_size} crops, at most {config.minutes:.1f} min of fitting), from `{start}`.",
+    ]
+    if comparison is not None:
+        lines += ["", f"## On {comparison.n_images} held-back image(s)", "",
+                  comparison.table(start.name, config.name), "", "![comparison](finetune/comparison.png)"]
+    lines += ["", "## To fill in", "", "- Modality, stain, magnification and pixel size of the images.",
+              "- Who labelled them, and how.", "- Known weak spots."]
+    (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def model_path(name_or_path: str) -> Path:
+    """A shipped model by name (`nuclei-generalist`) or a model directory path."""
+    shipped = SHIPPED_MODELS / name_or_path
+    return shipped if shipped.is_dir() else Path(name_or_path)

@@ -1,0 +1,49 @@
+"""`nuclei finetune`: the shipped model fine-tuned for real (TensorFlow, tf2onnx, ONNX Runtime) on the vendored
+samples within a small time budget, published as a complete model directory and compared on held-back images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nuclei.training.finetune import hold_back, split_for_finetune
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_fine_tune_within_its_budget_gives_a_model_that_segment_takes(tmp_path: Path) -> None:
+    from nuclei.cli.main import main
+
+    data = tmp_path / "labelled"
+    shutil.copytree(SAMPLES, data)
+    out = tmp_path / "models"
+    assert main(["finetune", str(data), "--name", "lab", "--out", str(out), "--minutes", "0.5"]) == 0
+    model = out / "lab"
+    for name in ("model.onnx", "model.keras", "config.json", "thresholds.json", "metrics.json", "MODEL_CARD.md",
+                 "finetune/comparison.md", "finetune/comparison.png", "finetune/comparison.json"):
+        assert (model / name).is_file(), name
+    config = json.loads((model / "config.json").read_text())
+    assert config["init_from"].endswith("nuclei-generalist") and config["minutes"] == pytest.approx(0.5)
+    comparison = json.loads((model / "finetune" / "comparison.json").read_text())
+    assert comparison["n_images"] == 4 and set(comparison) >= {"nuclei-generalist", "lab"}
+    assert "| nuclei-generalist |" in (model / "MODEL_CARD.md").read_text()
+    store = tmp_path / "s.zarr"
+    images = SAMPLES / "images"
+    assert main(["segment", str(images), "--store", str(store), "--model", str(model)]) == 0
+
+
+def test_held_back_images_are_seeded_and_never_trained_on() -> None:
+    from nuclei.io.datasets import load_dataset
+
+    samples = load_dataset(SAMPLES, progress=False).samples
+    kept, held = hold_back(samples, 0.3, seed=1)
+    assert len(held) == 4 and len(kept) == 8
+    assert [s.id for s in hold_back(samples, 0.3, seed=1)[1]] == [s.id for s in held]
+    split = split_for_finetune(kept, held, 0.2, seed=1)
+    trained = {s.id for s in split.train} | {s.id for s in split.val}
+    assert trained.isdisjoint(s.id for s in held) and split.held_out == {"held back": held}
+    assert hold_back(samples, 0.0, seed=1) == (samples, [])
