@@ -31,7 +31,7 @@ demo: install  ## train a small model on the bundled samples, export it, segment
 	$(NUCLEI) demo --out runs/demo
 
 test: lint typecheck  ## ruff, import contracts, mypy, then the whole suite (real TensorFlow, ORT, Dask, Zarr, Prefect)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: install  ## the unit tests only (pure numpy, configs, CLI wiring): under a minute
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ def _inputs(root: Path, n: int) -> Path:
 
 @pytest.mark.parametrize("gpu_worker", [True, False])
 def test_existing_cluster_by_address_and_gpu_resource(
-    tmp_path: Path, trained_model: Path, gpu_worker: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shipped_model: Path, gpu_worker: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs = _inputs(tmp_path / "in", 6)
     with _cluster(gpu_worker) as cluster, Client(cluster) as client:
@@ -40,7 +40,7 @@ def test_existing_cluster_by_address_and_gpu_resource(
         declared = {a for a, w in client.scheduler_info()["workers"].items() if w["resources"]}
         monkeypatch.setenv("NUCLEI_DASK_ADDRESS", cluster.scheduler_address)  # as a lab would set it
         with get_task_stream(client) as tasks:
-            summary = segment(inputs=[str(inputs)], store=str(tmp_path / "out.zarr"), model=str(trained_model),
+            summary = segment(inputs=[str(inputs)], store=str(tmp_path / "out.zarr"), model=str(shipped_model),
                               images_per_task=1)
         stream = [t for t in tasks.data if "segment_batch" in str(t["key"])]
     assert summary["done"] == 6 and summary["failed"] == 0

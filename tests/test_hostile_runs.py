@@ -108,7 +108,7 @@ def test_a_scheduler_without_workers_fails_instead_of_hanging(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_one_bad_name_fails_that_file_only(tmp_path: Path, trained_model: Path) -> None:
+def test_one_bad_name_fails_that_file_only(tmp_path: Path, shipped_model: Path) -> None:
     from nuclei.inference.run import segment
 
     inputs = tmp_path / "in"
@@ -116,7 +116,7 @@ def test_one_bad_name_fails_that_file_only(tmp_path: Path, trained_model: Path) 
     _image(inputs / "back\\slash.png", seed=2)
     _image(inputs / ("n" * 60 + "é" * 60 + ".png"), seed=3)  # percent-encoded: ~780 bytes, too long a name
     _image(inputs / "also good.png", seed=4)
-    summary = segment([inputs], tmp_path / "s.zarr", model=trained_model, images_per_task=4)
+    summary = segment([inputs], tmp_path / "s.zarr", model=shipped_model, images_per_task=4)
     reasons = {Path(f["file"]).name: f["reason"] for f in summary["failures"]}
     assert summary["done"] == 2 and set(reasons) == {"back\\slash.png", "n" * 60 + "é" * 60 + ".png"}
     assert "invalid image id" in reasons["back\\slash.png"]

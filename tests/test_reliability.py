@@ -60,10 +60,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(inputs: Path, trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(inputs: Path, shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The store of an undisturbed run, to compare every disturbed run against."""
     store = tmp_path_factory.mktemp("reference") / "ref.zarr"
-    summary = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model), n_workers=2,
+    summary = segment(inputs=[str(inputs)], store=str(store), model=str(shipped_model), n_workers=2,
                       images_per_task=2)
     assert summary["done"] == N_IMAGES
     return _contents(store)
@@ -84,7 +84,7 @@ def _wait_records(store: Path, at_least: int, proc: subprocess.Popen | None = No
 # 1. A worker dies ---------------------------------------------------------------------------------------------
 
 
-def test_a_killed_worker_loses_nothing(inputs: Path, trained_model: Path, reference: dict, tmp_path: Path) -> None:
+def test_a_killed_worker_loses_nothing(inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=":0") as cluster, Client(cluster) as client:
@@ -97,7 +97,7 @@ def test_a_killed_worker_loses_nothing(inputs: Path, trained_model: Path, refere
 
         killer = threading.Thread(target=kill_one_worker)
         killer.start()
-        summary = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model),
+        summary = segment(inputs=[str(inputs)], store=str(store), model=str(shipped_model),
                           dask_address=cluster.scheduler_address, images_per_task=1)
         killer.join()
     assert killed and killed[0] < N_IMAGES, "the worker must die mid-run"
@@ -110,11 +110,11 @@ def test_a_killed_worker_loses_nothing(inputs: Path, trained_model: Path, refere
 
 
 def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
-    inputs: Path, trained_model: Path, reference: dict, tmp_path: Path
+    inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path
 ) -> None:
     store = tmp_path / "s.zarr"
     proc = subprocess.Popen(
-        [NUCLEI, "segment", str(inputs), "--store", str(store), "--model", str(trained_model), "--workers", "2",
+        [NUCLEI, "segment", str(inputs), "--store", str(store), "--model", str(shipped_model), "--workers", "2",
          "--images-per-task", "1"],
         env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -127,7 +127,7 @@ def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
     assert 3 <= len(survived) < N_IMAGES
     assert all(reference[i] == c for i, c in survived.items())
 
-    summary = segment(inputs=[str(inputs)], store=str(store), model=str(trained_model), n_workers=2)
+    summary = segment(inputs=[str(inputs)], store=str(store), model=str(shipped_model), n_workers=2)
     assert (summary["done"], summary["skipped"], summary["failed"]) == (N_IMAGES - len(survived), len(survived), 0)
     assert _contents(store) == reference
 
@@ -135,13 +135,13 @@ def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
 # 3. Two runs on one store at once -----------------------------------------------------------------------------
 
 
-def test_two_concurrent_runs_on_one_store(inputs: Path, trained_model: Path, reference: dict, tmp_path: Path) -> None:
+def test_two_concurrent_runs_on_one_store(inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     files = sorted(inputs.glob("*.png"))
     halves = {"a": files[:10], "b": files[6:]}  # 4 images in both
     procs = {
         name: subprocess.Popen(
-            [NUCLEI, "segment", *map(str, part), "--store", str(store), "--model", str(trained_model),
+            [NUCLEI, "segment", *map(str, part), "--store", str(store), "--model", str(shipped_model),
              "--workers", "1", "--images-per-task", "1", "--json"],
             env={**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{name}")},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -171,7 +171,7 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
                      + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat)))
 
 
-def test_hostile_inputs_are_segmented_or_reported_and_the_run_goes_on(trained_model: Path, tmp_path: Path) -> None:
+def test_hostile_inputs_are_segmented_or_reported_and_the_run_goes_on(shipped_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     good = make_sample((96, 96), n_nuclei=6, seed=1)[0]
     folder.mkdir()
@@ -190,7 +190,7 @@ def test_hostile_inputs_are_segmented_or_reported_and_the_run_goes_on(trained_mo
     (folder / "locked.png").chmod(0)
     (folder / "folder.png").mkdir()
 
-    summary = segment(inputs=[str(folder)], store=str(tmp_path / "s.zarr"), model=str(trained_model),
+    summary = segment(inputs=[str(folder)], store=str(tmp_path / "s.zarr"), model=str(shipped_model),
                       n_workers=2, images_per_task=3)
     reasons = {Path(f["file"]).name: f["reason"] for f in summary["failures"]}
     expected_failures = {"empty.png": "empty", "truncated.png": "", "text.png": "", "bomb.png": "pixels",
@@ -217,7 +217,7 @@ def _onnx_nchw_float16(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
-def test_bad_parameters_and_models_fail_before_any_work(trained_model: Path, tmp_path: Path) -> None:
+def test_bad_parameters_and_models_fail_before_any_work(shipped_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     _write_images(folder, n=1, shape=(64, 64))
     store = tmp_path / "s.zarr"
@@ -228,7 +228,9 @@ def test_bad_parameters_and_models_fail_before_any_work(trained_model: Path, tmp
     with pytest.raises(ModelError, match="does not exist"):
         run(tmp_path / "no-such-model")
     broken = tmp_path / "broken"
-    shutil.copytree(trained_model, broken)
+    shutil.copytree(shipped_model, broken)
+    for int8 in ("model.int8.onnx", "int8.json"):  # the float32 file is the one that runs
+        (broken / int8).unlink(missing_ok=True)
     (broken / "model.onnx").write_text("not onnx")
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         run(broken)
@@ -237,9 +239,9 @@ def test_bad_parameters_and_models_fail_before_any_work(trained_model: Path, tmp
         run(broken)
     (tmp_path / "a-file.zarr").write_text("")
     with pytest.raises(StoreError, match="a-file.zarr"):
-        run(trained_model, store=tmp_path / "a-file.zarr")
+        run(shipped_model, store=tmp_path / "a-file.zarr")
     with pytest.raises(ValueError, match="tile_size"):
-        run(trained_model, tile_size=-16)
+        run(shipped_model, tile_size=-16)
     assert not store.exists() or not (store / "index").exists()  # nothing was written
 
 

@@ -1,5 +1,6 @@
 """A store never holds a wrong answer: damaged entries are found, hidden and rewritten; stale ones re-run;
-another file's entry is never overwritten. Real stores on disk, real ONNX Runtime (in-process runs)."""
+another file's entry is never overwritten. Real stores on disk, real ONNX Runtime (in-process runs) with the
+shipped model: the fast tier, no training first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 import tifffile
 
 from nuclei.cli.main import main
@@ -16,8 +16,6 @@ from nuclei.inference.run import segment
 from nuclei.io.images import write_png
 from nuclei.io.synthetic import make_sample
 from nuclei.store.backend import Store
-
-pytestmark = pytest.mark.slow
 
 
 def _inputs(folder: Path, n: int = 4) -> Path:
@@ -32,12 +30,12 @@ def _content(store_path: Path) -> dict[str, tuple[bytes, bytes]]:
 
 
 def test_check_finds_each_kind_of_damage_and_repair_then_rerun_equals_a_clean_run(
-    tmp_path: Path, trained_model: Path
+    tmp_path: Path, shipped_model: Path
 ) -> None:
     inputs = _inputs(tmp_path / "in")
     clean, damaged = tmp_path / "clean.zarr", tmp_path / "damaged.zarr"
-    segment([inputs], clean, model=trained_model)
-    segment([inputs], damaged, model=trained_model)
+    segment([inputs], clean, model=shipped_model)
+    segment([inputs], damaged, model=shipped_model)
     assert main(["check", str(damaged)]) == 0
 
     key = {i: Store(damaged).record(i).key for i in ("img0", "img1")}  # type: ignore[union-attr]
@@ -56,7 +54,7 @@ def test_check_finds_each_kind_of_damage_and_repair_then_rerun_equals_a_clean_ru
     assert main(["check", str(damaged)]) == 1
     assert main(["check", str(damaged), "--repair"]) == 0
     assert Store(damaged).ids() == []  # every damaged entry hidden: nothing wrong is visible
-    summary = segment([inputs], damaged, model=trained_model)
+    summary = segment([inputs], damaged, model=shipped_model)
     assert summary["done"] == 4 and summary["failed"] == 0
     assert main(["check", str(damaged)]) == 0
     assert _content(damaged) == _content(clean)
@@ -74,13 +72,13 @@ def _flip_a_byte(array_dir: Path) -> None:
     chunk.write_bytes(bytes(data))
 
 
-def test_changed_settings_or_content_are_segmented_again(tmp_path: Path, trained_model: Path) -> None:
+def test_changed_settings_or_content_are_segmented_again(tmp_path: Path, shipped_model: Path) -> None:
     inputs = _inputs(tmp_path / "in", n=2)
     store = tmp_path / "s.zarr"
-    assert segment([inputs], store, model=trained_model)["done"] == 2
-    assert segment([inputs], store, model=trained_model)["done"] == 0  # unchanged: skipped
+    assert segment([inputs], store, model=shipped_model)["done"] == 2
+    assert segment([inputs], store, model=shipped_model)["done"] == 0  # unchanged: skipped
     edited = tmp_path / "edited-model"
-    shutil.copytree(trained_model, edited)
+    shutil.copytree(shipped_model, edited)
     thresholds = json.loads((edited / "thresholds.json").read_text())
     (edited / "thresholds.json").write_text(json.dumps({**thresholds, "min_size": thresholds["min_size"] + 300}))
     assert segment([inputs], store, model=edited)["done"] == 2  # other thresholds: other labels
@@ -96,12 +94,14 @@ def test_changed_settings_or_content_are_segmented_again(tmp_path: Path, trained
     assert again["done"] == 1 and again["skipped"] == 2
 
 
-def test_another_file_with_the_same_id_never_overwrites_an_entry(tmp_path: Path, trained_model: Path) -> None:
-    a, b = _inputs(tmp_path / "a", n=1), _inputs(tmp_path / "b", n=1)
+def test_another_file_with_the_same_id_never_overwrites_an_entry(tmp_path: Path, shipped_model: Path) -> None:
+    a = _inputs(tmp_path / "a", n=1)
+    b = tmp_path / "b"  # another file of the same name (the same content at a new path is a moved folder)
+    write_png(b / "img0.png", make_sample((96, 96), n_nuclei=8, seed=99)[0])
     store = tmp_path / "s.zarr"
-    segment([a], store, model=trained_model)
+    segment([a], store, model=shipped_model)
     before = _content(store)
-    summary = segment([b], store, model=trained_model)
+    summary = segment([b], store, model=shipped_model)
     assert summary["failed"] == 1 and "comes from" in summary["failures"][0]["reason"]
     assert _content(store) == before and Store(store).record("img0").source == str(a / "img0.png")  # type: ignore[union-attr]
-    assert segment([b], store, model=trained_model, overwrite=True)["done"] == 1  # asked for: replaced
+    assert segment([b], store, model=shipped_model, overwrite=True)["done"] == 1  # asked for: replaced

@@ -41,7 +41,7 @@ def add_config_options(
             continue
         annotation, _ = _plain(field.annotation)
         flags = [_flag(name), *aliases.get(name, [])]
-        text = field.description or ""
+        text = (field.description or "").replace("%", "%%")  # argparse %-formats help: a "90%" is text here
         if annotation is bool:
             if field.default is True:
                 parser.add_argument(_flag(f"no_{name}"), *aliases.get(name, []), dest=name, action="store_false",
@@ -50,7 +50,14 @@ def add_config_options(
                 parser.add_argument(*flags, dest=name, action="store_true", default=None, help=text)
             continue
         kind: dict[str, Any] = {**_kind(annotation), "required": field.is_required()}
-        parser.add_argument(*flags, dest=name, default=None, help=text, **kind)
+        parser.add_argument(*flags, dest=name, default=None, help=_with_default(text, field.default), **kind)
+
+
+def _with_default(text: str, default: Any) -> str:
+    """The help text with the field's default when it is a number (the value a lab compares against)."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return text
+    return f"{text} (default: {default:g})" if isinstance(default, float) else f"{text} (default: {default})"
 
 
 def _kind(annotation: Any) -> dict[str, Any]:

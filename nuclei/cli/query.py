@@ -24,7 +24,13 @@ SHOW_ROWS = 20
 
 def add_query(sub: argparse._SubParsersAction) -> None:
     """Register `nuclei query STORE {list,show,stats,export}`."""
-    parser = sub.add_parser("query", help="list, show, summarise and export the results in a store")
+    parser = sub.add_parser(
+        "query", help="list, show, summarise and export the results in a store",
+        description="List, show, summarise and export a results store. Tables and outlines for other tools: "
+                    "`export --measurements nuclei.csv` (one row per nucleus: area, shape, intensities, units in "
+                    "the column names; .parquet with pyarrow), `export --summary images.csv` (one row per image), "
+                    "`export OUT_DIR --rois qupath|imagej` (nucleus outlines for QuPath or ImageJ/Fiji). "
+                    "`nuclei query STORE export --help` lists every option.")
     parser.add_argument("store", help="results store (folder or fsspec URL)")
     actions = parser.add_subparsers(dest="query_command", required=True, metavar="{list,show,stats,export}")
     _add_list(actions)

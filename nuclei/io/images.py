@@ -25,6 +25,13 @@ from nuclei.io.planes import LabImage, PlaneChoice, read_tiff, select
 
 log = logging.getLogger(__name__)
 
+# OpenCV's own log lines ("[ WARN:0@14.9] ... PNG input buffer is incomplete") go straight to stderr, into the
+# progress bar and the Prefect logs; the file's failure is already reported once, by nuclei, with its name.
+# OpenCV's errors still raise (cv2.error): only its logging is off. libpng prints its "libpng error: ..." line
+# itself, whatever OpenCV's level: `_decode` tells a truncated PNG before handing it over.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -120,6 +127,8 @@ def _check_readable(path: Path) -> None:
 
 
 def _decode(data: bytes, name: str | Path) -> np.ndarray:
+    if data.startswith(PNG_SIGNATURE) and b"IEND" not in data:  # libpng would print its own error line first
+        raise InputError(name, "cannot decode: truncated or not an image (a PNG without its end chunk)")
     try:
         decoded: np.ndarray | None = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception as exc:  # noqa: BLE001
