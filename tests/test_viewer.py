@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 
 pytest.importorskip("napari")
 
@@ -92,6 +93,8 @@ def test_a_16_bit_grey_entry_is_greyscale_in_micrometres(store: Path) -> None:
     np.testing.assert_array_equal(image.data, read.image("grey16")[..., 0])
     lo, hi = image.contrast_limits
     assert lo >= 100 and hi <= 4095  # 12-bit values: the data's range, not uint16's (a black picture)
+    window = zarr.open_group(store / "images" / "grey16", mode="r").attrs["ome"]["omero"]["channels"][0]["window"]
+    assert (lo, hi) == pytest.approx((window["start"], window["end"]))  # the store's rendering window: not dim
     np.testing.assert_array_equal(labels.data, read.labels("grey16"))
     _assert_lined_up(image, labels)
     np.testing.assert_allclose(image.scale, [PIXEL_UM, PIXEL_UM])
@@ -140,6 +143,9 @@ def test_every_entry_by_default_each_in_its_grid_tile(store: Path) -> None:
     assert viewer.canvas.grid.enabled and viewer.canvas.grid.stride == 2
     positions = [viewer.canvas.grid.position(i, viewer.layers) for i in range(len(layers))]
     assert positions[0] == positions[1] != positions[2] == positions[3] != positions[4] == positions[5]
+    fitted = (*viewer.camera.center, viewer.camera.zoom)
+    viewer.reset_view()
+    assert (*viewer.camera.center, viewer.camera.zoom) == pytest.approx(fitted)  # the grid fits at start
 
 
 def test_the_default_is_capped_and_says_so(store: Path, monkeypatch: pytest.MonkeyPatch,
