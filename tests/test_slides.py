@@ -10,7 +10,9 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import tifffile
 import zarr
 
 import nuclei
+from nuclei.config import SegmentConfig
 from nuclei.core.blocks import Box, core_ids, match, neighbour_pairs, number, plan_blocks
 from nuclei.core.metrics import matching
 from nuclei.io.images import read_raw
@@ -181,3 +184,27 @@ def test_an_ome_zarr_input_is_a_slide_whatever_its_size(tmp_path: Path) -> None:
     assert record.model_extra and record.model_extra["slide"]["source_hash"] == "metadata"
     again = nuclei.segment([str(image)], store=tmp_path / "s.zarr", block_size=256)
     assert again["skipped"] == 1
+
+
+def test_a_stop_request_interrupts_a_slide_and_keeps_its_finished_blocks(slide: Path, tmp_path: Path) -> None:
+    from nuclei.errors import Interrupted
+    from nuclei.inference.run import plan, run
+
+    work = plan(SegmentConfig(inputs=[str(slide)], store=str(tmp_path / "s.zarr"), slide_pixels=1, block_size=400))
+    assert work.slides and not work.batches
+    stop = threading.Event()
+    scratch = tmp_path / "s.zarr" / "blocks" / "mosaic.ome"
+    watcher = threading.Thread(target=lambda: _set_when(stop, lambda: len(list(scratch.glob("*.npy.zst"))) >= 2))
+    watcher.start()
+    with pytest.raises(Interrupted):
+        run(work, stop=stop)
+    watcher.join()
+    assert 2 <= len(list(scratch.glob("*.npy.zst"))) < 12
+    assert nuclei.open_store(tmp_path / "s.zarr").images() == []
+
+
+def _set_when(event: threading.Event, condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    event.set()

@@ -232,7 +232,7 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
             bar.update(len(batch))
             if on_batch:
                 on_batch(len(results), total)
-        for found_slide in segment_slides(plan.slides, plan.settings, progress):  # each: its blocks as tasks
+        for found_slide in segment_slides(plan.slides, plan.settings, progress, stop):  # its blocks as tasks
             results.append(found_slide)
             bar.update(1)
             if on_batch:

@@ -21,9 +21,10 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
 from nuclei.core.normalize import PERCENTILE_SAMPLE, intensity_range
 from nuclei.core.postprocess import instances
 from nuclei.core.tiling import round_up
-from nuclei.errors import InputError
+from nuclei.errors import InputError, Interrupted
 from nuclei.inference.cluster import dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import AUTO, Engine, default_threads
 from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key
@@ -68,6 +69,7 @@ from nuclei.store.slide import SlideEntry, chunk_for
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.2  # how often a wait for blocks looks at the stop event
 T = TypeVar("T")
 Mapper = Callable[[Callable[..., T], Sequence[Any]], Iterator[T]]  # fn(job, arg) over args, as they finish
 
@@ -165,17 +167,14 @@ def _pixel_size(settings: SegmentConfig, plane: LazyPlane) -> float | None:
 # --- the driver ---------------------------------------------------------------------------------------------
 
 def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, progress: bool = False,
-                   on_slide: Callable[[], None] | None = None) -> list[ImageResult]:
-    """Segment each slide in turn, its blocks spread over the run's threads or Dask cluster."""
+                   stop: threading.Event | None = None) -> Iterator[ImageResult]:
+    """Segment each slide in turn, its blocks spread over the run's threads or Dask cluster. Once ``stop`` is
+    set, queued blocks are cancelled and `Interrupted` raised: the finished blocks stay for the next run."""
     if not items:
-        return []
-    results = []
-    with _mapper(settings) as mapper:
+        return
+    with _mapper(settings, stop) as mapper:
         for item in items:
-            results.append(segment_slide(item, settings, mapper, progress))
-            if on_slide:
-                on_slide()
-    return results
+            yield segment_slide(item, settings, mapper, progress)
 
 
 def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False
@@ -207,7 +206,7 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
         entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         raise
     except Exception as exc:  # noqa: BLE001 - one slide must not stop the run
         log.exception("failed on %s", item.url)
@@ -284,29 +283,42 @@ _AREA = next(c for c in MEASUREMENT_COLUMNS if c.startswith("area"))
 # --- where the tasks run ------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _mapper(settings: SegmentConfig) -> Iterator[Mapper[Any]]:
+def _mapper(settings: SegmentConfig, stop: threading.Event | None) -> Iterator[Mapper[Any]]:
     """Threads in this process, or the run's Dask cluster (as `run.uses_dask` decides for batches)."""
     from nuclei.inference.run import uses_dask
 
     if not uses_dask(settings):
         workers = local_cluster_size()[0]
         per_thread = max(1, (settings.threads or default_threads()) // workers)
-        with ThreadPoolExecutor(workers, thread_name_prefix="nuclei-block") as pool:
-            yield lambda fn, args: _threads(pool, fn, args, per_thread)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="nuclei-block")
+        try:
+            yield lambda fn, args: _threads(pool, fn, args, per_thread, stop)
+        finally:  # a stop or a failure: queued blocks never start; running ones end their block
+            pool.shutdown(wait=False, cancel_futures=True)
         return
     with dask_client(settings.dask_address, settings.n_workers) as client:
         resources = task_resources(client)
-        yield lambda fn, args: _dask(client, fn, args, resources)
+        yield lambda fn, args: _dask(client, fn, args, resources, stop)
 
 
-def _threads(pool: ThreadPoolExecutor, fn: Callable[..., T], args: Sequence[Any], threads: int) -> Iterator[T]:
+def _threads(pool: ThreadPoolExecutor, fn: Callable[..., T], args: Sequence[Any], threads: int,
+             stop: threading.Event | None) -> Iterator[T]:
     futures = [pool.submit(fn, _with_threads(job, threads), arg) for job, arg in args]
+    pending = set(futures)
     try:
-        for future in as_completed(futures):
-            yield future.result()
+        while pending:
+            _stop_if_asked(stop)
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
     finally:  # an interrupt or a failure: queued blocks never start
         for future in futures:
             future.cancel()
+
+
+def _stop_if_asked(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted("stopped on request")
 
 
 def _with_threads(job: SlideJob, threads: int) -> SlideJob:
@@ -315,13 +327,21 @@ def _with_threads(job: SlideJob, threads: int) -> SlideJob:
     return replace(job, settings=job.settings.model_copy(update={"threads": threads}))
 
 
-def _dask(client: Any, fn: Callable[..., T], args: Sequence[Any], resources: dict[str, float] | None
-          ) -> Iterator[T]:
+def _dask(client: Any, fn: Callable[..., T], args: Sequence[Any], resources: dict[str, float] | None,
+          stop: threading.Event | None) -> Iterator[T]:
     from distributed import as_completed as finished
 
     futures = [client.submit(fn, job, arg, pure=False, resources=resources) for job, arg in args]
+    done = finished(futures)
     try:
-        for future in finished(futures):
-            yield future.result()
+        while not done.is_empty():
+            _stop_if_asked(stop)
+            ready = done.next_batch(block=False) if done.has_ready() else []
+            for future in ready:
+                yield future.result()
+            if not ready and stop is not None:
+                stop.wait(POLL_S)
+            elif not ready:
+                time.sleep(POLL_S)
     finally:
         client.cancel(futures)
