@@ -4,6 +4,7 @@ outputs, and its prediction is nuclei's own (so the packaged preprocessing reall
 from __future__ import annotations
 
 import io
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from bioimageio.spec.model import v0_5  # noqa: E402
 
 from nuclei.cli.main import main  # noqa: E402
 from nuclei.errors import ModelError, NucleiError  # noqa: E402
-from nuclei.inference.bioimageio import export_bioimageio, onnx_info  # noqa: E402
+from nuclei.export.bioimageio import export_bioimageio, onnx_info  # noqa: E402
 from nuclei.inference.engine import Engine  # noqa: E402
 from nuclei.io.images import read_raw  # noqa: E402
 from nuclei.modeldir import load_model_dir  # noqa: E402
@@ -75,8 +76,10 @@ def test_package_is_a_valid_model_description(package: Path, descr: v0_5.ModelDe
     assert {"10.1038/s41592-019-0612-7", "10.1002/cyto.a.23863", "10.1038/s41597-020-00608-w"} <= dois
     assert [a.name for a in descr.authors] == ["nuclei developers"]
     with zipfile.ZipFile(package) as zf:
-        readme = zf.read("README.md").decode()
+        readme, rdf = zf.read("README.md").decode(), zf.read("rdf.yaml").decode()
     assert "## From probabilities to nuclei" in readme and "watershed" in readme and "## Validation" in readme
+    assert not re.search(r"\$\{?[a-z_]+\}?", readme.split("## Using this bioimage.io package")[1])  # filled in
+    assert "1st..99.8th" in rdf and "1th" not in rdf  # the description's ordinals
 
 
 def test_bioimageio_core_reproduces_the_test_outputs(package: Path) -> None:

@@ -397,7 +397,7 @@ def test_the_exported_model_cards_code_gives_what_instances_gives() -> None:
     import re
     from dataclasses import replace
 
-    from nuclei.inference.bioimageio import _instances_section
+    from nuclei.export.model_card import instances_section
     from nuclei.inference.engine import Engine
     from nuclei.io.images import read_image
     from nuclei.modeldir import default_model_path, load_model_dir
@@ -405,7 +405,7 @@ def test_the_exported_model_cards_code_gives_what_instances_gives() -> None:
 
     shipped = load_model_dir(default_model_path())
     model = replace(shipped, thresholds=replace(shipped.thresholds, confidence=0.85))  # every line does something
-    code = re.search(r"```python\n(.*?)```", _instances_section(model), re.S)
+    code = re.search(r"```python\n(.*?)```", instances_section(model), re.S)
     assert code is not None
     engine = Engine(shipped, threads=1)
     for path in sorted((SAMPLES / "images").glob("*.png")):

@@ -20,7 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nuclei.inference.bioimageio import export_bioimageio
+    from nuclei.export.bioimageio import export_bioimageio
     from nuclei.modeldir import resolve_model
 
     model = resolve_model(args.model_dir)

@@ -1,4 +1,4 @@
-"""Export a model directory as a bioimage.io model package (format 0.5): `nuclei export-model --bioimageio`.
+"""Package a model directory as a bioimage.io model package (format 0.5): `nuclei export-model --bioimageio`.
 
 The package holds the float32 ONNX model (and, when the directory has one, the Keras v3 model it was converted
 from), test tensors made with ONNX Runtime, a cover, the model card as documentation, and preprocessing written
@@ -35,9 +35,10 @@ import tifffile
 from matplotlib.figure import Figure  # not pyplot: no global state in the caller's process
 
 from nuclei.core.normalize import CLIP, Normalization
-from nuclei.core.postprocess import MIN_CORE_FRACTION, instances
+from nuclei.core.postprocess import instances
 from nuclei.core.tiling import overlap_for, pad_to_at_least, round_up
 from nuclei.errors import ModelError, NucleiError
+from nuclei.export.model_card import PackageShape, write_documentation
 from nuclei.io.images import read_raw
 from nuclei.modeldir import ModelDir, load_model_dir
 from nuclei.plots import overlay
@@ -155,7 +156,7 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0], dtype=np.float32)
 
 
-# --- cover, documentation, Keras file ---
+# --- cover and Keras file (the documentation: `nuclei.export.model_card`) ---
 
 def write_cover(image: np.ndarray, prob: np.ndarray, model: ModelDir, out: Path) -> Path:
     """2:1 cover: the image with the nuclei `nuclei segment` finds outlined, and the foreground probability."""
@@ -168,103 +169,6 @@ def write_cover(image: np.ndarray, prob: np.ndarray, model: ModelDir, out: Path)
         ax.axis("off")
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.02)
     fig.savefig(out, dpi=100)
-    return out
-
-
-def _preprocessing_text(norm: Normalization) -> str:
-    if norm.kind == "dtype_range":
-        return "the stored values are divided by the maximum of the input's data type."
-    return (f"per image, percentiles {norm.low:g} and {norm.high:g} of all R, G and B values jointly map to 0 and 1 "
-            f"(`scale_range` over y, x and channel), then values are clipped to [{CLIP[0]:g}, {CLIP[1]:g}]. nuclei "
-            "itself takes the percentiles of the luminance (mean of R, G and B), which bioimage.io cannot express: "
-            "for grey images (R = G = B, as in fluorescence) the two are the same and so are the probabilities; for "
-            "colour (e.g. stained) images the range differs and so do the results, noticeably: segment colour images "
-            "with nuclei itself. (nuclei also takes the percentiles of images over 2 Mpixel from a strided sample, "
-            "the package from every pixel.)")
-
-
-def _usage_section(model: ModelDir) -> str:
-    names = model.channels
-    meaning = "`foreground`: the pixel belongs to a nucleus" + (
-        "; `core`: it belongs to the inner part of a nucleus, which stays apart where nuclei touch" if "core" in names
-        else "")
-    return f"""
-## Using this bioimage.io package
-
-- **Input** `{INPUT_ID}`: one RGB image per batch entry, axes (batch, y, x, channel); grey images go in as three
-  equal channels. Sides are multiples of {model.pad_multiple} and at least {min_input_size(model)} px; bioimage.io
-  tools pad smaller images. Preprocessing: {_preprocessing_text(model.normalization)}
-- **Output** `{OUTPUT_ID}`: per-pixel probabilities (sigmoid, 0..1), one channel per entry of
-  {", ".join(f"`{n}`" for n in names)}. {meaning}. It is **not** an instance segmentation yet.
-- **Halo**: {halo(model)} px each side (half the receptive field of {model.receptive_field} px, rounded up to
-  {model.pad_multiple}): blockwise prediction overlaps tiles by it, as nuclei's own tiling does. bioimage.io tools
-  also mirror-pad the image border by the halo, nuclei does not: within {halo(model)} px of the border the
-  probabilities can differ from nuclei's, further in they are the same.
-"""
-
-
-def _instances_section(model: ModelDir) -> str:
-    """How `nuclei segment` turns the probabilities into nuclei, with code for models that predict cores."""
-    t = model.thresholds
-    head = f"""
-## From probabilities to nuclei
-
-`nuclei segment IMAGES --model MODEL_DIR` does all of it (`nuclei.core.postprocess.instances` is the reference):
-the foreground mask is `{model.channels[0]}` above {t.foreground:g}; """
-    if len(model.channels) < 2:
-        return head + f"""seeds are maxima of the distance transform of the mask
-(h-maxima, h = 2 px); a seeded watershed on the negative distance transform splits each connected blob; pieces under
-{t.min_size} px are dropped. These thresholds were tuned on the validation images (`thresholds.json`, attached).
-"""
-    return head + f"""seeds are the connected `{model.channels[1]}` pixels above {t.core:g} inside it,
-except specks under {MIN_CORE_FRACTION:g} of the largest core in their blob; a seeded watershed on the negative
-distance transform splits each connected blob (a blob without a seed is one nucleus); pieces under {t.min_size} px
-are dropped, and nuclei whose mean foreground probability is under {t.confidence:g}. These thresholds were tuned
-on the validation images
-(`thresholds.json`, attached). The same in a few lines (equal to nuclei's instances up to a few pixels where the
-watershed meets a tie):
-
-```python
-import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential, watershed
-
-prob = ...  # (H, W, {len(model.channels)}) float32: this package's output for one image, batch axis dropped
-fg = prob[..., 0] > {t.foreground:g}
-seeds, n = ndi.label((prob[..., 1] > {t.core:g}) & fg)
-blobs, _ = ndi.label(fg)
-area, inside = np.bincount(seeds.ravel()), seeds > 0
-biggest = np.zeros(blobs.max() + 1)
-np.maximum.at(biggest, blobs[inside], area[seeds[inside]])
-seeds[inside & (area[seeds] < {MIN_CORE_FRACTION:g} * biggest[blobs])] = 0  # specks of one nucleus's core
-seeded = np.zeros(blobs.max() + 1, bool)
-seeded[blobs[seeds > 0]] = True
-orphans = fg & ~seeded[blobs]  # blobs without a seed: one nucleus each
-extra, _ = ndi.label(orphans)
-seeds[orphans] = extra[orphans] + n
-labels = watershed(-ndi.distance_transform_edt(fg), seeds, connectivity=1, mask=fg)
-labels[np.bincount(labels.ravel())[labels] < {t.min_size}] = 0
-mean_fg = np.bincount(labels.ravel(), prob[..., 0].ravel()) / np.maximum(np.bincount(labels.ravel()), 1)
-labels[(labels > 0) & (mean_fg[labels] < {t.confidence:g})] = 0
-labels = relabel_sequential(labels)[0]
-```
-"""
-
-
-VALIDATION_SECTION = """
-## Validation
-
-The model card's scores were measured on images never trained on (validation splits and held-out experiments) with
-`nuclei evaluate LABELLED_DIR --model MODEL_DIR`, which runs the whole pipeline (these probabilities, then the
-watershed) and reports the DSB2018 score and AP@0.5 per image group; `metrics.json` (attached) holds the float32
-validation figures. To validate on your own images, label a few of them and run the same command.
-"""
-
-
-def write_documentation(model: ModelDir, out: Path) -> Path:
-    card = model.path / "MODEL_CARD.md"
-    head = card.read_text() if card.is_file() else f"# {model.path.name}\n\n{model.config.get('input', '')}\n"
-    out.write_text(head.rstrip() + "\n" + _usage_section(model) + _instances_section(model) + VALIDATION_SECTION)
     return out
 
 
@@ -411,7 +315,8 @@ def describe(model: ModelDir, work: Path, sample: Path = DEFAULT_SAMPLE, keras: 
     tifffile.imwrite(samples[0], image, photometric="rgb")  # sample tensors: for people to look at (FAIR)
     tifffile.imwrite(samples[1], np.moveaxis(prob[0], -1, 0), photometric="minisblack")  # one plane per channel
     cover = write_cover(image, prob[0], model, work / "cover.png")
-    docs = write_documentation(model, work / "README.md")
+    docs = write_documentation(model, PackageShape(INPUT_ID, OUTPUT_ID, halo(model), min_input_size(model)),
+                               work / "README.md")
     datasets, citations = _citations(model)
     inputs, outputs = _tensors(model, dtype, test_in, test_out, samples)
     attachments = [model.path / n for n in ("config.json", "thresholds.json", "metrics.json", "curves.png")]
