@@ -101,6 +101,35 @@ def test_two_cli_runs_with_other_settings_at_once_never_both_claim_the_store(tmp
         assert summary["done"] + summary["failed"] == 12
 
 
+def _open_at_once(url: str, barrier: object, outcomes: object) -> None:
+    from nuclei.inference.run import open_for_writing
+
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        open_for_writing(url)
+        outcomes.put("ok")  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - the outcome is what the test compares
+        outcomes.put(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+
+
+def test_runs_that_create_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    import nuclei.inference.run  # noqa: F401 - imported before the fork, so each process starts at once
+
+    fork = multiprocessing.get_context("fork")
+    outcomes = fork.Queue()
+    for round_ in range(6):  # before: 32 of 160 opens failed (ContainsGroupError, a half-made root refused)
+        barrier = fork.Barrier(4)
+        url = str(tmp_path / f"s{round_}.zarr")
+        processes = [fork.Process(target=_open_at_once, args=(url, barrier, outcomes)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        assert [outcomes.get(timeout=5) for _ in processes] == ["ok"] * 4
+
+
 # --- 7 and 14: a cluster address that is no scheduler, or garbage: one line, exit 2, no store ------------------
 
 
@@ -145,12 +174,12 @@ def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path: Path, ca
 
     import fsspec.implementations.local as local
 
-    from nuclei.inference import worker
+    from nuclei.inference import run
 
     _image(tmp_path / "in" / "a.png")
     assert main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")]) == 0
     _image(tmp_path / "in" / "b.png", seed=2)
-    monkeypatch.setattr(worker, "segment_batch", lambda *a, **k: pytest.fail("no image may be read"))
+    monkeypatch.setattr(run, "segment_batch", lambda *a, **k: pytest.fail("no image may be read"))
     for path in (tmp_path / "s.zarr", tmp_path / "s.zarr" / "images", tmp_path / "s.zarr" / "index"):
         path.chmod(0o555)
     if os.geteuid() == 0:  # root writes anyway: the file system's refusal, as a read-only mount gives it

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
 
+import fsspec
 import numpy as np
 from tqdm import tqdm
 
@@ -139,7 +140,7 @@ def open_for_writing(url: str) -> Store:
     """The store, created if new, and proven writable before any image is read: a read-only store, or a new
     one under a folder this user cannot write, failed every image only after inferring them all."""
     try:
-        store = Store(url, mode="a")
+        store = _open_or_join(url)
         for folder in ("", "/images", "/index"):
             if folder == "" or store.fs.exists(store.root_path + folder):
                 probe = f"{store.root_path}{folder}/.nuclei-write-probe-{uuid.uuid4().hex}"
@@ -148,6 +149,28 @@ def open_for_writing(url: str) -> Store:
     except OSError as exc:
         raise StoreError(f"{url}: cannot write to this store ({exc.strerror or exc})") from exc
     return store
+
+
+JOIN_ATTEMPTS = 4  # two runs creating one new store at once: the later one opens what the first created
+
+
+def _open_or_join(url: str) -> Store:
+    """The store, created if new. Runs started together on a new store race to create it (Zarr's
+    ContainsGroupError, or a half-made root taken for a foreign folder: 32 of 160 opens in a stress test); the
+    one that loses opens the store the other made, once its root exists."""
+    for attempt in range(JOIN_ATTEMPTS):
+        try:
+            return Store(url, mode="a")
+        except Exception:
+            if attempt == JOIN_ATTEMPTS - 1 or not _has_root(url):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _has_root(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(f"{path}/zarr.json"))
 
 
 def plan(config: SegmentConfig) -> Plan:
