@@ -251,6 +251,9 @@ def test_file_names_are_text_in_csv_cells_terminals_and_the_summary_artifact(
     summary = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")
     assert (summary["done"], summary["failed"]) == (3, 2)
     assert "\x1b" not in summary_text(summary) and "\\x1b" in summary_text(summary)
+    missing = str(tmp_path / "gone\x1bc.png")  # ESC c resets a terminal; here in a one-line error
+    assert main(["segment", missing, "--store", str(tmp_path / "t.zarr")]) == 2
+    assert "gone\\x1bc.png: input does not exist" in capsys.readouterr().err
     markdown = summary_markdown(summary)
     failed = next(line for line in markdown.splitlines() if "img src" in line)
     assert failed.startswith("- ``") and failed.count("``") == 2 and "<img" in failed.split("``")[1]  # in code

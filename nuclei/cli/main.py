@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 import nuclei
 from nuclei.cli import check, demo, evaluate, export_model, finetune, query, segment, train, view
+from nuclei.core.text import printable
 from nuclei.errors import NucleiError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -61,16 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except NucleiError as exc:  # one line, also where a library's message had several (ONNX Runtime's)
-        print(f"nuclei: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"nuclei: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # a bad option value, caught by the stage's config
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        print(f"nuclei: error: {problems}", file=sys.stderr)
+        print(f"nuclei: error: {one_line(problems)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system refused: a file where a folder must go, no permission, no space
         logging.getLogger(__name__).debug("file system error", exc_info=True)  # the traceback with -v
-        print(f"nuclei: error: {os_error(exc)}", file=sys.stderr)
+        print(f"nuclei: error: {one_line(os_error(exc))}", file=sys.stderr)
         return 2
+
+
+def one_line(text: str) -> str:
+    """An error as one printable line: a library's message may span lines, and a file name may carry terminal
+    escape sequences."""
+    return printable(" ".join(text.split()))
 
 
 def os_error(exc: OSError) -> str:
