@@ -154,6 +154,29 @@ def test_only_a_nuclei_store_or_an_empty_folder_is_written(tmp_path: Path) -> No
     assert (empty / "zarr.json").is_file()
 
 
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """The root is written as files, its zarr.json last and atomically, and a folder holding only a store's own
+    names is not foreign: no creator sees half a root (before: 32 of 160 opens failed, 4 processes x 40)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        for i in range(5):
+            path = str(tmp_path / f"s{i}.zarr")
+            start = time.time() + 0.05
+            assert pool.starmap(_open_at, [(path, start)] * 4) == ["ok"] * 4
+
+
+def _open_at(path: str, start: float) -> str:
+    while time.time() < start:
+        pass
+    try:
+        Store(path, "a")
+    except Exception as exc:  # noqa: BLE001 - the test wants the reason, not a traceback from a pool worker
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
 def test_a_zipped_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 28 case 13: `zip://::s0.zip` gave "no images", 0 entries checked, exit 0."""
     store = tmp_path / "s0.zarr"

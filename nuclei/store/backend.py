@@ -41,6 +41,7 @@ from nuclei.errors import StoreError
 from nuclei.store import layout
 from nuclei.store.durable import remove_durably, write_atomically, write_files
 from nuclei.store.record import EntryRecord
+from nuclei.store.zarr_files import group_files
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,7 @@ class Store:
             raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
         if not exists:
             self._refuse_foreign_folder()
-            attrs: dict[str, Any] = {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}}
-            root = zarr.open_group(self.url, mode="a", attributes=attrs, zarr_format=3)
-            root.require_group("images")
-            return root
+            self._create_root()
         try:
             root = zarr.open_group(self.url, mode=mode, zarr_format=3)
         except Exception as exc:  # noqa: BLE001
@@ -191,14 +189,28 @@ class Store:
             )
         return root
 
+    def _create_root(self) -> None:
+        """The root group and images/, as files; the root's zarr.json last and replaced atomically, so runs
+        creating one new store at once all write the same files and none ever reads half a root."""
+        images = group_files("images", {})
+        root = group_files("", {"nuclei": {"store_format_version": STORE_FORMAT_VERSION}})
+        if not self.local:
+            self.fs.pipe({f"{self.root_path}/{name}": blob for name, blob in images.items()})
+            self.fs.pipe({f"{self.root_path}/{name}": blob for name, blob in root.items()})
+            return
+        for name, blob in (*images.items(), *root.items()):
+            write_atomically(os.path.join(self.root_path, name), blob)
+
     def _refuse_foreign_folder(self) -> None:
-        """A new store goes only where nothing is, or into an empty folder: never over a file, a Zarr v2 store
-        or anyone's data (writing a v3 zarr.json there would take it over)."""
+        """A new store goes only where nothing is, or into an empty folder (or one holding only what another run
+        creating this store at the same moment has made so far): never over a file, a Zarr v2 store or anyone's
+        data (writing a v3 zarr.json there would take it over)."""
         if self.fs.isfile(self.root_path):
             raise StoreError(f"{self.url}: is a file, not a store folder")
         if not self.fs.isdir(self.root_path):
             return
         present = [Path(p).name for p in self.fs.ls(self.root_path, detail=False)]
+        present = [name for name in present if name not in _OURS and not name.startswith("zarr.json.")]
         if present:
             zarr_v2 = {".zgroup", ".zarray", ".zattrs"} & set(present)
             what = "a Zarr v2 store" if zarr_v2 else f"a folder that is not a nuclei store ({len(present)} items)"
@@ -421,6 +433,9 @@ class Store:
 
     def read_measurements(self, image_id: str) -> tuple[list[str], np.ndarray]:
         return self.open_entry(image_id).measurements()
+
+
+_OURS = frozenset({"zarr.json", "images", "index", "locks", "failed", "blocks"})  # what a store's root holds
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
