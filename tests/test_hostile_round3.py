@@ -80,6 +80,14 @@ def test_of_two_runs_with_other_settings_at_once_the_later_writer_fails_those_im
     assert not (tmp_path / "s.zarr" / "failed").exists() or not any((tmp_path / "s.zarr" / "failed").iterdir())
     again = nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr", diameter=40.0)  # alone: replaces them
     assert again["done"] == 3 and again["failed"] == 0
+    # Two runs of other folders holding the same ids, at once: neither replaces the other's file silently.
+    _image(tmp_path / "other" / "img0.png", seed=7)
+    first, second = (plan(SegmentConfig(inputs=[str(tmp_path / folder)], store=str(tmp_path / "t.zarr")))
+                     for folder in ("in", "other"))
+    assert summarize(first, run(first))["done"] == 3
+    late = summarize(second, run(second))
+    assert late["failed"] == 1 and "from another file" in late["failures"][0]["reason"], late
+    assert nuclei.open_store(tmp_path / "t.zarr").metadata("img0")["source"] == str(tmp_path / "in" / "img0.png")
 
 
 def test_two_cli_runs_with_other_settings_at_once_never_both_claim_the_store(tmp_path: Path) -> None:

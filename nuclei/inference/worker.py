@@ -169,7 +169,7 @@ def _finish(
         with store.writing(item.id):
             if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
-            if conflict := _written_meanwhile(store.record(item.id), seen, entry_key(engine, settings)):
+            if conflict := _written_meanwhile(store.record(item.id), seen, item, entry_key(engine, settings)):
                 return ImageResult(item.id, item.url, "failed", conflict)  # not remembered: not the file's fault
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
@@ -189,15 +189,19 @@ def seen_mark(record: EntryRecord | None) -> str:
     return f"{record.written}|{record.output_key}|{record.source}|{record.arrays_sha256.get('labels', '')}"
 
 
-def _written_meanwhile(record: EntryRecord | None, seen: str | None, output_key: str) -> str:
+def _written_meanwhile(record: EntryRecord | None, seen: str | None, item: ImageItem, output_key: str) -> str:
     """Why not to write (or ""): since the plan, another run wrote this entry with other settings or from
     another file. Two runs at once (--diameter 20 and 40) both said "30 segmented" and the store held one
     run's labels; now the later writer fails those images, and the store holds whole runs' entries."""
-    if seen is None or record is None or seen_mark(record) == seen or record.output_key == output_key:
+    if seen is None or record is None or seen_mark(record) == seen:
         return ""
-    return (f"another run wrote this entry while this one ran (from {record.source}, other settings: output key "
-            f"{record.output_key}, this run's {output_key}); not replacing it: run again when it is done to "
-            "replace it")
+    if record.source != item.url:
+        what = f"from another file, {record.source}"
+    elif record.output_key != output_key:
+        what = f"with other settings: output key {record.output_key}, this run's {output_key}"
+    else:
+        return ""  # the same file and settings: this run's content is the newer one
+    return f"another run wrote this entry while this one ran ({what}); not replacing it: run again when it is done"
 
 
 def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = None, key: str = "") -> ImageResult:
