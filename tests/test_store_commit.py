@@ -154,6 +154,21 @@ def test_only_a_nuclei_store_or_an_empty_folder_is_written(tmp_path: Path) -> No
     assert (empty / "zarr.json").is_file()
 
 
+def test_segment_refuses_a_zarr_v2_store_with_one_line(tmp_path: Path, shipped_model: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from nuclei.io.images import write_png
+
+    v2 = tmp_path / "v2.zarr"
+    v2.mkdir()
+    (v2 / ".zgroup").write_text('{"zarr_format": 2}')
+    write_png(tmp_path / "in" / "a.png", make_sample((64, 64), seed=1)[0])
+    argv = ["segment", str(tmp_path / "in"), "--store", str(v2), "--model", str(shipped_model)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Zarr v2 store" in err
+    assert sorted(p.name for p in v2.iterdir()) == [".zgroup"]
+
+
 def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
     """The root is written as files, its zarr.json last and atomically, and a folder holding only a store's own
     names is not foreign: no creator sees half a root (before: 32 of 160 opens failed, 4 processes x 40)."""
