@@ -385,3 +385,22 @@ def test_an_index_with_only_a_record_being_written_lists_nothing(tmp_path: Path)
     (tmp_path / "s.zarr" / "index").mkdir()
     (tmp_path / "s.zarr" / "index" / "img.json.0123.tmp").write_text("{")  # a commit in progress
     assert store.records() == {} and store.ids() == []
+
+
+def test_the_export_reads_an_older_entrys_columns_under_their_new_names(tmp_path: Path) -> None:
+    """Entries written before the columns carried units (area, centroid_y, ..., mean_intensity on 0..1)."""
+    from nuclei.store.tables import nucleus_rows
+
+    path = tmp_path / "old.zarr"
+    store = Store(path, "a")
+    entry = _write(store, "a", (32, 32), 2, seed=5, version="v1")
+    old = ["label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
+           "mean_intensity"]
+    table = np.column_stack([entry.table[:, list(MEASUREMENT_COLUMNS).index(n if n == "label" else f"{n}_px")]
+                             if n != "mean_intensity" else np.full(len(entry.table), 0.5) for n in old])
+    array = zarr.open_array(path / "images" / "a" / "measurements", mode="w", shape=table.shape, dtype="f8")
+    array[...] = table
+    array.attrs["columns"] = old
+    rows = list(nucleus_rows(Store(path)))
+    assert [r["area_px"] for r in rows] == [int(v) for v in entry.table[:, 1]]
+    assert all(r["mean_intensity_raw"] is None and "mean_intensity" not in r for r in rows)

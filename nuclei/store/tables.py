@@ -24,6 +24,10 @@ NUCLEUS_COLUMNS = ["image_id", *COLUMN_NAMES]
 IMAGE_COLUMNS = ["image_id", "source", "n_nuclei", "covered_fraction", "mean_area", "height", "width",
                  "channel", "channel_name", "z", "pixel_size_um", "model_version", "precision", "written"]
 BATCH_ROWS = 10_000  # rows per Parquet row group
+# Entries written before the columns carried units: the same values under their new names (mean_intensity was on
+# a 0..1 scale, not the file's units, so it has no new name and is left out).
+_RENAMED = {"area": "area_px", "centroid_y": "centroid_y_px", "centroid_x": "centroid_x_px",
+            **{f"bbox_{e}_{a}": f"bbox_{e}_{a}_px" for e in ("min", "max") for a in "yx"}}
 
 
 def nucleus_rows(store: Store) -> Iterator[dict[str, Any]]:
@@ -31,6 +35,7 @@ def nucleus_rows(store: Store) -> Iterator[dict[str, Any]]:
     never images or labels)."""
     for image_id, record in store.records().items():
         columns, table = store.open_entry(image_id, record).measurements()
+        columns = [_RENAMED.get(name, name) for name in columns]
         for values in table:
             row: dict[str, Any] = dict.fromkeys(NUCLEUS_COLUMNS)  # an older entry's missing columns stay empty
             row["image_id"] = image_id
