@@ -177,7 +177,8 @@ def _finish(
                            providers=providers, note="; ".join(n for n in (decoded.note,
                                                                             _pixel_size(decoded, settings)[1]) if n))
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
-        log.exception("failed on %s", item.url)
+        # The summary says why; the traceback is for -v (a per-image failure printed one, unasked, on every run).
+        log.info("failed on %s", item.url, exc_info=True)
         return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))
 
 
@@ -211,7 +212,8 @@ def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = Non
         store.record_failure(item.id, {"source": item.url, "size": item.size, "mtime": item.mtime,
                                        "sha256": sha256, "reason": reason, "key": key})
     except Exception:  # noqa: BLE001 - remembering is a convenience; the result still says it failed
-        log.warning("could not record the failure of %s", item.url, exc_info=True)
+        log.warning("could not record the failure of %s", item.url)
+        log.info("why the failure of %s was not recorded", item.url, exc_info=True)
     return ImageResult(item.id, item.url, "failed", reason)
 
 
