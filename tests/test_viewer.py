@@ -83,6 +83,8 @@ def test_an_rgb_entry_is_one_colour_layer_under_its_visible_labels(store: Path) 
     _assert_lined_up(image, labels)
     np.testing.assert_array_equal(image.scale, [1.0, 1.0])  # no pixel size: pixels, no unit made up
     assert not viewer.canvas.grid.enabled  # one entry: nothing to tile
+    window = zarr.open_group(store / "images" / "rgb", mode="r").attrs["ome"]["omero"]["channels"][0]["window"]
+    assert tuple(image.contrast_limits) == pytest.approx((window["start"], window["end"]))  # the store's window
 
 
 def test_a_16_bit_grey_entry_is_greyscale_in_micrometres(store: Path) -> None:

@@ -81,6 +81,12 @@ def test_entries_carry_rendering_settings_viewers_use(tmp_path: Path) -> None:
         OmeImage.from_zarr(group)
     rgb_omero = groups["rgb"].attrs["ome"]["omero"]
     assert [c["color"] for c in rgb_omero["channels"]] == ["FF0000", "00FF00", "0000FF"]
-    assert rgb_omero["channels"][0]["window"]["end"] == 255
+    assert [c["window"]["start"] for c in rgb_omero["channels"]] == [0, 0, 0]  # black stays black
+    assert len({c["window"]["end"] for c in rgb_omero["channels"]}) == 1  # one window: the colours keep balance
+    assert 250 <= rgb_omero["channels"][0]["window"]["end"] <= 255  # a full-range image is shown as it is
     window = groups["dim"].attrs["ome"]["omero"]["channels"][0]["window"]
     assert 100 <= window["start"] < window["end"] <= 3000 and window["max"] == 65535
+    dark = (rgb // 8).astype(np.uint8)  # a dark RGB image (values 0..31) opens bright enough to see
+    store.write_entry("dark", dark, labels, np.zeros((1, len(MEASUREMENT_COLUMNS))), record)
+    end = zarr.open_group(tmp_path / "s.zarr" / "images" / "dark", mode="r").attrs["ome"]["omero"]["channels"][0]
+    assert 28 <= end["window"]["end"] <= 31
