@@ -30,6 +30,7 @@ def _inputs(root: Path, n: int) -> Path:
     return root
 
 
+@pytest.mark.slow  # a scheduler and worker processes
 @pytest.mark.parametrize("gpu_worker", [True, False])
 def test_existing_cluster_by_address_and_gpu_resource(
     tmp_path: Path, shipped_model: Path, gpu_worker: bool, monkeypatch: pytest.MonkeyPatch

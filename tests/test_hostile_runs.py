@@ -107,7 +107,6 @@ def test_a_scheduler_without_workers_fails_instead_of_hanging(tmp_path: Path,
         segment([tmp_path / "in"], tmp_path / "s.zarr", dask_address=empty.scheduler_address)
 
 
-@pytest.mark.slow
 def test_one_bad_name_fails_that_file_only(tmp_path: Path, shipped_model: Path) -> None:
     from nuclei.inference.run import segment
 

@@ -84,6 +84,7 @@ def _wait_records(store: Path, at_least: int, proc: subprocess.Popen | None = No
 # 1. A worker dies ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes, or a Prefect flow
 def test_a_killed_worker_loses_nothing(inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -109,6 +110,7 @@ def test_a_killed_worker_loses_nothing(inputs: Path, shipped_model: Path, refere
 # 2. The whole run dies ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes, or a Prefect flow
 def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
     inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path
 ) -> None:
@@ -135,6 +137,7 @@ def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
 # 3. Two runs on one store at once -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes, or a Prefect flow
 def test_two_concurrent_runs_on_one_store(inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     files = sorted(inputs.glob("*.png"))
@@ -171,6 +174,7 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
                      + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat)))
 
 
+@pytest.mark.slow  # worker processes, or a Prefect flow
 def test_hostile_inputs_are_segmented_or_reported_and_the_run_goes_on(shipped_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     good = make_sample((96, 96), n_nuclei=6, seed=1)[0]
@@ -217,6 +221,7 @@ def _onnx_nchw_float16(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
+@pytest.mark.slow  # worker processes, or a Prefect flow
 def test_bad_parameters_and_models_fail_before_any_work(shipped_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     _write_images(folder, n=1, shape=(64, 64))
