@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from flows.train import plan_stages, train
+from flows.train import train
+from nuclei.training.run import plan_stages
 
 DEPLOYMENTS = Path(__file__).resolve().parent / "prefect.yaml"
 

@@ -1,4 +1,5 @@
-"""The `train` flow: load -> split -> fit -> export -> evaluate -> publish a model directory.
+"""The `train` flow: load -> split -> fit -> export -> evaluate -> publish a model directory, each step a task
+(`nuclei.training.run.train` runs the same steps without Prefect).
 
     nuclei train DATA_DIR --out models --epochs 100
     prefect deployment run train/dsb2018
@@ -18,9 +19,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from nuclei.config import TrainConfig
 from nuclei.evaluation import format_table
 from nuclei.training import steps
+from nuclei.training.run import make_config, plan_stages
 
 # Arrays stay in this process: no caching, no result persistence of big inputs.
 load = task(name="load", cache_policy=NO_CACHE)(steps.load)
@@ -101,18 +102,6 @@ def train(
     return str(model_dir)
 
 
-def plan_stages(params: dict[str, Any], then: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each stage's parameters: the first stage's, changed by `then` in turn; all but the last renamed NAME-stageK."""
-    stages = [dict(params)]
-    for changes in then:
-        stages.append({**stages[-1], **changes, "name": params["name"]})
-    for number, stage in enumerate(stages[:-1], start=1):
-        stage["name"] = f"{params['name']}-stage{number}"
-    for stage in stages:
-        make_config({**stage, "init_from": None})  # a typo in a late stage fails now, not hours in
-    return stages
-
-
 def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     """Run the stages one after the other as subflows, each from the previous one's model directory."""
     stages = plan_stages(params, then)
@@ -120,14 +109,6 @@ def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:
     for stage in stages:
         model_dir = train(**{**stage, "init_from": model_dir or stage["init_from"]})
     return str(model_dir)
-
-
-_NULLABLE = ("init_from", "steps_per_epoch", "max_images", "encoder_weights", "minutes")
-
-
-def make_config(params: dict[str, Any]) -> TrainConfig:
-    """The flow's parameters as a TrainConfig; None means the config's default where None is not a value."""
-    return TrainConfig(**{k: v for k, v in params.items() if v is not None or k in _NULLABLE})
 
 
 def _summary(model_dir: Path, report_table: str, max_diff: float, thresholds: dict[str, float],

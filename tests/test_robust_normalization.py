@@ -55,7 +55,7 @@ def _canvas(field: np.ndarray, size: tuple[int, int], fill: str, at: tuple[int, 
     else:
         centre = float(np.median(background))
         spread = 1.4826 * float(np.median(np.abs(background - centre)))
-        noise = np.random.default_rng(0).normal(centre, spread, size)
+        noise = np.random.default_rng(0).standard_normal(size, dtype=np.float32) * spread + centre
         canvas = np.clip(noise, 0, np.iinfo(field.dtype).max).astype(field.dtype)
     y, x = at
     canvas[y : y + field.shape[0], x : x + field.shape[1]] = field

@@ -216,16 +216,22 @@ def test_shipped_model_runs_int8_on_cpu_and_float32_on_request() -> None:
 def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argument wiring only (the flow itself is tested above): switches like --quantize-int8 must arrive."""
     import flows.train
+    import nuclei.training.run
     from nuclei.cli.main import main
 
     seen: dict[str, object] = {}
     from prefect.states import Completed
 
-    monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or Completed(data="models/x"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(nuclei.training.run, "train", lambda params, then: seen.update(params, then=then) or "x")
     assert main(["train", "data", "--quantize-int8", "--balance-categories", "--no-augment", "--contact-weight", "5",
                  "--then", '{"crop_size": 192}']) == 0
     assert seen["quantize_int8"] is True and seen["balance_categories"] is True and seen["augment"] is False
     assert seen["contact_weight"] == 5.0 and seen["then"] == [{"crop_size": 192}] and "instance_channel" not in seen
+    seen.clear()  # with --prefect the same options reach the flow
+    monkeypatch.setattr(flows.train, "train", lambda **kwargs: seen.update(kwargs) or Completed(data="models/x"))
+    assert main(["train", "data", "--prefect", "--epochs", "3"]) == 0
+    assert seen["epochs"] == 3 and seen["data_dir"] == "data"
 
 
 def test_split_keeps_each_sets_validation_and_holds_whole_groups_out_of_training() -> None:

@@ -1,9 +1,12 @@
-"""`nuclei train DATA_DIR...`: the `train` flow from the command line; options are TrainConfig's fields."""
+"""`nuclei train DATA_DIR...`: training from the command line; options are TrainConfig's fields. It runs in this
+process (`nuclei.training.run`); with a Prefect server (`PREFECT_API_URL` set, or `--prefect`) it is the `train`
+flow, recorded there."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from nuclei.cli.options import add_config_options, given
@@ -19,15 +22,23 @@ def add(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--then", action="append", type=json.loads, metavar="JSON",
                         help="a further fine-tuning stage from the previous weights: changes to the previous stage's "
                              'parameters, e.g. \'{"crop_size": 192, "learning_rate": 3e-4}\' (repeatable)')
+    parser.add_argument("--prefect", action="store_true",
+                        help="run as a Prefect flow even without PREFECT_API_URL (a temporary local server)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.train import train
-
     params = given(args, TrainConfig)
     data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
-    state = train(**{**params, "data_dir": data_dir}, then=args.then, return_state=True)
+    params = {**params, "data_dir": data_dir}
+    if not (args.prefect or os.environ.get("PREFECT_API_URL")):
+        from nuclei.training.run import train as train_here
+
+        print(train_here(params, then=args.then))
+        return 0
+    from flows.train import train
+
+    state = train(**params, then=args.then, return_state=True)
     if not state.is_completed():
         print(f"nuclei: error: {state.message}", file=sys.stderr)
         return 1

@@ -4,10 +4,10 @@ A model's config.json says which one it was trained with, and every consumer (tr
 evaluation, the inference engine, tiled or not) goes through `normalized` with those settings:
 
 - ``foreground`` (default for new models): the ``low``-th percentile of the image's content maps to 0 and
-  the median of its *foreground* pixels to ``1 / anchor``. The foreground is what stands ``k`` background
-  noise levels above the background (both estimated below an Otsu split), so neither the amount of empty
-  background around the cells (a sparse well, a field inside a slide) nor a handful of saturated cells moves
-  the window: dim nuclei beside bright ones stay visible. Padding (one exact value filling a large share of
+  the ``quantile``-th percentile of its *foreground* pixels (75th) to ``1 / anchor``. The foreground is what
+  stands ``k`` background noise levels above the background (both estimated below an Otsu split), so neither
+  the amount of empty background around the cells (a sparse well, a field inside a slide) nor a handful of
+  saturated cells moves the window: dim nuclei beside bright ones stay visible. Padding (one exact value filling a large share of
   the image, as slides and mosaics have) is left out of every statistic. Images whose background is the
   bright part (brightfield) keep the ``percentile`` window, which background does not move there.
 - ``percentile``: per image, the ``low``-th and ``high``-th percentiles of the luminance map to 0 and 1 (as
@@ -85,11 +85,14 @@ class Normalization(BaseModel):
     low: float = Field(default=1.0, ge=0.0, lt=100.0, description="percentile that maps to 0")
     high: float = Field(default=99.8, gt=0.0, le=100.0, description="percentile that maps to 1 (percentile kind, and "
                         "the foreground kind on bright-background images)")
-    anchor: float = Field(default=2.5, gt=0.0, le=100.0, description="foreground kind: the foreground's median maps "
-                          "to 1 / anchor (2.5 gives fluorescence images the same window as 1..99.8 percentiles "
-                          "when nuclei cover about a fifth of the image)")
-    k: float = Field(default=4.0, gt=0.0, le=100.0, description="foreground kind: pixels this many background noise "
-                     "levels (1.4826 MAD) above the background's median are foreground")
+    quantile: float = Field(default=75.0, gt=0.0, lt=100.0, description="foreground kind: this percentile of "
+                            "the foreground pixels maps to 1 / anchor (a few saturated cells, under a quarter of "
+                            "the foreground, cannot move it)")
+    anchor: float = Field(default=1.75, gt=0.0, le=100.0, description="foreground kind: the foreground's "
+                          "`quantile` maps to 1 / anchor (1.75 gives the training images about the window of "
+                          "their 1st..99.8th percentiles: median ratio 1.0 on DSB2018, BBBC039 and S-BSST265)")
+    k: float = Field(default=6.0, gt=0.0, le=100.0, description="foreground kind: pixels this many background "
+                     "noise levels (1.4826 MAD) above the background's median are foreground")
 
     @model_validator(mode="after")
     def _ordered(self) -> Normalization:
@@ -103,9 +106,9 @@ class Normalization(BaseModel):
         window = f"the image's luminance {_ordinal(self.low)}..{_ordinal(self.high)} percentiles mapped to 0..1"
         if self.kind == "percentile":
             return f"RGB, {window}"
-        return (f"RGB, the {_ordinal(self.low)} percentile of the image's luminance mapped to 0 and the median of "
-                f"its foreground (> background + {self.k:g} noise) to 1/{self.anchor:g}; padding ignored; "
-                f"bright-background images: {window}")
+        return (f"RGB, the {_ordinal(self.low)} percentile of the image's luminance mapped to 0 and the "
+                f"{_ordinal(self.quantile)} percentile of its foreground (> background + {self.k:g} noise) to "
+                f"1/{self.anchor:g}; padding ignored; bright-background images: {window}")
 
 
 def _ordinal(value: float) -> str:
@@ -160,8 +163,9 @@ def sample_range(values: np.ndarray, norm: Normalization, quantum: float = 0.0) 
 
 # One exact value holding more than this share of an image is padding (a slide's empty area, a canvas).
 PADDING_SHARE = 0.2
-# Fewer foreground pixels than this share of the content: no foreground to anchor on (keep the percentiles).
-MIN_FOREGROUND_SHARE = 0.001
+# Fewer foreground pixels than this in the sample: no foreground to anchor on (keep the percentiles). A count,
+# not a share of the image: a field inside a slide-sized canvas is a tiny share of it and still the content.
+MIN_FOREGROUND = 64
 
 
 def without_padding(values: np.ndarray, tolerance: float) -> np.ndarray:
@@ -179,7 +183,7 @@ def without_padding(values: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def _foreground_anchor(values: np.ndarray, lo: float, norm: Normalization, quantum: float) -> float | None:
-    """``lo + anchor * (median foreground - lo)``, or None where the background is the bright part
+    """``lo + anchor * (foreground's quantile - lo)``, or None where the background is the bright part
     (brightfield) or nothing stands out: the caller keeps the percentile window then."""
     from skimage.filters import threshold_otsu
 
@@ -190,9 +194,9 @@ def _foreground_anchor(values: np.ndarray, lo: float, norm: Normalization, quant
     background = float(np.median(below))
     noise = max(1.4826 * float(np.median(np.abs(below - background))), quantum)
     foreground = values[values > background + norm.k * noise]
-    if foreground.size < max(16, MIN_FOREGROUND_SHARE * values.size):
+    if foreground.size < MIN_FOREGROUND:
         return None
-    return lo + norm.anchor * (float(np.median(foreground)) - lo)
+    return lo + norm.anchor * (float(np.percentile(foreground, norm.quantile)) - lo)
 
 
 def apply_range(raw: np.ndarray, norm: Normalization, lo: float, span: float) -> np.ndarray:
