@@ -208,3 +208,15 @@ def _set_when(event: threading.Event, condition: Callable[[], bool], timeout: fl
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.02)
     event.set()
+
+
+def test_check_verifies_a_slide_entry_block_by_block(slide: Path, tmp_path: Path) -> None:
+    from nuclei.store.check import check
+
+    store = tmp_path / "s.zarr"
+    assert nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=512)["done"] == 1
+    assert check(store).ok
+    labels = zarr.open_array(str(store / "images" / "mosaic.ome" / "labels" / "nuclei" / "s0"), mode="a")
+    labels[600:610, 600:610] = 1  # a changed chunk: the block's hash no longer matches
+    report = check(store)
+    assert list(report.damaged) == ["mosaic.ome"] and "block [512, 1000, 512, 1024]" in report.damaged["mosaic.ome"]

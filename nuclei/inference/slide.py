@@ -141,9 +141,11 @@ def write_block(job: SlideJob, work: tuple[Block, np.ndarray]) -> int:
     return block.index
 
 
-def measure_block(job: SlideJob, block: Block) -> np.ndarray:
-    """Round 4: the rows of the nuclei this block owns, measured whole over its reach, in slide coordinates."""
-    labels = job.entry().read_labels(block.reach)
+def measure_block(job: SlideJob, block: Block) -> tuple[int, np.ndarray, dict[str, str]]:
+    """Round 4: the rows of the nuclei this block owns, measured whole over its reach, in slide coordinates, and
+    the hashes of its core as stored (what `nuclei check` verifies)."""
+    entry = job.entry()
+    labels = entry.read_labels(block.reach)
     with LazyPlane(job.source) as plane:
         raw = plane.read(block.reach)
     pixel = _pixel_size(job.settings, plane)
@@ -153,7 +155,7 @@ def measure_block(job: SlideJob, block: Block) -> np.ndarray:
     cut = touches_inner_edge(labels, block.reach, job.height, job.width)
     if np.isin(table[mine, 0], cut).any():
         log.warning("%s: nuclei larger than the block margin were measured cut at a block border", job.item.id)
-    return table[mine]
+    return block.index, table[mine], entry.core_sha256(block.core)
 
 
 _BBOX_Y = next(c for c in MEASUREMENT_COLUMNS if c.startswith("bbox_min_y"))
@@ -199,10 +201,11 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
                            chunk_for(job.block_side))
         if done:
             log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
-        n_nuclei, table = _run_rounds(job, mapper, done, progress)
+        n_nuclei, table, sums = _run_rounds(job, mapper, done, progress)
         entry.build_pyramids()
         used = job.engine()
         recorded = _record(item, job, used, engine, settings, plane_info, digest, hashed, table, key)
+        recorded["slide"]["blocks_sha256"] = sums
         entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
@@ -235,8 +238,9 @@ def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
     return job, info, layout.omero(np.ascontiguousarray(cyx))
 
 
-def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool) -> tuple[int, np.ndarray]:
-    """The four rounds; returns the nuclei count and their measurements, in label order."""
+def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool
+                ) -> tuple[int, np.ndarray, list[dict[str, str]]]:
+    """The four rounds; returns the nuclei count, their measurements in label order, and each block's hashes."""
     todo = [b for b in job.blocks if b.index not in done]
     with tqdm(total=len(job.blocks), initial=len(job.blocks) - len(todo), unit="block", desc=job.item.id,
               disable=not progress) as bar:
@@ -249,10 +253,10 @@ def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bo
         matches |= found
     luts = number(ids, matches)
     list(mapper(write_block, [(job, (b, luts[b.index])) for b in job.blocks]))
-    rows = list(mapper(measure_block, [(job, b) for b in job.blocks]))
-    table = np.concatenate(rows) if rows else np.zeros((0, len(MEASUREMENT_COLUMNS)))
+    measured = sorted(mapper(measure_block, [(job, b) for b in job.blocks]), key=lambda found: found[0])
+    table = np.concatenate([rows for _, rows, _ in measured])
     table = table[np.argsort(table[:, 0], kind="stable")]
-    return int(table.shape[0]), table
+    return int(table.shape[0]), table, [sums for _, _, sums in measured]
 
 
 def _record(item: ImageItem, job: SlideJob, used: Engine, engine: Engine, settings: SegmentConfig,
@@ -272,8 +276,8 @@ def _record(item: ImageItem, job: SlideJob, used: Engine, engine: Engine, settin
         "zoom": used.zoom, "normalization": model.normalization.model_dump(), "providers": used.session_providers(),
         "nuclei_version": nuclei.__version__, "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "complete",
-        "slide": {"blocks": len(job.blocks), "block_size": settings.block_size, "source_hash": hashed,
-                  "value_range": list(job.value_range)},
+        "slide": {"block_size": settings.block_size, "source_hash": hashed, "value_range": list(job.value_range),
+                  "blocks": [[b.core.y0, b.core.y1, b.core.x0, b.core.x1] for b in job.blocks]},
     }
 
 

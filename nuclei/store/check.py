@@ -19,6 +19,7 @@ import numpy as np
 from nuclei.errors import StoreError
 from nuclei.store.backend import Store, array_sha256, key_to_id
 from nuclei.store.record import EntryRecord
+from nuclei.store.slide import slide_problem
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class CheckReport:
 
 def entry_problem(store: Store, record: EntryRecord) -> str | None:
     """Why this entry cannot be trusted, or None."""
+    if (record.model_extra or {}).get("slide"):  # read a block at a time: a slide never whole in memory
+        return slide_problem(store, record)
     try:
         entry = store.open_entry(record.id, record)
         labels, mask, image = entry.labels(), entry.mask(), entry.image()

@@ -30,7 +30,7 @@ from numcodecs import Zstd
 from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.core.blocks import Box
 from nuclei.store import layout
-from nuclei.store.backend import Store, _index_is_ours, id_to_key
+from nuclei.store.backend import Store, _index_is_ours, array_sha256, id_to_key
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,12 @@ class SlideEntry:
     def read_labels(self, box: Box) -> np.ndarray:
         return np.asarray(_array(self.group(), layout.LABELS_PATH.format(level=0))[box.y0:box.y1, box.x0:box.x1])
 
+    def core_sha256(self, box: Box) -> dict[str, str]:
+        """Hashes of a block's core of level 0 as stored (image and labels): `nuclei check` recomputes them."""
+        group, rows, cols = self.group(), slice(box.y0, box.y1), slice(box.x0, box.x1)
+        return {"image": array_sha256(np.asarray(_array(group, layout.IMAGE_PATH.format(level=0))[:, rows, cols])),
+                "labels": array_sha256(np.asarray(_array(group, layout.LABELS_PATH.format(level=0))[rows, cols]))}
+
     def build_pyramids(self, threads: int = 4) -> None:
         """Levels 1.. from the level below, a chunk at a time: area-averaged image, nearest labels and mask."""
         group = self.group()
@@ -220,3 +226,35 @@ def _halve_into(source: zarr.Array, target: zarr.Array, box: Box, nearest: bool)
     planes = np.asarray(source[:, rows, cols])
     target[:, box.y0:box.y1, box.x0:box.x1] = np.stack(
         [cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in planes])
+
+
+def slide_problem(store: Store, record: EntryRecord) -> str | None:
+    """`nuclei check` for a slide entry, a block at a time (never the whole slide in memory): every block's
+    stored image and labels against the hashes written with the record, the mask against the labels, and the
+    counts (ids 1..N, one measurement row each)."""
+    slide = (record.model_extra or {}).get("slide") or {}
+    entry = SlideEntry(store, record.id)
+    try:
+        group = entry.group()
+        top = 0
+        for box, sums in zip(slide.get("blocks", []), slide.get("blocks_sha256", []), strict=True):
+            core = Box(*box)
+            if entry.core_sha256(core) != sums:
+                return f"block {box} differs from what was written (missing or changed chunks)"
+            labels = entry.read_labels(core)
+            mask = np.asarray(_array(group, layout.MASK_PATH.format(level=0))[core.y0:core.y1, core.x0:core.x1])
+            if not np.array_equal(mask > 0, labels > 0):
+                return f"mask and labels disagree in block {box}"
+            top = max(top, int(labels.max(initial=0)))
+        table = _array(group, layout.MEASUREMENTS_PATH)
+        columns = table.attrs.get("columns")
+    except Exception as exc:  # noqa: BLE001 - a codec error, a missing array: all mean "damaged"
+        return f"arrays unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not slide.get("blocks_sha256"):
+        return "a slide entry without block hashes"
+    if top != record.n_nuclei or table.shape[0] != record.n_nuclei:
+        return (f"counts disagree: record {record.n_nuclei} nuclei, labels up to {top}, "
+                f"{table.shape[0]} measurement rows")
+    if not isinstance(columns, list) or "label" not in columns:
+        return "measurements have no label column"
+    return None
