@@ -216,6 +216,20 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
         return _failed(store, item, _reason(exc), key=key)
 
 
+MARGIN_NUCLEI = 2.5  # a block labels this many nucleus diameters past its core: a nucleus cut by the core's
+# border is labelled whole by both blocks, far from where either block's view ends
+
+
+def label_margin(engine: Engine) -> int:
+    """How far past its core a block labels, in image pixels: 2.5 nucleus diameters (64 px for the default model),
+    at most the receptive-field overlap (all of it where a model does not say its nucleus size). Each pixel of
+    margin is predicted too: 64 px instead of 128 saves 6% of a 4096 px block's work."""
+    multiple, overlap = engine.model.pad_multiple, engine.overlap
+    nucleus = engine.model.nucleus_diameter
+    margin = min(overlap, MARGIN_NUCLEI * nucleus) if nucleus else overlap
+    return round_up(math.ceil(margin / engine.zoom), multiple)
+
+
 def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
              ) -> tuple[SlideJob, dict[str, Any], dict[str, Any]]:
     """Open the slide once: its size, the whole slide's intensity range and model, the blocks."""
@@ -229,9 +243,9 @@ def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
     used = engine.for_image(sample)
     value_range = intensity_range(sample, used.model.normalization)
     multiple = used.model.pad_multiple
-    margin = round_up(math.ceil(used.overlap / used.zoom), multiple)  # the receptive field, in image pixels
+    context = round_up(math.ceil(used.overlap / used.zoom), multiple)  # the receptive field, in image pixels
     side = round_up(settings.block_size, multiple)
-    blocks = plan_blocks(height, width, side, margin, margin, multiple)
+    blocks = plan_blocks(height, width, side, label_margin(used), context, multiple)
     cyx = sample[None] if sample.ndim == 2 else np.moveaxis(sample, -1, 0)
     job = SlideJob(item, settings, height, width, tuple(blocks), value_range, used is not engine, side)
     log.info("%s: %dx%d as %d blocks, range %s", item.id, height, width, len(blocks), value_range)
