@@ -2,11 +2,14 @@
 against the same writes without fsync, measured in the same run.
 
     .venv/bin/python benchmarks/fsync_cost.py --entries 60 --rounds 5 [--dir /path/on/the/disk/of/interest]
+    .venv/bin/python benchmarks/fsync_cost.py --run 30 --rounds 3     # also whole runs: nuclei.segment()
 
 Each entry is a real 256x256 RGB sample's files (`nuclei.store.layout.entry_files`: image, two label images,
 measurements, about 20 files) plus its record (`durable.write_atomically`, fsynced in both variants, as before).
 Rounds interleave the two variants so both see the same disk and machine load; the ratio is the median seconds
-per entry with fsync over the median without. The cost depends on the disk (a laptop SSD, a network file
+per entry with fsync over the median without. With ``--run N``, whole in-process runs of the shipped model on N
+256x256 samples are timed the same way (fsync as shipped, and os.fsync made a no-op), so the cost is also seen
+against everything else a run does. The cost depends on the disk (a laptop SSD, a network file
 system and tmpfs differ by orders of magnitude): run it on the disk the store will live on.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -48,11 +52,48 @@ def _seconds_per_entry(root: Path, n: int, files: dict[str, bytes], blob: bytes,
     return seconds
 
 
+def _run_seconds(root: Path, inputs: Path, fsync: bool) -> float:
+    """Seconds of one in-process `nuclei.segment()` over ``inputs`` into a new store."""
+    from nuclei.inference.run import segment
+
+    store = Path(tempfile.mkdtemp(dir=root)) / "s.zarr"
+    real = os.fsync
+    if not fsync:
+        os.fsync = lambda fd: None  # type: ignore[assignment]  # every fsync of the store: records too
+    try:
+        started = time.perf_counter()
+        summary = segment([inputs], store)
+        seconds = time.perf_counter() - started
+    finally:
+        os.fsync = real
+    assert summary["failed"] == 0, summary
+    shutil.rmtree(store.parent)
+    return seconds
+
+
+def _whole_runs(root: Path, n: int, rounds: int) -> None:
+    from nuclei.io.images import write_png
+
+    inputs = Path(tempfile.mkdtemp(dir=root))
+    for i in range(n):
+        write_png(inputs / f"img{i:03d}.png", make_sample((256, 256), n_nuclei=20, seed=i)[0])
+    _run_seconds(root, inputs, True)  # warm: model files and imports in the page cache
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for fsync in (False, True):
+            timings[fsync].append(_run_seconds(root, inputs, fsync))
+    plain, durable = statistics.median(timings[False]), statistics.median(timings[True])
+    print(f"whole run of {n} images: {plain:.2f} s without any fsync, {durable:.2f} s as shipped; "
+          f"ratio {durable / plain:.3f}x ({1000 * (durable - plain) / n:.1f} ms per image)")
+    shutil.rmtree(inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=60, help="entries written per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path("."), help="a folder on the disk to measure")
+    parser.add_argument("--run", type=int, default=0, metavar="N", help="also time whole runs on N images")
     args = parser.parse_args()
     files, blob = _entry()
     print(f"one entry: {len(files)} files, {sum(map(len, files.values())) / 1024:.0f} KiB; disk under {args.dir}")
@@ -64,6 +105,8 @@ def main() -> None:
     print(f"without fsync of the arrays: {1000 * plain:.2f} ms per entry (record fsynced as before)")
     print(f"with fsync of files and folders: {1000 * durable:.2f} ms per entry")
     print(f"ratio: {durable / plain:.2f}x ({1000 * (durable - plain):.2f} ms more per entry)")
+    if args.run:
+        _whole_runs(args.dir, args.run, args.rounds)
 
 
 if __name__ == "__main__":
