@@ -205,3 +205,27 @@ def test_a_zipped_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "zipped store" in err and "unzip" in err
+
+
+def test_reading_entries_reads_each_record_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29: every array read re-read the entry's record. `check` and the export now read the index once
+    (`scan`) and each entry's arrays against that record."""
+    from nuclei.store.tables import nucleus_rows
+
+    path = tmp_path / "s.zarr"
+    store = Store(path, "a")
+    for i in range(3):
+        _write(store, f"img{i}", seed=i)
+    calls: list[str] = []
+    real = Store.record
+
+    def counted(self: Store, image_id: str) -> Any:
+        calls.append(image_id)
+        return real(self, image_id)
+
+    monkeypatch.setattr(Store, "record", counted)
+    assert check(path).ok and calls == []  # whole entries: no record read again
+    assert len(list(nucleus_rows(Store(path)))) > 0 and calls == []
+    entry = Store(path).open_entry("img0")
+    entry.labels(), entry.mask(), entry.image(), entry.measurements()
+    assert calls == ["img0"]  # opened once, four arrays read
