@@ -220,3 +220,22 @@ def test_check_verifies_a_slide_entry_block_by_block(slide: Path, tmp_path: Path
     labels[600:610, 600:610] = 1  # a changed chunk: the block's hash no longer matches
     report = check(store)
     assert list(report.damaged) == ["mosaic.ome"] and "block [512, 1000, 512, 1024]" in report.damaged["mosaic.ome"]
+
+
+def test_a_big_slide_is_identified_by_its_size_head_and_tail(slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nuclei.io.lazy as lazy
+
+    path = slide / "mosaic.ome.tif"
+    monkeypatch.setattr(lazy, "FULL_HASH_MAX_BYTES", 1000)  # as if it were over a gigabyte
+    monkeypatch.setattr(lazy, "_HEAD_TAIL", 4096)
+    digest, how = source_identity(str(path), path.stat().st_size)
+    assert how == "size+head+tail" and digest == source_identity(str(path), path.stat().st_size)[0]
+
+
+def test_measurements_move_to_slide_coordinates() -> None:
+    from nuclei.core.blocks import to_slide_coordinates
+
+    columns = ("label", "area_px", "centroid_y_px", "centroid_x_um", "bbox_min_y_px", "bbox_max_x_px", "extent")
+    table = np.array([[1.0, 10.0, 2.0, 0.5, 1.0, 4.0, 0.8]])
+    moved = to_slide_coordinates(table, columns, Box(100, 200, 300, 400), pixel_size_um=0.5)
+    np.testing.assert_allclose(moved, [[1.0, 10.0, 102.0, 150.5, 101.0, 304.0, 0.8]])
