@@ -326,7 +326,9 @@ def test_cli_show(cli: Any, entries: dict[str, Entry]) -> None:
     code, out, _ = cli("show", "plate1/c")
     assert code == 0
     assert "model.version: v1.1" in out and f"n_nuclei: {entry.table.shape[0]}" in out
-    assert out.strip().endswith(f"{entry.table.shape[0]} nuclei")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{entry.table.shape[0]} nuclei; ") and "more columns with --json" in last
+    assert "std_intensity_raw" not in out.split("\n\n", 1)[1]  # a terminal-sized table; --json has it all
     assert "mean_intensity_raw" in out
     code, out, _ = cli("show", "plate1/c", "--json")
     data = json.loads(out)
@@ -335,6 +337,7 @@ def test_cli_show(cli: Any, entries: dict[str, Entry]) -> None:
     assert data["measurements"][0]["label"] == 1
     assert data["measurements"][0]["area_px"] == int(entry.table[0, 1])
     assert data["measurements"][0]["area_um2"] is None  # no pixel size: unknown, not made up
+    assert "std_intensity_raw" in data["measurements"][0]
 
 
 def test_cli_show_truncates_to_20_rows(cli: Any, tmp_path: Path) -> None:

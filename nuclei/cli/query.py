@@ -117,12 +117,14 @@ def _show(args: argparse.Namespace) -> int:
     for key, value in _flatten(record):
         print(f"{key}: {printable(str(value))}")
     print()
-    names = list(columns)
+    names = _shown_columns(list(columns), rows)
     if rows:
         cells = [[_cell(row[name]) for name in names] for row in rows[:SHOW_ROWS]]
         print(_table(names, cells, right=set(range(len(names)))))
     more = f" (first {SHOW_ROWS} shown; --json for all)" if len(rows) > SHOW_ROWS else ""
-    print(f"{len(rows)} nuclei{more}")
+    hidden = len(columns) - len(names)
+    print(f"{len(rows)} nuclei{more}" + (f"; {hidden} more columns with --json or export --measurements"
+                                         if hidden else ""))
     return 0
 
 
@@ -200,6 +202,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+SHOW_COLUMNS = ("label", "area_px", "area_um2", "centroid_y_px", "centroid_x_px", "eccentricity", "solidity",
+                "mean_intensity_raw", "integrated_intensity_raw")  # what fits a terminal; --json has every column
+
+
+def _shown_columns(columns: list[str], rows: list[dict[str, int | float | None]]) -> list[str]:
+    """The columns the text table shows: the terminal-sized few that this store has, micrometres only where
+    known; an older entry's own columns all."""
+    chosen = [c for c in SHOW_COLUMNS if c in columns and any(r[c] is not None for r in rows)]
+    return chosen if "area_px" in chosen else columns
 
 
 def _measurement_rows(columns: dict[str, Any]) -> list[dict[str, int | float | None]]:
