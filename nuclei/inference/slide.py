@@ -188,25 +188,12 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
     key = entry_key(engine, settings)
     try:
         digest, hashed = source_identity(item.url, item.size)
-        record = store.record(item.id)
-        if not settings.overwrite and record and record.source == item.url and record.source_sha256 == digest \
-                and record.output_key == key:
+        if _current(store, item, digest, key, settings):
             return ImageResult(item.id, item.url, "skipped", "already in the store")
-        job, plane_info, omero = _prepare(item, settings, engine)
-        entry = job.entry()
-        manifest = {"source": item.url, "source_sha256": digest, "output_key": key, "shape": [job.height, job.width],
-                    "block_size": settings.block_size, "blocks": len(job.blocks),
-                    "value_range": list(job.value_range), "stained": job.stained}
-        done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
-                           chunk_for(job.block_side))
-        if done:
-            log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
-        n_nuclei, table, sums = _run_rounds(job, mapper, done, progress)
-        entry.build_pyramids()
-        used = job.engine()
-        recorded = _record(item, job, used, engine, settings, plane_info, digest, hashed, table, key)
-        recorded["slide"]["blocks_sha256"] = sums
-        entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
+        with store.writing(item.id):  # one writer per entry: a second run on this slide waits, then skips it
+            if _current(store, item, digest, key, settings):
+                return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
+            n_nuclei, used = _segment_into(store, item, settings, engine, mapper, progress, (digest, hashed), key)
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
     except (KeyboardInterrupt, Interrupted):
@@ -214,6 +201,35 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
     except Exception as exc:  # noqa: BLE001 - one slide must not stop the run
         log.exception("failed on %s", item.url)
         return _failed(store, item, _reason(exc), key=key)
+
+
+def _current(store: Store, item: ImageItem, digest: str, key: str, settings: SegmentConfig) -> bool:
+    """The store holds this slide, from this source and content, made with the same model and settings."""
+    record = store.record(item.id)
+    return bool(not settings.overwrite and record and record.source == item.url and record.source_sha256 == digest
+                and record.output_key == key)
+
+
+def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine: Engine, mapper: Mapper[Any],
+                  progress: bool, identity: tuple[str, str], key: str) -> tuple[int, Engine]:
+    """Start or resume the entry, run the rounds, build the pyramid and commit; the nuclei count and the engine
+    that ran."""
+    job, plane_info, omero = _prepare(item, settings, engine)
+    entry = SlideEntry(store, item.id)
+    manifest = {"source": item.url, "source_sha256": identity[0], "output_key": key,
+                "shape": [job.height, job.width], "block_size": settings.block_size, "blocks": len(job.blocks),
+                "value_range": list(job.value_range), "stained": job.stained}
+    done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
+                       chunk_for(job.block_side))
+    if done:
+        log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
+    n_nuclei, table, sums = _run_rounds(job, mapper, done, progress)
+    entry.build_pyramids()
+    used = job.engine()
+    recorded = _record(item, job, used, settings, plane_info, identity, table, key)
+    recorded["slide"]["blocks_sha256"] = sums
+    entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
+    return n_nuclei, used
 
 
 MARGIN_NUCLEI = 2.5  # a block labels this many nucleus diameters past its core: a nucleus cut by the core's
@@ -273,10 +289,10 @@ def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bo
     return int(table.shape[0]), table, [sums for _, _, sums in measured]
 
 
-def _record(item: ImageItem, job: SlideJob, used: Engine, engine: Engine, settings: SegmentConfig,
-            info: dict[str, Any], digest: str, hashed: str, table: np.ndarray, key: str) -> dict[str, Any]:
+def _record(item: ImageItem, job: SlideJob, used: Engine, settings: SegmentConfig,
+            info: dict[str, Any], identity: tuple[str, str], table: np.ndarray, key: str) -> dict[str, Any]:
     """The entry's record: the fields every entry has, and how the slide was cut."""
-    n, pixels = int(table.shape[0]), job.height * job.width
+    (digest, hashed), n, pixels = identity, int(table.shape[0]), job.height * job.width
     covered = float(table[:, MEASUREMENT_COLUMNS.index(_AREA)].sum()) if n else 0.0
     model = used.model
     return {
