@@ -145,6 +145,7 @@ def main() -> None:
                                    str(max(args.workers))])
     report["fields_s_per_mpx"] = round(seconds / fields_mpx, 3)
     report["fields_peak_rss_mb"] = peaks
+    print(json.dumps(report), flush=True)  # as measured: a later failure (scoring) loses nothing
     for workers in args.workers:
         store = work / f"slide-{workers}.zarr"
         shutil.rmtree(store, ignore_errors=True)
@@ -156,6 +157,7 @@ def main() -> None:
                                        "ratio_to_fields": round(seconds / slide_mpx / report["fields_s_per_mpx"], 2),
                                        "peak_rss_mb": peaks, "nuclei": summary.get("nuclei"),
                                        "failed": summary.get("failed")}
+        print(json.dumps(report[f"slide_{workers}w"]), flush=True)
     report["quality"] = slide_ap(work / f"slide-{max(args.workers)}.zarr", work / "fields.zarr", layout)
     print(json.dumps(report, indent=1))
     if not args.keep:
