@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nuclei.config import TrainConfig
+from nuclei.core.metrics import average_precision
 from nuclei.core.modality import is_stained_brightfield
 from nuclei.core.postprocess import instances
 from nuclei.evaluation import Report, score_samples
@@ -198,8 +199,9 @@ def write_comparison(comparison: Comparison, start: Path, name: str, held: list[
     before, after = _scores(_engine(start_dir), shown)[1], _scores(_engine(tuned_dir), shown)[1]
     panels = []
     for s in shown:
-        panels.append((f"{s.id[:20]}: {start.name}", overlay(s.image, before[s.id], s.labels)))
-        panels.append((f"{s.id[:20]}: {name}", overlay(s.image, after[s.id], s.labels)))
+        for model, found in ((start.name, before[s.id]), (name, after[s.id])):
+            title = f"{s.id[:20]}: {model}, AP@0.5 {average_precision(s.labels, found):.2f}"
+            panels.append((title, overlay(s.image, found, s.labels)))
     image_grid(panels, folder / "comparison.png", columns=2)
 
 
