@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nuclei.training.finetune import hold_back, split_for_finetune
+from nuclei.training.finetune import hold_back, split_for_finetune, training_precision
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
@@ -28,6 +28,7 @@ def test_a_fine_tune_within_its_budget_gives_a_model_that_segment_takes(tmp_path
         assert (model / name).is_file(), name
     config = json.loads((model / "config.json").read_text())
     assert config["init_from"].endswith("nuclei-generalist") and config["minutes"] == pytest.approx(0.5)
+    assert config["precision"] == training_precision()  # bfloat16 where the CPU has it natively
     comparison = json.loads((model / "finetune" / "comparison.json").read_text())
     assert comparison["n_images"] == 4 and set(comparison) >= {"nuclei-generalist", "lab"}
     assert "| nuclei-generalist |" in (model / "MODEL_CARD.md").read_text()

@@ -39,6 +39,7 @@ FINETUNE_CHANGES: dict[str, Any] = {
     "held_out_in_validation": True, "balance_categories": False, "dataset_weights": {}, "max_images": None,
     "quantize_int8": True, "min_ap50": 0.0,
 }
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # Of the budget, what fitting may use: loading, export, thresholds, int8 and the comparison take the rest.
 FIT_SHARE = 0.7
 PICTURE_IMAGES = 4
@@ -96,13 +97,23 @@ def hold_back(samples: list[Sample], share: float, seed: int) -> tuple[list[Samp
     return [s for i, s in enumerate(samples) if i not in back], [s for i, s in enumerate(samples) if i in back]
 
 
+def training_precision() -> str:
+    """mixed_bfloat16 where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX: 0.56x float32's time a step
+    here, benchmarks/bf16_training.py, so more steps fit the budget), else float32 (emulated bfloat16 is slow)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if any(flag in flags.split() for flag in BF16_FLAGS) else "float32"
+
+
 def finetune_config(base: Path, data: list[str], name: str, out: str, minutes: float, seed: int) -> TrainConfig:
     """The starting model's own recipe (architecture, normalisation, augmentation), changed for a short
     fine-tune within ``minutes`` from its weights."""
     recipe = {k: v for k, v in json.loads((base / "config.json").read_text()).items() if k in TrainConfig.model_fields}
     changes = {"data_dir": data, "name": name, "out_dir": out, "init_from": str(base), "seed": seed,
-               "minutes": max(0.5, FIT_SHARE * minutes)}
-    return TrainConfig(**{**recipe, **FINETUNE_CHANGES, **changes})
+               "minutes": max(0.5, FIT_SHARE * minutes), "precision": training_precision()}
+    return TrainConfig(**{**recipe, **changes, **FINETUNE_CHANGES})
 
 
 # Below this many kept images every one of them trains: a validation image or two would only add noise.
@@ -215,7 +226,8 @@ def write_model_card(model_dir: Path, config: TrainConfig, start: Path, split: S
         f"and the thresholds); {seconds / 60:.1f} min on this machine.",
         f"- **Inputs**: {config.normalization.describe()} (as `{start.name}`).",
         f"- **Recipe**: `config.json` (learning rate {config.learning_rate:g}, {config.crop_size}x"
-        f"{config.crop_size} crops, at most {config.minutes:.1f} min of fitting), from `{start}`.",
+        f"{config.crop_size} crops, {config.precision}, at most {config.minutes:.1f} min of fitting), from "
+        f"`{start}`.",
     ]
     if comparison is not None:
         lines += ["", f"## On {comparison.n_images} held-back image(s)", "",
