@@ -12,13 +12,15 @@ last one as NAME.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from nuclei.config import TrainConfig
+from nuclei.core.normalize import Normalization
 from nuclei.evaluation import format_table
 from nuclei.training import steps
 from nuclei.training.run import make_config, plan_stages
@@ -34,12 +36,16 @@ quantize = task(name="quantize int8", cache_policy=NO_CACHE)(steps.quantize)
 publish = task(name="publish", cache_policy=NO_CACHE)(steps.publish)
 
 
+# The config's own types and defaults (Prefect builds the run form from them); a frozen model is a safe default.
+FOREGROUND = TrainConfig.model_fields["normalization"].default
+
+
 @flow(name="train", log_prints=True)
 def train(
     data_dir: str | list[str],
     out_dir: str = "models",
     name: str = "unet",
-    architecture: str = "unet",
+    architecture: Literal["unet", "mobilenet_unet"] = "unet",
     depth: int = 4,
     base_filters: int = 16,
     instance_channel: bool = True,
@@ -52,20 +58,20 @@ def train(
     val_fraction: float = 0.2,
     seed: int = 12345,
     patience: int = 10,
-    precision: str = "float32",
+    precision: Literal["float32", "mixed_bfloat16"] = "float32",
     minutes: float | None = None,
     learning_rate: float = 1e-3,
     crop_size: int = 256,
     augment: bool = True,
     scale_range: tuple[float, float] = (1.0, 1.0),
-    normalization: dict[str, Any] | None = None,
+    normalization: Normalization = FOREGROUND,
     nucleus_brightness: float = 0.5,
     held_out: list[str] | None = None,
     held_out_in_validation: bool = True,
     balance_categories: bool = False,
     dataset_weights: dict[str, float] | None = None,
     max_images: int | None = None,
-    on_error: str = "raise",
+    on_error: Literal["raise", "skip"] = "raise",
     quantize_int8: bool = False,
     min_ap50: float = 0.05,
     then: list[dict[str, Any]] | None = None,

@@ -30,9 +30,6 @@ def test_flow_parameters_are_the_config_fields_with_the_same_defaults(flow_name:
             continue
         default = field.get_default(call_default_factory=True)
         flow_default = parameters[name]
-        if name == "normalization":  # a dict parameter in the flow (None: the config's default)
-            assert flow_default is None
-            continue
         if name in ("held_out", "dataset_weights"):  # None in the flow: the config's empty default
             assert flow_default is None and not default
             continue

@@ -45,7 +45,7 @@ def add_config_options(
         if annotation is bool:
             if field.default is True:
                 parser.add_argument(_flag(f"no_{name}"), *aliases.get(name, []), dest=name, action="store_false",
-                                    default=None, help=f"turn off: {text}")
+                                    default=None, help=f"{text} (on by default; this option turns it off)")
             else:
                 parser.add_argument(*flags, dest=name, action="store_true", default=None, help=text)
             continue

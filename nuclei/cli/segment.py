@@ -28,9 +28,8 @@ from nuclei.store.record import RunSummary
 def add(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("segment", help="segment image folders/globs/URLs into a Zarr store")
     parser.add_argument("inputs", nargs="+", help=SegmentConfig.model_fields["inputs"].description)
-    add_config_options(parser, SegmentConfig, skip=("inputs",), aliases={"n_workers": ["--workers"]})
-    parser.add_argument("--float32", dest="int8", action="store_false", default=None,
-                        help="on CPU, run the float32 model even where the model ships a validated int8 one")
+    add_config_options(parser, SegmentConfig, skip=("inputs",),
+                       aliases={"n_workers": ["--workers"], "int8": ["--float32"]})
     parser.add_argument("--prefect", action="store_true",
                         help="run as a Prefect flow even without PREFECT_API_URL (a temporary local server)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
