@@ -41,7 +41,15 @@ def preprocessing_text(norm: Normalization) -> str:
             "for grey images (R = G = B, as in fluorescence) the two are the same and so are the probabilities; for "
             "colour (e.g. stained) images the range differs and so do the results, noticeably: segment colour images "
             "with nuclei itself. (nuclei also takes the percentiles of images over 2 Mpixel from a strided sample, "
-            "the package from every pixel.)")
+            "the package from every pixel.)" + (FOREGROUND_NOTE if norm.kind == "foreground" else ""))
+
+
+FOREGROUND_NOTE = (
+    " This model was trained with nuclei's `foreground` window (the 75th percentile of the pixels standing out of "
+    "the background maps to 1/1.75), which bioimage.io's steps cannot express either: the package uses the "
+    "1st..99.8th percentile window, which that anchor matches on typical fields (median ratio 1.0 on the training "
+    "images). Sparse fields (mostly empty background) and fields with a few saturated cells get a darker input "
+    "from the package than from nuclei: segment those with nuclei itself.")
 
 
 def usage_section(model: ModelDir, shape: PackageShape) -> str:
