@@ -7,9 +7,10 @@ evaluation, the inference engine, tiled or not) goes through `normalized` with t
   the ``quantile``-th percentile of its *foreground* pixels (75th) to ``1 / anchor``. The foreground is what
   stands ``k`` background noise levels above the background (both estimated below an Otsu split), so neither
   the amount of empty background around the cells (a sparse well, a field inside a slide) nor a handful of
-  saturated cells moves the window: dim nuclei beside bright ones stay visible. Padding (one exact value filling a large share of
-  the image, as slides and mosaics have) is left out of every statistic. Images whose background is the
-  bright part (brightfield) keep the ``percentile`` window, which background does not move there.
+  saturated cells moves the window: dim nuclei beside bright ones stay visible. Padding (one exact value
+  filling a large share of the image, as slides and mosaics have) is left out of every statistic. Images
+  whose background is the bright part (brightfield) keep the ``percentile`` window, which background does not
+  move there.
 - ``percentile``: per image, the ``low``-th and ``high``-th percentiles of the luminance map to 0 and 1 (as
   StarDist and Cellpose do). The more empty background an image has, the lower its ``high`` percentile falls.
 - Either way a 12-bit image stored as uint16, a dim image and its stretched 8-bit copy reach the network
