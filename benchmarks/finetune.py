@@ -16,6 +16,7 @@ AP@0.5, DSB score and nucleus counts, the wall time of the fine-tune, and the ga
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -78,14 +79,15 @@ def main() -> None:
         default = Engine(resolve_model(None), providers=("CPUExecutionProvider",),
                          stained=resolve_stained_model("default", None))
         tuned = Engine(load_model_dir(result.model_dir), providers=("CPUExecutionProvider",))
+        precision = json.loads((result.model_dir / "config.json").read_text())["precision"]
         rows = {}
         for name, engine in (("default", default), (result.model_dir.name, tuned)):
             report, _ = score_samples(rest, lambda i, e=engine: instances(e.predict(rest[i].raw),
                                                                           e.for_image(rest[i].raw).thresholds),
                                       progress=False)
             rows[name] = report.overall()
-    print(f"{args.group}: fine-tuned on {len(train)} images in {wall / 60:.1f} min "
-          f"({ft.FINETUNE_CHANGES.get('precision', 'recipe')} precision), scored on the other {len(rest)}")
+    print(f"{args.group}: fine-tuned on {len(train)} images in {wall / 60:.1f} min ({precision}), "
+          f"scored on the other {len(rest)}")
     print(f"{'model':<28} {'AP@0.5':>7} {'DSB':>7} {'found':>7} {'labelled':>8}")
     for name, scores in rows.items():
         print(f"{name:<28} {scores['ap50']:>7.3f} {scores['dsb_score']:>7.3f} "
