@@ -109,3 +109,21 @@ def test_the_generalist_deployment_ends_in_the_shipped_models_config() -> None:
     differ = {k: (v, shipped.get(k)) for k, v in planned.items() if k not in paths and shipped.get(k) != v}
     assert not differ, differ
     assert [Path(d).name for d in shipped["data_dir"]] == [Path(d).name for d in planned["data_dir"]]
+
+
+def test_evaluate_takes_segments_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nuclei evaluate` declares no segmentation option by hand: they are SegmentConfig's, with its defaults."""
+    import nuclei.evaluation
+    from nuclei.cli.main import main
+    from nuclei.evaluation import Report
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(nuclei.evaluation, "evaluate_against",
+                        lambda truth, out, **kwargs: seen.append(kwargs) or (Report(), {}))
+    monkeypatch.setattr(nuclei.evaluation, "format_table", lambda report: "")  # nothing was scored
+    assert main(["evaluate", "truth", "--float32", "--tta", "--diameter", "30", "--stained-model", "none"]) == 0
+    assert main(["evaluate", "truth"]) == 0
+    given, defaults = seen
+    assert (given["int8"], given["tta"], given["diameter"], given["stained_model"]) == (False, True, 30.0, "none")
+    assert (defaults["int8"], defaults["tta"], defaults["diameter"], defaults["stained_model"]) == (
+        True, False, None, "default")

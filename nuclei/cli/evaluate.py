@@ -6,15 +6,20 @@ import argparse
 import json
 import sys
 
-from nuclei.cli.options import diameter_value
+from nuclei.cli.options import add_config_options, given
+from nuclei.config import SegmentConfig
+
+# How a model segments is `nuclei segment`'s: these options are SegmentConfig's own fields, declared once there.
+SEGMENT_SETTINGS = ("stained_model", "int8", "diameter", "tta")
 
 
 def run(args: argparse.Namespace) -> int:
     from nuclei.evaluation import evaluate_against, format_table
 
+    settings = {name: SegmentConfig.model_fields[name].default for name in SEGMENT_SETTINGS}
+    settings |= {k: v for k, v in given(args, SegmentConfig).items() if k in SEGMENT_SETTINGS}
     report, paths = evaluate_against(args.truth, args.out, model=args.model, store=args.store, split=args.split,
-                                     progress=sys.stderr.isatty(), int8=args.int8, diameter=args.diameter,
-                                     tta=args.tta, stained_model=args.stained_model)
+                                     progress=sys.stderr.isatty(), **settings)
     if args.json:
         print(json.dumps({**report.as_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
     else:
@@ -33,12 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="only the model's validation, training or held-out images (from its data.json)")
     parser.add_argument("--out", default="evaluation", help="report folder: summary.json, per_image.csv, "
                         "worst_images.png")
-    parser.add_argument("--float32", dest="int8", action="store_false",
-                        help="score the float32 model even where the model ships an int8 one")
-    parser.add_argument("--diameter", type=diameter_value, help="typical nucleus diameter in pixels, or 'auto' "
-                        "(see segment)")
-    parser.add_argument("--tta", action="store_true", help="test-time flips (see segment)")
-    parser.add_argument("--stained-model", default="default", help="model for colour brightfield images: a model "
-                        "directory, 'none', or 'default' (see segment)")
+    add_config_options(parser, SegmentConfig, skip=[f for f in SegmentConfig.model_fields if f not in SEGMENT_SETTINGS],
+                       aliases={"int8": ["--float32"]})
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
