@@ -163,9 +163,10 @@ def finetune(
     steps.export(model, config, staging)
     _, report, _ = steps.evaluate(staging, split)
     steps.quantize(staging, split, report, calibration=len(split.train))
-    comparison = compare(start, staging, held) if held else None
-    if comparison is not None:
-        write_comparison(comparison, start, name, held, start_dir=start, tuned_dir=staging)
+    comparison = None
+    if held:
+        comparison, found = compare(start, staging, held)
+        write_comparison(comparison, start, name, held, found, staging / "finetune")
     write_model_card(staging, config, start, split, comparison, time.perf_counter() - started)
     model_dir = steps.publish(staging, config)
     return FinetuneResult(model_dir, start, comparison, time.perf_counter() - started)
@@ -185,34 +186,37 @@ def _scores(engine: Engine, samples: list[Sample]) -> tuple[Report, dict[str, np
                          progress=False)
 
 
-def compare(start: Path, tuned: Path, held: list[Sample]) -> Comparison:
+# Both models' nuclei on the held-back images: {model name: {image id: labels}}.
+Found = dict[str, dict[str, np.ndarray]]
+
+
+def compare(start: Path, tuned: Path, held: list[Sample]) -> tuple[Comparison, Found]:
     """Both models on the held-back images, each with its own thresholds, int8 where it ships it (as a run on
-    this CPU gets them)."""
-    base_report, _ = _scores(_engine(start), held)
-    tuned_report, _ = _scores(_engine(tuned), held)
-    return Comparison(len(held), base_report.overall(), tuned_report.overall())
+    this CPU gets them); their nuclei come back too, for the picture."""
+    base_report, base_found = _scores(_engine(start), held)
+    tuned_report, tuned_found = _scores(_engine(tuned), held)
+    comparison = Comparison(len(held), base_report.overall(), tuned_report.overall())
+    return comparison, {"base": base_found, "tuned": tuned_found}
 
 
-def write_comparison(comparison: Comparison, start: Path, name: str, held: list[Sample], start_dir: Path,
-                     tuned_dir: Path) -> None:
-    """finetune/comparison.{md,json,png} in the new model directory: the table, and outlines of both models'
-    nuclei on the first held-back images (missed labelled nuclei in red)."""
-    folder = tuned_dir / "finetune"
+def write_comparison(comparison: Comparison, start: Path, name: str, held: list[Sample], found: Found,
+                     folder: Path) -> None:
+    """comparison.{md,json,png} in ``folder``: the table, and outlines of both models' nuclei on the first
+    held-back images (missed labelled nuclei in red)."""
     folder.mkdir(exist_ok=True)
-    table = comparison.table(start.name, name)
+    base_name = start.name
+    table = comparison.table(base_name, name)
     (folder / "comparison.md").write_text(
-        f"# {name} against {start.name}\n\nOn the {comparison.n_images} held-back image(s), never trained on:\n\n"
+        f"# {name} against {base_name}\n\nOn the {comparison.n_images} held-back image(s), never trained on:\n\n"
         f"{table}\n")
     write_json(folder / "comparison.json", {"n_images": comparison.n_images, "base": str(start),
-                                            start.name: comparison.base, name: comparison.finetuned,
+                                            base_name: comparison.base, name: comparison.finetuned,
                                             "held_back_ids": [s.id for s in held]})
-    shown = held[:PICTURE_IMAGES]
-    before, after = _scores(_engine(start_dir), shown)[1], _scores(_engine(tuned_dir), shown)[1]
     panels = []
-    for s in shown:
-        for model, found in ((start.name, before[s.id]), (name, after[s.id])):
-            title = f"{s.id[:20]}: {model}, AP@0.5 {average_precision(s.labels, found):.2f}"
-            panels.append((title, overlay(s.image, found, s.labels)))
+    for s in held[:PICTURE_IMAGES]:
+        for model, labels in ((base_name, found["base"][s.id]), (name, found["tuned"][s.id])):
+            title = f"{s.id[:20]}: {model}, AP@0.5 {average_precision(s.labels, labels):.2f}"
+            panels.append((title, overlay(s.image, labels, s.labels)))
     image_grid(panels, folder / "comparison.png", columns=2)
 
 
