@@ -150,6 +150,8 @@ def sample_range(values: np.ndarray, norm: Normalization, quantum: float = 0.0) 
     ``quantum``: the step between stored values (1 for integer images), the least noise there can be."""
     if values.size == 0:
         return 0.0, 1.0
+    if norm.kind == "foreground":  # sorted once: the several percentiles below then cost half as much
+        values = np.sort(values)
     scale = float(np.abs(values).max()) or 1.0
     lo, hi = (float(v) for v in np.percentile(values, (norm.low, norm.high)))
     if norm.kind == "foreground" and hi - lo > MIN_RANGE * scale:
