@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,14 +66,21 @@ def build_slide(paths: list[Path], mpx: float, out: Path) -> list[tuple[int, int
     return layout
 
 
-def timed_cli(args: list[str]) -> tuple[float, dict[str, float], dict]:
-    """Wall seconds, peak RSS (MB) per process (the CLI and each worker), and the --json summary."""
+def timed_cli(args: list[str], kill_after: float | None = None, summary: bool = True
+              ) -> tuple[float, dict[str, float], dict]:
+    """Wall seconds, peak RSS (MB) per process (the CLI and each worker), and the --json summary. With
+    ``kill_after`` the CLI and its workers are SIGKILLed after that many seconds (a crash, an OOM kill)."""
     started = time.perf_counter()
-    child = subprocess.Popen([str(REPO / ".venv" / "bin" / "nuclei"), *args, "--json"], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    argv = [str(REPO / ".venv" / "bin" / "nuclei"), *args, *(["--json"] if summary else [])]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
     peaks: dict[int, tuple[str, float]] = {}
     root = psutil.Process(child.pid)
     while child.poll() is None:
+        if kill_after is not None and time.perf_counter() - started > kill_after:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            break
         try:
             for proc in [root, *root.children(recursive=True)]:
                 name = "cli" if proc.pid == child.pid else f"worker {proc.pid}"
@@ -85,6 +93,22 @@ def timed_cli(args: list[str]) -> tuple[float, dict[str, float], dict]:
     seconds = time.perf_counter() - started
     summary = json.loads(out[out.index("{"):]) if "{" in out else {}
     return seconds, {name: round(mb) for name, mb in peaks.values() if mb > 50}, summary
+
+
+def kill_and_rerun(work: Path, workers: int, share: float, report: dict, options: list[str]) -> dict:
+    """A run of the slide killed (SIGKILL, CLI and workers) at ``share`` of the first run's time, then run
+    again: it must finish with the first run's nuclei, and `nuclei check` must find the store whole."""
+    store = work / "slide-killed.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    command = ["segment", str(work / "slide.ome.tif"), "--store", str(store), "--workers", str(workers), *options]
+    after = share * report[f"slide_{workers}w"]["seconds"]
+    timed_cli(command, kill_after=after)
+    seconds, peaks, summary = timed_cli(command)
+    checked = subprocess.run([str(REPO / ".venv" / "bin" / "nuclei"), "check", str(store)], capture_output=True,
+                             text=True)
+    return {"killed_after_s": round(after, 1), "rerun_seconds": round(seconds, 1), "rerun_peak_rss_mb": peaks,
+            "nuclei": summary.get("nuclei"), "first_run_nuclei": report[f"slide_{workers}w"]["nuclei"],
+            "check_exit": checked.returncode, "check": checked.stdout.strip().splitlines()[-1:]}
 
 
 def slide_ap(store: Path, field_store: Path, layout: list[tuple[int, int, str]]) -> dict[str, float]:
@@ -125,6 +149,10 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, help="passed on (default: nuclei's)")
     parser.add_argument("--pairs", type=int, default=1, help="time fields and slide this many times, alternating")
     parser.add_argument("--rescore", action="store_true", help="only score what --keep FOLDER holds (no runs)")
+    parser.add_argument("--kill-at", type=float, help="also: kill a run of the slide at this share of the first "
+                        "run's time, run it again, and check it finished with the first run's nuclei")
+    parser.add_argument("--export", action="store_true", help="also: time `nuclei export --measurements` of the "
+                        "slide's nuclei to CSV, with its peak RSS")
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="nuclei-slide-"))
@@ -160,6 +188,18 @@ def main() -> None:
                                        "peak_rss_mb": peaks, "nuclei": summary.get("nuclei"),
                                        "failed": summary.get("failed")}
         print(json.dumps(report[f"slide_{workers}w"]), flush=True)
+    first = work / f"slide-{max(args.workers)}.zarr"
+    if args.kill_at:
+        report["kill_and_rerun"] = kill_and_rerun(work, max(args.workers), args.kill_at, report, options)
+        print(json.dumps(report["kill_and_rerun"]), flush=True)
+    if args.export:
+        seconds, peaks, _ = timed_cli(["query", str(first), "export", "--measurements", str(work / "nuclei.csv")],
+                                      summary=False)
+        with (work / "nuclei.csv").open() as rows:
+            n_rows = sum(1 for _ in rows) - 1
+        report["export_csv"] = {"seconds": round(seconds, 1), "peak_rss_mb": peaks, "rows": n_rows,
+                                "mb": round((work / "nuclei.csv").stat().st_size / 2**20, 1)}
+        print(json.dumps(report["export_csv"]), flush=True)
     ratios = [report[f"slide_{max(args.workers)}w"]["ratio_to_fields"]]
     for _ in range(args.pairs - 1):  # fields, then slide, again: on a shared machine one pair is one sample
         fields_s = timed_cli(["segment", str(small), "--store", str(work / "fields-again.zarr"), "--workers",

@@ -73,13 +73,14 @@ class FinetuneResult:
 
 
 def starting_model(samples: list[Sample]) -> Path:
-    """The shipped model a lab's images start from: the default one, or the stained-tissue model's family
-    when most images are colour brightfield. The stained-tissue model ships without Keras weights, so stained
-    images fine-tune the generalist, which saw them in its first stages."""
+    """The shipped model a lab's images start from: the stained-tissue model when most images are colour
+    brightfield, else the default one. The stained-tissue model ships as ONNX only; its weights are loaded back
+    from there (`from_onnx`)."""
     stained = sum(is_stained_brightfield(s.raw) for s in samples)
-    if stained > len(samples) / 2:
-        log.info("%d of %d images are colour brightfield (stained tissue); %s has no Keras weights to start "
-                 "from, so fine-tuning starts from the default model", stained, len(samples), STAINED_MODEL_NAME)
+    if stained > len(samples) / 2 and (tissue := SHIPPED_MODELS / STAINED_MODEL_NAME).is_dir():
+        log.info("%d of %d images are colour brightfield (stained tissue): starting from %s", stained,
+                 len(samples), STAINED_MODEL_NAME)
+        return tissue
     found = default_model_path()
     if found is None or not (found / "model.keras").is_file():
         raise ValueError(f"no model with Keras weights to start from ({found}); pass --base MODEL_DIR")
@@ -111,6 +112,9 @@ def finetune_config(base: Path, data: list[str], name: str, out: str, minutes: f
     """The starting model's own recipe (architecture, normalisation, augmentation), changed for a short
     fine-tune within ``minutes`` from its weights."""
     recipe = {k: v for k, v in json.loads((base / "config.json").read_text()).items() if k in TrainConfig.model_fields}
+    # Models from before these were recorded scaled by the dtype's range and saw no per-nucleus brightness.
+    recipe.setdefault("normalization", {"kind": "dtype_range"})
+    recipe.setdefault("nucleus_brightness", 0.0)
     changes = {"data_dir": data, "name": name, "out_dir": out, "init_from": str(base), "seed": seed,
                "minutes": max(0.5, FIT_SHARE * minutes), "precision": training_precision()}
     return TrainConfig(**{**recipe, **changes, **FINETUNE_CHANGES})

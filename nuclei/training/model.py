@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from nuclei.config import TrainConfig
+from nuclei.training.from_onnx import load_onnx_weights
 
 ARCHITECTURE_FIELDS = ("architecture", "depth", "base_filters", "instance_channel")
 
@@ -20,8 +21,9 @@ def build_model(config: TrainConfig) -> keras.Model:
     """The architecture the config names, with a sigmoid output of one channel per target, computing in the
     config's ``precision`` (weights are float32 either way; the output layer always computes in float32).
 
-    With ``init_from`` the weights of that model directory's model.keras are the starting point; its
-    architecture must be the one the config names, so that config.json keeps describing the model.
+    With ``init_from`` the weights of that model directory's model.keras are the starting point (or, for a
+    plain U-Net shipped as ONNX only, its model.onnx: `from_onnx`); its architecture must be the one the config
+    names, so that config.json keeps describing the model.
     """
     initial = _initial_model(Path(config.init_from), config) if config.init_from else None
     if initial is not None and config.precision == "float32":
@@ -34,6 +36,8 @@ def build_model(config: TrainConfig) -> keras.Model:
         keras.mixed_precision.set_global_policy(previous)
     if initial is not None:
         model.set_weights(initial.get_weights())
+        for layer, source in zip(model.layers, initial.layers, strict=True):
+            layer.trainable = source.trainable  # frozen batch norm (`from_onnx`) stays frozen
     return model
 
 
@@ -58,14 +62,16 @@ def _architecture(config: TrainConfig) -> keras.Model:
 
 
 def _initial_model(model_dir: Path, config: TrainConfig) -> keras.Model:
-    source = model_dir / "model.keras"
-    if not source.is_file():
-        raise ValueError(f"{source}: init_from needs a model directory with model.keras")
+    source, exported = model_dir / "model.keras", model_dir / "model.onnx"
+    if not source.is_file() and not (exported.is_file() and config.architecture == "unet"):
+        raise ValueError(f"{source}: init_from needs a model directory with model.keras (or a U-Net's model.onnx)")
     previous = json.loads((model_dir / "config.json").read_text())
     differ = {k: (previous.get(k), getattr(config, k)) for k in ARCHITECTURE_FIELDS
               if previous.get(k) != getattr(config, k)}
     if differ:
         raise ValueError(f"{model_dir}: architecture differs from the requested one (theirs, ours): {differ}")
+    if not source.is_file():
+        return load_onnx_weights(unet(len(config.channels), config.depth, config.base_filters), exported)
     return keras.models.load_model(source, compile=False, safe_mode=True)
 
 
