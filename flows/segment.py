@@ -75,7 +75,7 @@ def segment(
 
 
 def _progress(artifact_id: UUID) -> batch.OnBatch:
-    def update(done: int, total: int) -> None:
+    def update(done: float, total: int) -> None:
         update_progress_artifact(artifact_id, 100.0 * done / max(1, total))
 
     return update

@@ -186,6 +186,18 @@ def test_an_ome_zarr_input_is_a_slide_whatever_its_size(tmp_path: Path) -> None:
     assert again["skipped"] == 1
 
 
+def test_a_slide_run_reports_progress_block_by_block(slide: Path, tmp_path: Path) -> None:
+    """The Prefect progress artifact (`on_batch`) moves as a slide's blocks are labelled, not once at its end."""
+    from nuclei.inference.run import plan, run
+
+    work = plan(SegmentConfig(inputs=[str(slide)], store=str(tmp_path / "s.zarr"), slide_pixels=1, block_size=400))
+    seen: list[tuple[float, int]] = []
+    assert run(work, on_batch=lambda done, total: seen.append((done, total)))[0].status == "done"
+    shares = [done for done, _ in seen]
+    assert all(total == 1 for _, total in seen) and shares == sorted(shares) and shares[-1] == 1.0
+    assert len([s for s in shares if 0 < s < 1]) >= 4  # the slide has 12 blocks
+
+
 def test_a_stop_request_interrupts_a_slide_and_keeps_its_finished_blocks(slide: Path, tmp_path: Path) -> None:
     from nuclei.errors import Interrupted
     from nuclei.inference.run import plan, run

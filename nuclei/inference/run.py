@@ -219,7 +219,9 @@ def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
             and failure.get("mtime") == item.mtime)
 
 
-OnBatch = Callable[[int, int], None]  # (images finished, images in the run): e.g. a Prefect progress artifact
+# (images finished, images in the run): e.g. a Prefect progress artifact. A slide counts as the share of its
+# blocks labelled, so a run of one slide moves block by block.
+OnBatch = Callable[[float, int], None]
 
 
 def expected_workers(config: SegmentConfig) -> int:
@@ -255,7 +257,12 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
             bar.update(len(batch))
             if on_batch:
                 on_batch(len(results), total)
-        for found_slide in segment_slides(plan.slides, plan.settings, progress, stop):  # its blocks as tasks
+
+        def on_block(done: int, blocks: int) -> None:
+            if on_batch:
+                on_batch(len(results) + done / max(1, blocks), total)
+
+        for found_slide in segment_slides(plan.slides, plan.settings, progress, stop, on_block):  # blocks as tasks
             results.append(found_slide)
             bar.update(1)
             if on_batch:

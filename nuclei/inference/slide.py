@@ -180,19 +180,22 @@ def _pixel_size(settings: SegmentConfig, plane: LazyPlane) -> float | None:
 
 # --- the driver ---------------------------------------------------------------------------------------------
 
+OnBlock = Callable[[int, int], None]  # (blocks labelled, blocks of the slide), e.g. for a Prefect progress artifact
+
+
 def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, progress: bool = False,
-                   stop: threading.Event | None = None) -> Iterator[ImageResult]:
+                   stop: threading.Event | None = None, on_block: OnBlock | None = None) -> Iterator[ImageResult]:
     """Segment each slide in turn, its blocks spread over the run's threads or Dask cluster. Once ``stop`` is
     set, queued blocks are cancelled and `Interrupted` raised: the finished blocks stay for the next run."""
     if not items:
         return
     with _mapper(settings, stop) as mapper:
         for item in items:
-            yield segment_slide(item, settings, mapper, progress)
+            yield segment_slide(item, settings, mapper, progress, on_block)
 
 
-def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False
-                  ) -> ImageResult:
+def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False,
+                  on_block: OnBlock | None = None) -> ImageResult:
     """One slide, block by block, into its entry; any failure is the slide's result."""
     started = time.perf_counter()
     store = Store(settings.store, mode="a")
@@ -205,7 +208,8 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
         with store.writing(item.id):  # one writer per entry: a second run on this slide waits, then skips it
             if _current(store, item, digest, key, settings):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
-            n_nuclei, used = _segment_into(store, item, settings, engine, mapper, progress, (digest, hashed), key)
+            n_nuclei, used = _segment_into(store, item, settings, engine, mapper, (progress, on_block),
+                                           (digest, hashed), key)
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
     except (KeyboardInterrupt, Interrupted):
@@ -223,7 +227,7 @@ def _current(store: Store, item: ImageItem, digest: str, key: str, settings: Seg
 
 
 def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine: Engine, mapper: Mapper[Any],
-                  progress: bool, identity: tuple[str, str], key: str) -> tuple[int, Engine]:
+                  progress: tuple[bool, OnBlock | None], identity: tuple[str, str], key: str) -> tuple[int, Engine]:
     """Start or resume the entry, run the rounds, build the pyramid and commit; the nuclei count and the engine
     that ran."""
     with _phase(item.id, "opened, range from a strided sample"):
@@ -236,7 +240,7 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
                        chunk_for(job.block_side))
     if done:
         log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
-    n_nuclei, table, sums = _run_rounds(job, mapper, done, progress)
+    n_nuclei, table, sums = _run_rounds(job, mapper, done, *progress)
     with _phase(item.id, "pyramid levels built"):
         entry.build_pyramids()
     used = job.engine()
@@ -282,7 +286,7 @@ def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
     return job, info, layout.omero(np.ascontiguousarray(cyx))
 
 
-def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool
+def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool, on_block: OnBlock | None = None
                 ) -> tuple[int, np.ndarray, list[dict[str, str]]]:
     """The four rounds; returns the nuclei count, their measurements in label order, and each block's hashes."""
     # Largest windows first: the slide's edge blocks are smaller, and ending on them keeps every worker busy
@@ -290,8 +294,10 @@ def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bo
     todo = sorted((b for b in job.blocks if b.index not in done), key=lambda b: -b.window.shape[0] * b.window.shape[1])
     with tqdm(total=len(job.blocks), initial=len(job.blocks) - len(todo), unit="block", desc=job.item.id,
               disable=not progress) as bar, _phase(job.item.id, f"{len(todo)} blocks labelled"):
-        for _ in mapper(label_block, [(job, b) for b in todo]):
+        for finished, _ in enumerate(mapper(label_block, [(job, b) for b in todo]), len(job.blocks) - len(todo) + 1):
             bar.update(1)
+            if on_block:  # not bar.n: a disabled tqdm counts nothing
+                on_block(finished, len(job.blocks))
     ids: list[np.ndarray] = [np.zeros(0, np.int64)] * len(job.blocks)
     matches: dict[tuple[int, int], np.ndarray] = {}
     with _phase(job.item.id, "blocks matched and numbered"):
