@@ -338,6 +338,23 @@ def test_measure_matches_regionprops_across_row_blocks(shift: int) -> None:
             (p.perimeter, p.solidity, p.extent, p.euler_number))
 
 
+def test_outline_features_of_touching_holed_and_broken_labels_are_regionprops_own() -> None:
+    """Perimeter and Euler number are computed for all labels at once: the same as scikit-image on each
+    label's own crop, for labels that touch, have holes, are in pieces or meet the image's edge."""
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        labels = rng.integers(0, 6, (60, 70))
+        labels[rng.random(labels.shape) < 0.3] = 0
+        table = measure(labels, labels.astype(np.float64))
+        props = regionprops(labels)
+        at = {name: i for i, name in enumerate(MEASUREMENT_COLUMNS)}
+        assert table[:, at["perimeter_px"]] == pytest.approx([p.perimeter for p in props], abs=1e-9)
+        assert table[:, at["euler_number"]].tolist() == [p.euler_number for p in props]
+        assert table[:, at["solidity"]] == pytest.approx([p.solidity for p in props])
+
+
 def test_median_diameter_is_the_equivalent_diameter_of_the_median_nucleus() -> None:
     small, large = np.zeros((40, 40), np.int32), np.zeros((40, 40), np.int32)
     small[:4, :4] = 1  # 16 px
