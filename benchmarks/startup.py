@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import resource
 import shutil
 import statistics
@@ -39,10 +40,10 @@ for path in sorted(glob.glob(folder + "/*.png")):
 """
 
 
-def _measure(argv: list[str]) -> tuple[float, float]:
+def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--float32", action="store_true")
     parser.add_argument("--workers", type=int, help="also time `nuclei segment --workers N` (a Dask LocalCluster)")
+    parser.add_argument("--also", type=Path, help="also time another checkout of nuclei (e.g. `git worktree add "
+                        "/tmp/before HEAD~3`), interleaved: before/after in one run")
     args = parser.parse_args()
 
     model = load_model_dir(args.model)
@@ -70,18 +73,23 @@ def main() -> None:
         nuclei.append("--float32")
     print(f"model {model.version} ({onnx.name}); rounds {args.rounds}; medians of whole processes")
     print(f"{'images':>7} {'nuclei wall':>12} {'loop wall':>10} {'ratio':>6} {'nuclei CPU':>11} {'loop CPU':>9} "
-          f"{'ratio':>6}" + (f" {'--workers ' + str(args.workers) + ' wall':>17} {'ratio':>6}" if args.workers else ""))
+          f"{'ratio':>6}" + (f" {'--workers ' + str(args.workers) + ' wall':>17} {'ratio':>6}" if args.workers else "")
+          + (f" {'--also wall':>12} {'ratio':>6}" if args.also else ""))
+    other = {**os.environ, "PYTHONPATH": str(args.also)} if args.also else None
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.counts:
             folder = Path(tmp) / f"in{count}"
             folder.mkdir()
             for image_id in ids[:count]:
                 shutil.copy(DEV / "images" / f"{image_id}.png", folder)
-            ours, loop, cluster = [], [], []
+            ours, loop, cluster, theirs = [], [], [], []
             for round_ in range(args.rounds):
                 store = Path(tmp) / f"s{count}-{round_}.zarr"
                 ours.append(_measure([*nuclei, str(folder), "--store", str(store)]))
                 loop.append(_measure([sys.executable, "-c", LOOP, str(onnx), str(folder)]))
+                if other:
+                    store = Path(tmp) / f"a{count}-{round_}.zarr"
+                    theirs.append(_measure([*nuclei, str(folder), "--store", str(store)], other))
                 if args.workers:
                     store = Path(tmp) / f"c{count}-{round_}.zarr"
                     cluster.append(_measure([*nuclei, str(folder), "--store", str(store), "--workers",
@@ -89,9 +97,11 @@ def main() -> None:
             wall = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in loop)
             cpu = statistics.median(c for _, c in ours), statistics.median(c for _, c in loop)
             on_cluster = statistics.median(w for w, _ in cluster) if cluster else 0.0
+            also = statistics.median(w for w, _ in theirs) if theirs else 0.0
             print(f"{count:>7} {wall[0]:>11.2f}s {wall[1]:>9.2f}s {wall[0] / wall[1]:>6.2f} {cpu[0]:>10.2f}s "
                   f"{cpu[1]:>8.2f}s {cpu[0] / cpu[1]:>6.2f}"
-                  + (f" {on_cluster:>16.2f}s {on_cluster / wall[1]:>6.2f}" if cluster else ""))
+                  + (f" {on_cluster:>16.2f}s {on_cluster / wall[1]:>6.2f}" if cluster else "")
+                  + (f" {also:>11.2f}s {also / wall[1]:>6.2f}" if theirs else ""))
 
 
 if __name__ == "__main__":
