@@ -234,6 +234,35 @@ def test_check_verifies_a_slide_entry_block_by_block(slide: Path, tmp_path: Path
     assert list(report.damaged) == ["mosaic.ome"] and "block [512, 1000, 512, 1024]" in report.damaged["mosaic.ome"]
 
 
+def test_slide_exports_read_a_window_at_a_time_and_equal_whole_image_ones(slide: Path, tmp_path: Path) -> None:
+    """QuPath/ImageJ outlines of a slide come a window of labels at a time (each nucleus once, whole, where its
+    box starts), the same polygons as from the whole label image; its overlay is drawn from a pyramid level."""
+    import json
+
+    import roifile
+
+    from nuclei.cli.main import main
+    from nuclei.core.outlines import polygons
+    from nuclei.store.rois import entry_outlines
+
+    store = tmp_path / "s.zarr"
+    assert nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=512)["done"] == 1
+    entry = Store(str(store)).open_entry("mosaic.ome")
+    whole = polygons(entry.labels())
+    windowed = dict(entry_outlines(entry, window=256))  # 4 x 6 windows: many nuclei reach past one
+    assert len(windowed) == len(whole) > 100 and set(windowed) == set(whole)
+    assert all(np.array_equal(windowed[label], xy) for label, xy in whole.items())
+
+    assert main(["query", str(store), "export", str(tmp_path / "rois"), "--rois", "qupath"]) == 0
+    features = json.loads((tmp_path / "rois" / "mosaic.ome.geojson").read_text())["features"]
+    assert len(features) == len(whole)
+    assert main(["query", str(store), "export", str(tmp_path / "fiji"), "--rois", "imagej"]) == 0
+    assert len(roifile.roiread(tmp_path / "fiji" / "mosaic.ome.zip")) == len(whole)
+
+    picture = nuclei.open_store(store).overlay("mosaic.ome", max_side=700)
+    assert picture.shape == (500, 650, 3) and picture.dtype == np.uint8  # level 1 of 1000 x 1300
+
+
 def test_a_big_slide_is_identified_by_its_size_head_and_tail(slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nuclei.io.lazy as lazy
 

@@ -19,17 +19,24 @@ def polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
-        mask = labels[box] == index
-        big = np.pad(np.kron(mask, np.ones((UPSAMPLE, UPSAMPLE), np.uint8)), 1)
-        contours = find_contours(big.astype(np.float32), 0.5)
-        if not contours:
-            continue
-        outer = max(contours, key=len)
-        # upsampled index c (padded by 1) -> image coordinate: (c - 1 + 0.5) / UPSAMPLE + the box's origin
-        yx = (outer - 0.5) / UPSAMPLE + np.array([box[0].start, box[1].start])
-        yx = approximate_polygon(yx, tolerance=SIMPLIFY_PX)
-        found[index] = yx[:, ::-1].astype(np.float64)
+        xy = polygon(labels[box] == index, (box[0].start, box[1].start))
+        if xy is not None:
+            found[index] = xy
     return found
+
+
+def polygon(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray | None:
+    """The outer boundary of ``mask`` (its largest piece) as (N, 2) (x, y) vertices along pixel edges, in the
+    coordinates of the image whose pixel ``origin`` (y, x) is the mask's first; None for an empty mask."""
+    big = np.pad(np.kron(mask, np.ones((UPSAMPLE, UPSAMPLE), np.uint8)), 1)
+    contours = find_contours(big.astype(np.float32), 0.5)
+    if not contours:
+        return None
+    outer = max(contours, key=len)
+    # upsampled index c (padded by 1) -> image coordinate: (c - 1 + 0.5) / UPSAMPLE + the mask's origin
+    yx = (outer - 0.5) / UPSAMPLE + np.array(origin)
+    yx = approximate_polygon(yx, tolerance=SIMPLIFY_PX)
+    return yx[:, ::-1].astype(np.float64)
 
 
 def polygon_area(xy: np.ndarray) -> float:

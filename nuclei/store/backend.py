@@ -131,7 +131,15 @@ class StoredEntry:
         return node
 
     def labels(self, level: int = 0) -> np.ndarray:
-        return np.asarray(self._array(layout.LABELS_PATH.format(level=level))[...])
+        return np.asarray(self.labels_array(level)[...])
+
+    def labels_array(self, level: int = 0) -> zarr.Array:
+        """The label image unread (a slide's may not fit memory): read windows of it."""
+        return self._array(layout.LABELS_PATH.format(level=level))
+
+    def image_array(self, level: int = 0) -> zarr.Array:
+        """The stored image unread, (c, y, x)."""
+        return self._array(layout.IMAGE_PATH.format(level=level))
 
     def mask(self, level: int = 0) -> np.ndarray:
         return np.asarray(self._array(layout.MASK_PATH.format(level=level))[...])

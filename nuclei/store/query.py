@@ -22,7 +22,7 @@ import numpy as np
 
 from nuclei.errors import StoreError
 from nuclei.io.images import write_png
-from nuclei.store.backend import Store, validate_id
+from nuclei.store.backend import Store, StoredEntry, validate_id
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ExportKind = Literal["labels", "masks", "overlay"]
 EXPORT_KINDS: tuple[ExportKind, ...] = ("labels", "masks", "overlay")
 _GLOB_CHARS = frozenset("*?[")
+# Overlays of larger images are drawn from a pyramid level (about 1 GB to draw one of 4096 x 4096).
+OVERLAY_MAX_SIDE = 4096
 _UINT16_MAX = 2**16 - 1
 
 
@@ -155,11 +157,18 @@ class NucleiStore:
         columns, table = self._store.read_measurements(validate_id(image_id))
         return {name: table[:, i] for i, name in enumerate(columns)}
 
-    def overlay(self, image_id: str) -> np.ndarray:
-        """RGB uint8 (H, W, 3): the stored image with its nuclei outlined."""
+    def overlay(self, image_id: str, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+        """RGB uint8 (H, W, 3): the stored image with its nuclei outlined. An image larger than ``max_side`` on
+        a side (a slide) is drawn from the first pyramid level that fits: a downsampled picture, read without
+        the full-size image or labels (drawing a 12000 x 12000 image at full size took 9 GB)."""
         from nuclei.plots import overlay  # matplotlib: only when a picture is asked for
 
-        return overlay(_displayable(self.image(image_id)), self.labels(image_id))
+        entry = self._store.open_entry(validate_id(image_id))
+        level = 0
+        while max(entry.labels_array(level).shape) > max_side and _has_level(entry, level + 1):
+            level += 1
+        image = np.moveaxis(np.asarray(entry.image_array(level)[...]), 0, -1)
+        return overlay(_displayable(image), np.asarray(entry.labels_array(level)[...]))
 
     # --- export --------------------------------------------------------------------------------------
 
@@ -252,6 +261,14 @@ def _check_label_range(records: list[EntryRecord]) -> None:
         if record.n_nuclei > _UINT16_MAX:
             raise StoreError(f"image {record.id!r} has {record.n_nuclei} nuclei; a 16-bit label PNG holds at "
                              f"most {_UINT16_MAX}")
+
+
+def _has_level(entry: StoredEntry, level: int) -> bool:
+    try:
+        entry.labels_array(level)
+    except (KeyError, StoreError):
+        return False
+    return True
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
