@@ -263,6 +263,19 @@ def test_slide_exports_read_a_window_at_a_time_and_equal_whole_image_ones(slide:
     assert picture.shape == (500, 650, 3) and picture.dtype == np.uint8  # level 1 of 1000 x 1300
 
 
+def test_a_folder_of_jpeg_tiled_svs_slides_is_found_and_segmented(tmp_path: Path) -> None:
+    """Aperio's .svs (a TIFF with JPEG tiles) in a folder: found (a folder of them was found empty), decoded
+    through imagecodecs, and segmented as a slide in blocks like any tiled TIFF."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    eight_bit = (_mosaic() / 16).clip(0, 255).astype(np.uint8)  # JPEG tiles are 8-bit, as scanners write them
+    tifffile.imwrite(folder / "scan.svs", eight_bit, tile=(256, 256), compression="jpeg")
+    summary = nuclei.segment([str(folder)], store=tmp_path / "s.zarr", slide_pixels=1, block_size=512)
+    assert summary["done"] == 1, summary["failures"]
+    record = Store(str(tmp_path / "s.zarr")).record("scan")
+    assert record is not None and record.model_extra and "slide" in record.model_extra and record.n_nuclei > 100
+
+
 def test_a_big_slide_is_identified_by_its_size_head_and_tail(slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nuclei.io.lazy as lazy
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-TIFF_SUFFIXES = (".tif", ".tiff")
+# TIFF and its slide-scanner dialects: Aperio SVS, BigTIFF's .btf (a folder of them was found empty before)
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
+IMAGE_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg", ".bmp")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

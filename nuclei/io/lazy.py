@@ -22,9 +22,9 @@ import zarr
 
 from nuclei.core.blocks import Box
 from nuclei.errors import InputError
+from nuclei.io.images import TIFF_SUFFIXES
 from nuclei.io.planes import _TO_UM, LabImage, PlaneChoice, _ome_channels_and_size, _resolution_size, select
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
 ZARR_SUFFIX = ".zarr"
 # Files up to this size are identified by the sha256 of their bytes, as small images are (a sequential read, about
 # 1 s a GB locally); larger ones by their size and first and last MiB, which hold a TIFF's header and tags.
