@@ -58,6 +58,16 @@ def fsync_path(path: str) -> None:
         os.close(handle)
 
 
+def fsync_tree(folder: str) -> None:
+    """Make every file and folder under ``folder`` (and its name in its parent) durable: for what another writer
+    (zarr, chunk by chunk) wrote there, before a record that points at it."""
+    for root, _, names in os.walk(folder, topdown=False):  # files, then their folder, deepest first
+        for name in names:
+            fsync_path(os.path.join(root, name))
+        fsync_folder(root)
+    fsync_folder(os.path.dirname(folder) or ".")
+
+
 def _parents(folders: set[str], prefix: str) -> set[str]:
     """Every folder between ``prefix`` and the files' own folders (os.makedirs may create several)."""
     found = set()

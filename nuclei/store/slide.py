@@ -31,6 +31,7 @@ from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.core.blocks import Box
 from nuclei.store import layout
 from nuclei.store.backend import Store, _index_is_ours, array_sha256, id_to_key
+from nuclei.store.durable import fsync_tree, write_atomically
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,11 @@ class SlideEntry:
         return np.asarray(np.load(io.BytesIO(bytes(_ZSTD.decode(blob)))))
 
     def _put(self, path: str, blob: bytes) -> None:
-        """Whole or absent: a temp file renamed into place on local disks, one PUT on object stores."""
+        """Whole or absent: a temp file fsynced and renamed into place on local disks, one PUT on object stores."""
         if not self.store.local:
             self.store.fs.pipe_file(path, blob)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(blob)
-        os.replace(tmp, path)
+        write_atomically(path, blob)  # fsynced: a block the next run skips must be on disk after a power cut
 
     # --- arrays ------------------------------------------------------------------------------------------
 
@@ -180,6 +177,8 @@ class SlideEntry:
                                    fill_value=0.0, overwrite=True, attributes={"columns": list(columns)})
         array[...] = table
         self._write_metadata(group, typed, omero)
+        if self.store.local:  # zarr wrote the chunks unsynced: on disk before the record that points at them
+            fsync_tree(f"{self.store.root_path}/images/{self.key}")
         self.store._commit(typed)  # the store's own commit: the record, written last (no public one yet)
         self.store.fs.rm(self.scratch, recursive=True)
         return typed
