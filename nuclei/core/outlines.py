@@ -4,9 +4,10 @@ nucleus's pixel count, not 1 px smaller all round: what QuPath and Fiji should i
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 UPSAMPLE = 8  # contours on an 8x nearest-neighbour copy run 1/16 px from the true pixel edges
 SIMPLIFY_PX = 0.25  # polygon simplification tolerance, in pixels of the image
@@ -33,10 +34,14 @@ def polygon(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray | 
     if not contours:
         return None
     outer = max(contours, key=len)
-    # upsampled index c (padded by 1) -> image coordinate: (c - 1 + 0.5) / UPSAMPLE + the mask's origin
-    yx = (outer - 0.5) / UPSAMPLE + np.array(origin)
-    yx = approximate_polygon(yx, tolerance=SIMPLIFY_PX)
-    return yx[:, ::-1].astype(np.float64)
+    # upsampled index c (padded by 1) -> the mask's coordinate: (c - 1 + 0.5) / UPSAMPLE
+    local = ((outer - 0.5) / UPSAMPLE)[:, ::-1].astype(np.float32)  # (x, y)
+    if len(local) > 3 and np.array_equal(local[0], local[-1]):
+        # OpenCV's Douglas-Peucker (skimage's approximate_polygon, the same algorithm in Python, was 70% of
+        # the time: 4 ms a nucleus, 10 minutes for a slide's 143k outlines), in the mask's own coordinates
+        local = cv2.approxPolyDP(local[:-1, None], SIMPLIFY_PX, closed=True)[:, 0]
+        local = np.concatenate([local, local[:1]])
+    return local.astype(np.float64) + np.array(origin[::-1], dtype=np.float64)
 
 
 def polygon_area(xy: np.ndarray) -> float:
