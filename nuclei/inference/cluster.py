@@ -162,9 +162,14 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
 
     workers, threads = local_cluster_size(n_workers)
     env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    # Where the caller keeps the cluster quiet (the CLI without -v), its workers are quiet too: on Ctrl-C a
+    # worker's heartbeat can race the scheduler's close and print an ERROR traceback over the run's last line.
+    # Failed images are in the run's summary either way.
+    quiet = logging.getLogger("distributed").getEffectiveLevel() > logging.INFO
     with _workers_leave_signals_to_us():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", env=env)
+                               dashboard_address="127.0.0.1:0", env=env,
+                               silence_logs=logging.CRITICAL if quiet else logging.WARNING)
     with cluster, Client(cluster) as client:
         log.info("LocalCluster: %d workers x 1 task, %d ONNX thread(s) each; dashboard %s",
                  workers, threads, client.dashboard_link)
