@@ -12,9 +12,10 @@ import os
 import uuid
 
 
-def fsync_folder(folder: str) -> None:
-    """Make the names in ``folder`` (new files, renames, deletions) durable."""
-    handle = os.open(folder, os.O_RDONLY)
+def fsync_path(path: str) -> None:
+    """Flush a written (and closed) file to disk, or make the names in a folder (new files, renames, deletions)
+    durable."""
+    handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
@@ -45,17 +46,8 @@ def write_files(prefix: str, files: dict[str, bytes], fsync: bool = True) -> Non
     for path in written:
         fsync_path(path)
     for folder in sorted(folders | _parents(folders, prefix), key=len, reverse=True):  # deepest first
-        fsync_folder(folder)
-    fsync_folder(os.path.dirname(prefix) or ".")
-
-
-def fsync_path(path: str) -> None:
-    """Flush one written (and closed) file to disk."""
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+        fsync_path(folder)
+    fsync_path(os.path.dirname(prefix) or ".")
 
 
 def fsync_tree(folder: str) -> None:
@@ -64,8 +56,8 @@ def fsync_tree(folder: str) -> None:
     for root, _, names in os.walk(folder, topdown=False):  # files, then their folder, deepest first
         for name in names:
             fsync_path(os.path.join(root, name))
-        fsync_folder(root)
-    fsync_folder(os.path.dirname(folder) or ".")
+        fsync_path(root)
+    fsync_path(os.path.dirname(folder) or ".")
 
 
 def _parents(folders: set[str], prefix: str) -> set[str]:
@@ -89,7 +81,7 @@ def write_atomically(path: str, blob: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fsync_folder(folder)
+    fsync_path(folder)
 
 
 def remove_durably(path: str) -> bool:
@@ -98,5 +90,5 @@ def remove_durably(path: str) -> bool:
         os.remove(path)
     except FileNotFoundError:
         return False
-    fsync_folder(os.path.dirname(path))
+    fsync_path(os.path.dirname(path))
     return True
