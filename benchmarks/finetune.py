@@ -4,6 +4,7 @@ never trained on, scored against the default model on that experiment's other im
     .venv/bin/python benchmarks/finetune.py bbbc039-wells-a-c --n 10 --minutes 15
     .venv/bin/python benchmarks/finetune.py he-tissue --n 5 --minutes 15
     .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --precision float32
+    .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --swap     # the other fold of the same draw
 
 Groups (../shared/data): `bbbc039-wells-a-c` (33 U2OS Hoechst fields held out of the generalist's training),
 `bm-cytospins` (S-BSST265's 10 bone-marrow cytospins, held out, nuclei ~100 px), `he-tissue` (DSB2018's 105
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], help="override the fine-tune's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--swap", action="store_true", help="train on the images not drawn, score on the N drawn: "
+                        "with N half the group, the other fold of a two-fold cross-validation")
     args = parser.parse_args()
 
     folder, rule = GROUPS[args.group]
@@ -71,6 +74,8 @@ def main() -> None:
     picks = set(np.random.default_rng(args.seed).permutation(len(group))[: args.n].tolist())
     train = [s for i, s in enumerate(group) if i in picks]
     rest = [s for i, s in enumerate(group) if i not in picks]
+    if args.swap:
+        train, rest = rest, train
     if args.group in SCORE_ONLY_UNSEEN_BY:
         from nuclei.modeldir import SHIPPED_MODELS
 

@@ -66,6 +66,8 @@ def train(
     scale_range: tuple[float, float] = (1.0, 1.0),
     normalization: Normalization = FOREGROUND,
     nucleus_brightness: float = 0.5,
+    stain_jitter: float = 0.0,
+    include: list[str] | None = None,
     held_out: list[str] | None = None,
     held_out_in_validation: bool = True,
     balance_categories: bool = False,

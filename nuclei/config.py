@@ -61,6 +61,12 @@ class TrainConfig(BaseModel):
     nucleus_brightness: float = Field(0.5, ge=0.0, le=1.0, description="share of training crops whose nuclei "
                                       "each get a brightness of their own (5-100%, a few pushed to saturation), "
                                       "so dim nuclei beside bright ones are found")
+    stain_jitter: float = Field(0.0, ge=0.0, le=0.5, description="colour brightfield crops: the haematoxylin, "
+                                "eosin and DAB densities each scaled and shifted by up to this (HED "
+                                "augmentation), so other labs' staining is seen; 0.05 light, 0.2 strong")
+    include: list[str] = Field(default_factory=list, description="train and validate only on images of these "
+                               "groups (DATASET:FIELD=REGEX, as held_out), e.g. a stained-tissue specialist: "
+                               "'dsb2018-dev:category=^color_bright$'; empty: every image")
     held_out: list[str] = Field(default_factory=list, description="whole groups never trained on, scored apart "
                                 "(what a new lab's images would get): DATASET:FIELD=REGEX on manifest.csv fields, "
                                 "id or category, e.g. 'bbbc039:id=_[A-C]\\d\\d_'")
@@ -89,7 +95,7 @@ class TrainConfig(BaseModel):
         for dataset, factor in self.dataset_weights.items():
             if not factor > 0:
                 raise ValueError(f"dataset_weights[{dataset!r}] = {factor} must be > 0")
-        for rule in self.held_out:
+        for rule in [*self.held_out, *self.include]:
             if ":" not in rule or "=" not in rule.partition(":")[2]:
                 raise ValueError(f"held_out rule {rule!r} must read DATASET:FIELD=REGEX")
         return self

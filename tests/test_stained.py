@@ -117,3 +117,28 @@ def test_a_stained_model_that_does_not_load_is_a_one_line_error_before_any_work(
     assert not (tmp_path / "s.zarr").exists()
     settled = preflight(config.model_copy(update={"stained_model": "none"}))
     assert settled.stained_model == "none"
+
+
+def test_stain_jitter_changes_the_staining_of_real_tissue_but_not_where_the_nuclei_are() -> None:
+    """HED augmentation: exact round trip without a change, haematoxylin-dark nuclei stay darker than the
+    tissue around them, grey images are left alone."""
+    from skimage.color import hed_from_rgb
+
+    from nuclei.training.augment import jitter_stain
+
+    he = _stored(HE)[..., :3].astype(np.float32) / 255
+    labels = cv2.imread(str(SAMPLES / "labels" / f"{HE}.png"), cv2.IMREAD_UNCHANGED) > 0
+    same = jitter_stain(he, 1e-9, np.random.default_rng(0))
+    assert np.abs(same - np.clip(he, 1e-3, 1.0)).max() < 1e-4
+    haematoxylin = -np.log(np.clip(he, 1e-3, 1.0)) @ hed_from_rgb
+    changes = []
+    for seed in range(5):
+        varied = jitter_stain(he, 0.1, np.random.default_rng(seed))
+        assert varied.shape == he.shape and varied.dtype == np.float32 and 0 <= varied.min() <= varied.max() <= 1
+        changes.append(float(np.abs(varied - he).mean()))
+        h = (-np.log(np.clip(varied, 1e-3, 1.0)) @ hed_from_rgb)[..., 0]
+        assert h[labels].mean() > h[~labels].mean() + 0.5 * (haematoxylin[..., 0][labels].mean()
+                                                           - haematoxylin[..., 0][~labels].mean())
+    assert min(changes) > 0.002 and len(set(changes)) == 5  # a different stain every draw
+    grey = np.repeat(he.mean(axis=2, keepdims=True), 3, axis=2)
+    assert jitter_stain(grey, 0.1, np.random.default_rng(0)) is grey

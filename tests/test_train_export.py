@@ -271,6 +271,25 @@ def test_held_out_groups_can_leave_validation_too() -> None:
     assert len(left.held_out["b:id=^group"]) == 20  # still scored as a group, validation images included
 
 
+def test_include_trains_a_specialist_on_its_parents_split_of_one_group() -> None:
+    """A stained-tissue specialist keeps exactly the colour tiles its parent trained and validated on."""
+    from nuclei.io.datasets import Dataset, Sample
+    from nuclei.training.steps import split
+
+    ids = [f"{'stain' if i % 3 else 'grey'}{i:02d}" for i in range(60)]
+    data = Dataset(Path("b"), "paired", samples=[
+        Sample(i, np.zeros((2, 2)), np.zeros((2, 2), np.uint16), Path("x"), dataset="b") for i in ids])
+    parent = split(data, TrainConfig(data_dir="b", crop_size=64))
+    only = split(data, TrainConfig(data_dir="b", crop_size=64, include=["b:id=^stain"]))
+    assert [s.id for s in only.train] == [s.id for s in parent.train if s.id.startswith("stain")]
+    assert [s.id for s in only.val] == [s.id for s in parent.val if s.id.startswith("stain")]
+    assert only.val and not only.held_out
+    with pytest.raises(ValueError, match="match no image"):
+        split(data, TrainConfig(data_dir="b", crop_size=64, include=["b:id=^nothing"]))
+    with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
+        TrainConfig(data_dir="x", include=["stain"])
+
+
 def test_config_rejects_a_malformed_held_out_rule() -> None:
     with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
         TrainConfig(data_dir="x", held_out=["bbbc039"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 from nuclei.core.normalize import CLIP
 from nuclei.core.tiling import pad_to_at_least
@@ -63,6 +64,18 @@ def jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     elif roll < 0.4:
         image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
     return image
+
+
+def jitter_stain(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Another lab's staining: the haematoxylin, eosin and DAB optical densities (Ruifrok-Johnston colour
+    deconvolution, scikit-image's matrices) each scaled by 1 +- sigma and shifted by +- sigma, as Tellez et al.
+    (Med Image Anal 2019) augment H&E; 0.05 is their light setting. Exact without it: densities are not clipped
+    (scikit-image's rgb2hed clips them, which alone moves colours by up to 0.2). Colour images, 0..1."""
+    if sigma <= 0 or _is_grey(image):
+        return image
+    density = -np.log(np.clip(image, 1e-3, 1.0)) @ hed_from_rgb
+    density = density * rng.uniform(1 - sigma, 1 + sigma, size=3) + rng.uniform(-sigma, sigma, size=3)
+    return np.clip(np.exp(-(density @ rgb_from_hed)), 0.0, 1.0).astype(np.float32)
 
 
 # Per-nucleus gains are log-uniform over this range: interphase nuclei at 5-100% of their neighbours' brightness.
@@ -129,9 +142,11 @@ def augmented_crop(
     scale_range: tuple[float, float] = (1.0, 1.0),
     labels: np.ndarray | None = None,
     nucleus_brightness: float = 0.0,
+    stain_jitter: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A training example: a random (zoomed) crop, then (optionally) symmetries, brightness per nucleus (in a
-    ``nucleus_brightness`` share of crops; needs the instance ``labels``), colour and intensity jitter."""
+    ``nucleus_brightness`` share of crops; needs the instance ``labels``), stain (``stain_jitter``: the HED
+    sigma), colour and intensity jitter."""
     zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
     vary = augment and labels is not None and rng.random() < nucleus_brightness
     if vary:  # the labels ride along as a last target plane, so the crop, zoom and symmetries match
@@ -142,5 +157,5 @@ def augmented_crop(
         if vary:
             image = vary_nuclei_brightness(image, np.rint(target[..., -1]).astype(np.int32), rng)
             target = target[..., :-1]
-        image = jitter_intensity(jitter_colour(image, rng), rng)
+        image = jitter_intensity(jitter_colour(jitter_stain(image, stain_jitter, rng), rng), rng)
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(target, np.float32)

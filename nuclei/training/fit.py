@@ -85,6 +85,7 @@ class CropBatches(keras.utils.PyDataset):
             self.images[index], self.targets[index], self.config.crop_size, self.rng,
             augment=self.train and self.config.augment, scale_range=self.config.scale_range,
             labels=self.labels[index], nucleus_brightness=self.config.nucleus_brightness,
+            stain_jitter=self.config.stain_jitter,
         )
 
     def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:

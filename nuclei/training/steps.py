@@ -55,9 +55,10 @@ def load(config: TrainConfig) -> Dataset:
 
 def split(dataset: Dataset, config: TrainConfig) -> Split:
     """Per data set, a seeded 80:20 split of its training subset (a seed layout's test/ folder is never trained
-    on); then every image of a held-out group leaves the training part (and, with
-    ``held_out_in_validation=False``, the validation part too). Otherwise validation images stay validation images,
-    so one data set's split is the same whether or not others are trained beside it."""
+    on); with ``include``, only the images of those groups stay in either part; then every image of a held-out
+    group leaves the training part (and, with ``held_out_in_validation=False``, the validation part too).
+    Otherwise validation images stay validation images, so one data set's split is the same whether or not
+    others are trained beside it."""
     data = Split([], [])
     for name in dict.fromkeys(s.dataset for s in dataset.samples):
         pool = [s for s in dataset.subset("train") if s.dataset == name]
@@ -67,6 +68,12 @@ def split(dataset: Dataset, config: TrainConfig) -> Split:
         train_idx, val_idx = split_indices(len(pool), config.val_fraction, config.seed)
         data.train.extend(pool[i] for i in train_idx)
         data.val.extend(pool[i] for i in val_idx)
+    if config.include:  # after the split, so a specialist's images split exactly as its parent's did
+        wanted = {id(s) for s in dataset.samples if any(matches_group(s, rule) for rule in config.include)}
+        if not wanted:
+            raise ValueError(f"include rules {config.include} match no image")
+        data.train = [s for s in data.train if id(s) in wanted]
+        data.val = [s for s in data.val if id(s) in wanted]
     for rule in config.held_out:
         data.held_out[rule] = [s for s in dataset.samples if matches_group(s, rule)]
         if not data.held_out[rule]:
