@@ -64,6 +64,9 @@ class TrainConfig(BaseModel):
     stain_jitter: float = Field(0.0, ge=0.0, le=0.5, description="colour brightfield crops: the haematoxylin, "
                                 "eosin and DAB densities each scaled and shifted by up to this (HED "
                                 "augmentation), so other labs' staining is seen; 0.05 light, 0.2 strong")
+    validation_zooms: list[float] = Field([1.0], min_length=1, description="validation crops at each of these "
+                                          "zooms (fixed, seeded): early stopping then weighs the nucleus sizes the "
+                                          "scale_range trains for, e.g. [0.5, 1.0]; default: the data's own scale")
     include: list[str] = Field(default_factory=list, description="train and validate only on images of these "
                                "groups (DATASET:FIELD=REGEX, as held_out), e.g. a stained-tissue specialist: "
                                "'dsb2018-dev:category=^color_bright$'; empty: every image")

@@ -166,7 +166,7 @@ def test_deployments_train_segment_and_schedule(prefect: Prefect) -> None:
     # `make worker` + `make deploy`, from the project folder (it becomes the runs' working directory).
     prefect.cli("work-pool", "create", POOL, "--type", "process")
     out = prefect.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    for name in ("train/sample", "train/dsb2018", "train/generalist", "segment/watch-folder"):
+    for name in ("train/sample", "train/dsb2018", "train/generalist", "train/stained", "segment/watch-folder"):
         assert name in out, out
     recipe = prefect.cli("deployment", "inspect", "train/dsb2018")  # the shipped model's stages, in one run
     assert "'contact_weight': 5.0" in recipe and "'quantize_int8': True" in recipe, recipe

@@ -290,6 +290,30 @@ def test_include_trains_a_specialist_on_its_parents_split_of_one_group() -> None
         TrainConfig(data_dir="x", include=["stain"])
 
 
+def test_validation_crops_cover_every_zoom_asked_for(synthetic_dir: Path) -> None:
+    """Early stopping can weigh the nucleus sizes a scale range trains for: fixed crops per zoom, zoom 1 as
+    before."""
+    from nuclei.io.datasets import load_dataset
+    from nuclei.training.fit import CropBatches
+
+    samples = load_dataset(synthetic_dir, progress=False).samples[:5]
+    plain = CropBatches(samples, TrainConfig(data_dir="x", crop_size=64, batch_size=4), train=False)
+    both = CropBatches(samples, TrainConfig(data_dir="x", crop_size=64, batch_size=4, validation_zooms=[1.0, 0.5]),
+                       train=False)
+    assert len(plain) == 2 and len(both) == 3  # 5 and 10 crops in batches of 4
+    first = np.concatenate([plain[i][1] for i in range(len(plain))])
+    again = np.concatenate([both[i][1] for i in range(len(both))])
+    np.testing.assert_array_equal(again[:5], first)  # the zoom-1 crops are the ones validation always had
+    def mean_area(masks: np.ndarray) -> float:
+        from scipy import ndimage as ndi
+
+        areas = [np.bincount(ndi.label(m > 0.5)[0].ravel())[1:] for m in masks]
+        return float(np.concatenate(areas).mean())
+
+    assert mean_area(again[5:, ..., 0]) < 0.5 * mean_area(first[..., 0])  # zoom 0.5: nuclei a quarter the area
+    assert both[0][0].shape == (4, 64, 64, 3)
+
+
 def test_config_rejects_a_malformed_held_out_rule() -> None:
     with pytest.raises(ValueError, match="DATASET:FIELD=REGEX"):
         TrainConfig(data_dir="x", held_out=["bbbc039"])

@@ -143,11 +143,13 @@ def augmented_crop(
     labels: np.ndarray | None = None,
     nucleus_brightness: float = 0.0,
     stain_jitter: float = 0.0,
+    zoom: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A training example: a random (zoomed) crop, then (optionally) symmetries, brightness per nucleus (in a
     ``nucleus_brightness`` share of crops; needs the instance ``labels``), stain (``stain_jitter``: the HED
-    sigma), colour and intensity jitter."""
-    zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
+    sigma), colour and intensity jitter. ``zoom`` fixes the zoom (validation crops at a chosen scale)."""
+    if zoom is None:
+        zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
     vary = augment and labels is not None and rng.random() < nucleus_brightness
     if vary:  # the labels ride along as a last target plane, so the crop, zoom and symmetries match
         target = np.concatenate([target, np.asarray(labels, np.float32)[..., None]], axis=-1)

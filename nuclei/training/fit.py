@@ -74,18 +74,19 @@ class CropBatches(keras.utils.PyDataset):
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
-        self._fixed = None if train else [self._example(i) for i in range(len(samples))]
+        self._fixed = None if train else [self._example(i, zoom) for zoom in config.validation_zooms
+                                           for i in range(len(samples))]
         self.weights = sampling_weights(samples, config.balance_categories, config.dataset_weights) if train else None
 
     def __len__(self) -> int:
-        return self.steps if self.train else max(1, math.ceil(len(self.images) / self.config.batch_size))
+        return self.steps if self._fixed is None else max(1, math.ceil(len(self._fixed) / self.config.batch_size))
 
-    def _example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _example(self, index: int, zoom: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         return augmented_crop(
             self.images[index], self.targets[index], self.config.crop_size, self.rng,
             augment=self.train and self.config.augment, scale_range=self.config.scale_range,
             labels=self.labels[index], nucleus_brightness=self.config.nucleus_brightness,
-            stain_jitter=self.config.stain_jitter,
+            stain_jitter=self.config.stain_jitter, zoom=zoom,
         )
 
     def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
