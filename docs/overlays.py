@@ -39,7 +39,7 @@ def main() -> None:
             meta, table = store.metadata(image_id), store.measurements(image_id)
             model = meta["model"]["version"].split("@")[0]
             ax.imshow(store.overlay(image_id))
-            ax.set_title(f"{title}\n{meta['n_nuclei']} nuclei, median area {np.median(table['area']):.0f} px\n"
+            ax.set_title(f"{title}\n{meta['n_nuclei']} nuclei, median area {np.median(table['area_px']):.0f} px\n"
                          f"by {model}", fontsize=9)
             ax.axis("off")
         fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -74,7 +74,9 @@ def test_colour_tissue_starts_from_the_stained_model_with_its_own_recipe(tmp_pat
     config = _config()
     # the stained model scaled by the dtype's range and never saw per-nucleus brightness: so does its fine-tune
     assert config.normalization.kind == "dtype_range" and config.nucleus_brightness == 0.0
-    assert "normalization" not in json.loads((STAINED / "config.json").read_text())
+    assert config.include == [] and config.validation_zooms == [1.0]  # the lab's images, not the parent's filter
+    recipe = json.loads((STAINED / "config.json").read_text())
+    assert recipe["normalization"]["kind"] == "dtype_range" and recipe["stain_jitter"] == config.stain_jitter > 0
 
 
 def test_an_onnx_file_of_another_architecture_is_refused_by_name(tmp_path: Path) -> None:
