@@ -91,9 +91,10 @@ def test_bad_values_are_refused_by_the_config() -> None:
         TrainConfig(data_dir="d", dataset_weights={"d": 0.0})
 
 
-def test_the_generalist_deployment_ends_in_the_shipped_models_config() -> None:
-    """`prefect deployment run train/generalist` names, stage by stage, how the shipped default model was made:
-    its last stage's config is the shipped config.json (paths aside)."""
+@pytest.mark.parametrize("deployment,model", [("generalist", "nuclei-generalist"), ("stained", "nuclei-stained")])
+def test_a_train_deployment_ends_in_its_shipped_models_config(deployment: str, model: str) -> None:
+    """`prefect deployment run train/generalist` (or train/stained) names, stage by stage, how a shipped model was
+    made: its last stage's config is the shipped config.json (paths aside)."""
     import json
     from pathlib import Path
 
@@ -103,11 +104,11 @@ def test_the_generalist_deployment_ends_in_the_shipped_models_config() -> None:
 
     root = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())
-    params = dict(next(d for d in spec["deployments"] if d["name"] == "generalist")["parameters"])
-    then = params.pop("then")
+    params = dict(next(d for d in spec["deployments"] if d["name"] == deployment)["parameters"])
+    then = params.pop("then", None) or []
     stages = flows.train.plan_stages({**_flow_parameters(flows.train.train), **params}, then)
     planned = flows.train.make_config(stages[-1]).model_dump(mode="json")
-    shipped = json.loads((root / "nuclei" / "assets" / "models" / "nuclei-generalist" / "config.json").read_text())
+    shipped = json.loads((root / "nuclei" / "assets" / "models" / model / "config.json").read_text())
     paths = {"data_dir", "out_dir", "init_from"}
     # options added since the model was trained name the same recipe at their defaults (they were off then)
     defaults = TrainConfig(data_dir="x").model_dump(mode="json")
@@ -115,7 +116,13 @@ def test_the_generalist_deployment_ends_in_the_shipped_models_config() -> None:
     differ = {k: (v, shipped.get(k)) for k, v in planned.items()
               if k not in paths | later and shipped.get(k) != v}
     assert not differ, differ
-    assert [Path(d).name for d in shipped["data_dir"]] == [Path(d).name for d in planned["data_dir"]]
+    if not then:  # one stage: it starts from the model the deployment names (a staged run, from its own stages)
+        assert Path(shipped["init_from"]).name == Path(planned["init_from"]).name
+
+    def names(data_dir: str | list[str]) -> list[str]:
+        return [Path(d).name for d in ([data_dir] if isinstance(data_dir, str) else data_dir)]
+
+    assert names(shipped["data_dir"]) == names(planned["data_dir"])
 
 
 def test_evaluate_takes_segments_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
