@@ -29,7 +29,8 @@ def finetune(
     text = f"# Model `{result.model_dir}`\n\nFine-tuned from `{result.base}` in {result.seconds / 60:.1f} min.\n"
     if result.comparison is not None:
         table = result.comparison.table(result.base.name, name)
-        text += f"\nOn the {result.comparison.n_images} held-back image(s):\n\n{table}\n"
+        verdict = result.comparison.verdict(result.base.name, name)
+        text += f"\nOn the {result.comparison.n_images} held-back image(s):\n\n{table}\n\n{verdict}\n"
     create_markdown_artifact(key="finetune-comparison", markdown=text, description=f"{name} vs {result.base.name}")
     get_run_logger().info("model directory: %s", result.model_dir)
     return str(result.model_dir)

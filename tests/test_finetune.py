@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nuclei.training.finetune import hold_back, split_for_finetune, training_precision
+from nuclei.training.finetune import Comparison, hold_back, split_for_finetune, training_precision
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,9 @@ def test_a_fine_tune_within_its_budget_gives_a_model_that_segment_takes(tmp_path
     assert config["precision"] == training_precision()  # bfloat16 where the CPU has it natively
     comparison = json.loads((model / "finetune" / "comparison.json").read_text())
     assert comparison["n_images"] == 4 and set(comparison) >= {"nuclei-generalist", "lab"}
-    assert "| nuclei-generalist |" in (model / "MODEL_CARD.md").read_text()
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "| nuclei-generalist |" in card and comparison["verdict"] in card
+    assert comparison["verdict"] in (model / "finetune" / "comparison.md").read_text()
     store = tmp_path / "s.zarr"
     images = SAMPLES / "images"
     assert main(["segment", str(images), "--store", str(store), "--model", str(model)]) == 0
@@ -48,3 +50,13 @@ def test_held_back_images_are_seeded_and_never_trained_on() -> None:
     trained = {s.id for s in split.train} | {s.id for s in split.val}
     assert trained.isdisjoint(s.id for s in held) and split.held_out == {"held back": held}
     assert hold_back(samples, 0.0, seed=1) == (samples, [])
+
+
+def test_the_comparison_ends_in_a_verdict_a_lab_can_act_on() -> None:
+    """Better, worse or no clear difference on the held-back images: a small gain on a few images is noise."""
+    def verdict(base: float, tuned: float) -> str:
+        return Comparison(5, {"ap50": base}, {"ap50": tuned}).verdict("nuclei-stained", "lab")
+
+    assert verdict(0.68, 0.83).startswith("lab is better (+0.150 AP@0.5 on 5 held-back image(s))")
+    assert verdict(0.68, 0.59).startswith("lab is worse (-0.090") and "keep nuclei-stained" in verdict(0.68, 0.59)
+    assert verdict(0.86, 0.865).startswith("no clear difference (+0.005")

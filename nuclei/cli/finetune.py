@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if result.comparison is not None:
         print(f"on {result.comparison.n_images} held-back image(s):")
         print(result.comparison.table(result.base.name, args.name))
+        print(result.comparison.verdict(result.base.name, args.name))
         print(f"picture: {result.model_dir / 'finetune' / 'comparison.png'}")
     print(f"segment with it: nuclei segment IMAGES --store results.zarr --model {result.model_dir}")
     return 0

@@ -45,6 +45,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # Of the budget, what fitting may use: loading, export, thresholds, int8 and the comparison take the rest.
 FIT_SHARE = 0.7
 PICTURE_IMAGES = 4
+# AP@0.5 differences smaller than this on a few held-back images are noise, not a verdict.
+CLEAR_GAIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,17 @@ class Comparison:
     n_images: int
     base: dict[str, float]
     finetuned: dict[str, float]
+
+    def verdict(self, base_name: str, name: str) -> str:
+        """One line a lab acts on: whether the fine-tuned model found the held-back nuclei better."""
+        gain = self.finetuned["ap50"] - self.base["ap50"]
+        on = f"{gain:+.3f} AP@0.5 on {self.n_images} held-back image(s)"
+        if gain >= CLEAR_GAIN:
+            return f"{name} is better ({on}): segment with it"
+        if gain <= -CLEAR_GAIN:
+            return (f"{name} is worse ({on}): keep {base_name}, or label more images of the kind it gets wrong "
+                    "and fine-tune again")
+        return f"no clear difference ({on}): label more images, or keep {base_name}"
 
     def table(self, base_name: str, name: str) -> str:
         rows = [("model", "AP@0.5", "DSB score", "nuclei found", "nuclei labelled")]
@@ -214,9 +227,10 @@ def write_comparison(comparison: Comparison, start: Path, name: str, held: list[
     table = comparison.table(base_name, name)
     (folder / "comparison.md").write_text(
         f"# {name} against {base_name}\n\nOn the {comparison.n_images} held-back image(s), never trained on:\n\n"
-        f"{table}\n")
+        f"{table}\n\n{comparison.verdict(base_name, name)}\n")
     write_json(folder / "comparison.json", {"n_images": comparison.n_images, "base": str(start),
                                             base_name: comparison.base, name: comparison.finetuned,
+                                            "verdict": comparison.verdict(base_name, name),
                                             "held_back_ids": [s.id for s in held]})
     panels = []
     for s in held[:PICTURE_IMAGES]:
@@ -241,7 +255,8 @@ def write_model_card(model_dir: Path, config: TrainConfig, start: Path, split: S
     ]
     if comparison is not None:
         lines += ["", f"## On {comparison.n_images} held-back image(s)", "",
-                  comparison.table(start.name, config.name), "", "![comparison](finetune/comparison.png)"]
+                  comparison.table(start.name, config.name), "", comparison.verdict(start.name, config.name), "",
+                  "![comparison](finetune/comparison.png)"]
     lines += ["", "## To fill in", "", "- Modality, stain, magnification and pixel size of the images.",
               "- Who labelled them, and how.", "- Known weak spots."]
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
