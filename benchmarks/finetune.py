@@ -5,6 +5,7 @@ never trained on, scored against the default model on that experiment's other im
     .venv/bin/python benchmarks/finetune.py he-tissue --n 5 --minutes 15
     .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --precision float32
     .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --swap     # the other fold of the same draw
+    .venv/bin/python benchmarks/finetune.py he-tissue --n 5 --minutes 4 --as-lab 20x-pale   # another lab's scans
 
 Groups (../shared/data): `bbbc039-wells-a-c` (33 U2OS Hoechst fields held out of the generalist's training),
 `bm-cytospins` (S-BSST265's 10 bone-marrow cytospins, held out, nuclei ~100 px), `he-tissue` (DSB2018's 105
@@ -38,16 +39,23 @@ GROUPS = {
 # The stained-tissue model trained on 80% of DSB2018's colour tiles: score only the tiles it validated on, so that
 # neither the default nor the fine-tuned model has seen an image it is scored on.
 SCORE_ONLY_UNSEEN_BY = {"he-tissue": "dsb2018-unet"}
+# Stained tiles as another lab would bring them (benchmarks/stained.py's changes, to every tile, trained on and
+# scored alike): (zoom, haematoxylin/eosin/DAB density gains). 20x-pale: a 20x scan with paler haematoxylin.
+LAB_CONDITIONS = {"20x-pale": (0.5, (0.65, 1.0, 1.0)), "20x": (0.5, (1.0, 1.0, 1.0))}
 
 
-def _write(samples: list, folder: Path) -> None:  # type: ignore[type-arg]
-    """images/ (the files as they are) and labels/ (uint16 PNG instance labels): the paired layout."""
+def _write(samples: list, folder: Path, changed: bool = False) -> None:  # type: ignore[type-arg]
+    """images/ (the files as they are, or as changed: RGB PNGs) and labels/ (uint16 PNG instance labels): the
+    paired layout."""
     import cv2
 
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True)
     for s in samples:
-        shutil.copy(s.image_path, folder / "images" / s.image_path.name)
+        if changed:
+            cv2.imwrite(str(folder / "images" / f"{s.image_path.stem}.png"), cv2.cvtColor(s.raw, cv2.COLOR_RGB2BGR))
+        else:
+            shutil.copy(s.image_path, folder / "images" / s.image_path.name)
         cv2.imwrite(str(folder / "labels" / f"{s.image_path.stem}.png"), s.labels.astype(np.uint16))
 
 
@@ -67,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--swap", action="store_true", help="train on the images not drawn, score on the N drawn: "
                         "with N half the group, the other fold of a two-fold cross-validation")
+    parser.add_argument("--as-lab", choices=sorted(LAB_CONDITIONS), help="he-tissue: every tile as another lab "
+                        "scans and stains it (trained on and scored alike)")
     args = parser.parse_args()
 
     folder, rule = GROUPS[args.group]
@@ -81,11 +91,16 @@ def main() -> None:
 
         data = json.loads((SHIPPED_MODELS / SCORE_ONLY_UNSEEN_BY[args.group] / "data.json").read_text())
         rest = [s for s in rest if s.id in set(data["val_ids"])]
+    if args.as_lab:
+        from stained import restain, shrink  # this folder's benchmark: the same changes it scores models on
+
+        zoom, gains = LAB_CONDITIONS[args.as_lab]
+        train, rest = ([restain(shrink(s, zoom), gains) for s in part] for part in (train, rest))
     if args.precision:
         ft.FINETUNE_CHANGES["precision"] = args.precision
     with tempfile.TemporaryDirectory() as tmp:
         labelled = Path(tmp) / args.group
-        _write(train, labelled)
+        _write(train, labelled, changed=bool(args.as_lab))
         started = time.perf_counter()
         result = ft.finetune(str(labelled), f"ft-{args.group}", out=str(Path(tmp) / "models"),
                              minutes=args.minutes, held_back=0.0, seed=args.seed)
@@ -100,7 +115,8 @@ def main() -> None:
                                                                           e.for_image(rest[i].raw).thresholds),
                                       progress=False)
             rows[name] = report.overall()
-    print(f"{args.group}: fine-tuned on {len(train)} images in {wall / 60:.1f} min ({precision}), "
+    group_name = f"{args.group} as {args.as_lab}" if args.as_lab else args.group
+    print(f"{group_name}: fine-tuned on {len(train)} images in {wall / 60:.1f} min ({precision}), "
           f"scored on the other {len(rest)}")
     print(f"{'model':<28} {'AP@0.5':>7} {'DSB':>7} {'found':>7} {'labelled':>8}")
     for name, scores in rows.items():
