@@ -26,6 +26,11 @@ class StoreError(NucleiError):
     """A Zarr store that is missing, of another format version, or asked for an unknown id."""
 
 
+class RequestError(NucleiError, ValueError):
+    """A request that cannot be done as asked (a rule that matches no image, too few images to train on, no model
+    to start from): one line on the command line; still a ValueError for library callers."""
+
+
 class ClusterError(NucleiError):
     """A Dask cluster that cannot be reached or has no workers."""
 

@@ -139,6 +139,50 @@ def load_model_dir(path: str | Path) -> ModelDir:
                     int8_sha256=sha256_file(int8) if int8.is_file() else None)
 
 
+def model_destination(out: str | Path, name: str) -> Path:
+    """OUT/NAME, where training or fine-tuning publishes a model: NAME must be one plain folder name, new or a
+    model directory of nuclei's, inside OUT. ``--name .`` once renamed the whole OUT folder (another model in it)
+    aside and lost it. Raises ModelError naming the name and the reason, before any work."""
+    if problem := _name_problem(name):
+        raise ModelError(f"model name {name!r}: {problem}")
+    final = Path(out) / name
+    if final.is_symlink():
+        raise ModelError(f"model name {name!r}: {final} is a symbolic link (to {os.readlink(final)}); a model is "
+                         "published as a folder of its own in --out: give another name")
+    if os.path.dirname(os.path.realpath(final)) != os.path.realpath(out):
+        raise ModelError(f"model name {name!r}: {final} resolves outside {out}; give one new folder name")
+    if final.exists() and not is_model_dir(final):
+        what = "a folder that is not a model directory (no config.json of a nuclei model)" if final.is_dir() \
+            else "a file"
+        raise ModelError(f"model name {name!r}: {final} is {what}; publishing would replace it: give another "
+                         "name or move it")
+    return final
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` is not one plain new folder name (None when it is)."""
+    if not name or not name.strip():
+        return "is empty; give the new model directory's name"
+    if name in (".", ".."):
+        return f"names {'the output folder itself' if name == '.' else 'its parent'}, not a new folder in it"
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        return "holds a path separator; give one folder name, and the parent folder with --out"
+    if name.startswith("."):
+        return "is hidden (a leading dot): nuclei keeps its own work folders there (.NAME.partial, .NAME.old)"
+    if not name.isprintable() or name != name.strip():
+        return "holds control characters or leading/trailing spaces"
+    return None
+
+
+def is_model_dir(path: Path) -> bool:
+    """A folder holding a nuclei model's config.json (what publishing may replace)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_dir() and isinstance(config, dict) and "model_format_version" in config
+
+
 INFERENCE_KEYS = ("channels", "pad_multiple", "receptive_field")  # what config.json must give inference
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+from nuclei.cli.train import interrupted, stopped_by_signals
+from nuclei.errors import Interrupted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +28,19 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nuclei.training.finetune import finetune
+    from nuclei.training.finetune import check_request, finetune
 
     logging.getLogger("nuclei.training").setLevel(logging.INFO)
     data = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
-    result = finetune(data, args.name, out=args.out, minutes=args.minutes, base=args.base,
-                      held_back=args.hold_back, seed=args.seed)
+    check_request(args.name, args.out, args.minutes, args.hold_back)  # one line before any image is read
+    with stopped_by_signals() as stop:
+        try:
+            result = finetune(data, args.name, out=args.out, minutes=args.minutes, base=args.base,
+                              held_back=args.hold_back, seed=args.seed, stop=stop)
+        except BaseException as exc:
+            if stop.is_set() or isinstance(exc, Interrupted | KeyboardInterrupt):
+                return interrupted(Path(args.out) / args.name)
+            raise
     print(f"{result.model_dir}: fine-tuned from {result.base.name} in {result.seconds / 60:.1f} min")
     if result.comparison is not None:
         print(f"on {result.comparison.n_images} held-back image(s):")

@@ -5,12 +5,19 @@ flow, recorded there."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 
 from nuclei.cli.options import add_config_options, given
 from nuclei.config import TrainConfig
+from nuclei.errors import Interrupted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +39,17 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
     params = {**params, "data_dir": data_dir}
     if not (args.prefect or os.environ.get("PREFECT_API_URL")):
+        from nuclei.training.run import make_config
         from nuclei.training.run import train as train_here
 
-        print(train_here(params, then=args.then))
+        config = make_config(params)  # a bad option or model name: one line before TensorFlow starts
+        with stopped_by_signals() as stop:
+            try:
+                print(train_here(params, then=args.then, stop=stop))
+            except BaseException as exc:
+                if stop.is_set() or isinstance(exc, Interrupted | KeyboardInterrupt):
+                    return interrupted(Path(config.out_dir) / config.name)
+                raise
         return 0
     from flows.train import train
 
@@ -44,3 +59,32 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(state.result())
     return 0
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[threading.Event]:
+    """While training runs in this process, SIGINT (Ctrl-C) and SIGTERM alike stop it: the first sets the event
+    and raises Interrupted in the main thread (fitting ends there), later ones only set it, so the partial model
+    directory is removed undisturbed. The library checks the event before it publishes, in case a library
+    between swallowed the exception. The previous handlers come back after."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        first = not stop.is_set()
+        stop.set()
+        if first:
+            raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def interrupted(model_dir: Path) -> int:
+    """The one line of a training or fine-tune stopped on request, and its exit status (130)."""
+    print(f"nuclei: interrupted: nothing was published; {model_dir} is as it was", file=sys.stderr)
+    return 130

@@ -148,18 +148,39 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read a label image: instance ids are kept; a binary mask (0/1 or 0/255) becomes connected components."""
+    """Read a label image: instance ids are kept; a binary mask becomes connected components (8-connected), in
+    whatever encoding it was saved: 0/1, 0/255, 0/65535, 8-, 16- or 32-bit, integer, whole-valued float (ImageJ's
+    32-bit) or boolean. An image of two values is a mask whatever its dtype (16-bit 0/1 masks were read as one
+    nucleus per image); the lower value is the background."""
     raw = read_raw(path)
     if raw.ndim == 3:
         if not np.array_equal(raw[..., 0], raw[..., min(1, raw.shape[2] - 1)]):
             raise InputError(path, "label image has colour channels; expected one channel of ids")
         raw = raw[..., 0]
-    if not np.issubdtype(raw.dtype, np.integer):
-        raise InputError(path, f"label image has dtype {raw.dtype}; expected integers")
+    raw = _whole_ids(raw, path)
     values = np.unique(raw)
-    if values.size <= 2 and raw.dtype == np.uint8:
-        return binary_to_labels(raw > 0)
-    return raw.astype(np.uint16 if raw.max() < 2**16 else np.uint32)
+    if values.size <= 2:
+        return binary_to_labels(raw > values[0] if values.size == 2 else raw > 0)
+    if values[-1] >= 2**32:  # ids too large for uint32: numbered 1..N in their order
+        return (np.searchsorted(values, raw) + int(values[0] != 0)).astype(np.uint32)
+    return raw.astype(np.uint16 if values[-1] < 2**16 else np.uint32)
+
+
+def _whole_ids(raw: np.ndarray, path: str | Path) -> np.ndarray:
+    """The label image as non-negative integers: booleans and whole-valued floats converted, anything else
+    refused naming the file."""
+    if raw.dtype == np.bool_:
+        return raw.astype(np.uint8)
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+            raise InputError(path, f"label image has dtype {raw.dtype} with fractional or non-finite values; "
+                             "expected whole ids (0 background) or a binary mask")
+        raw = raw.astype(np.int64)
+    elif not np.issubdtype(raw.dtype, np.integer):
+        raise InputError(path, f"label image has dtype {raw.dtype}; expected integers")
+    if raw.size and raw.min() < 0:
+        raise InputError(path, f"label image has negative values (down to {raw.min()}); expected ids >= 0")
+    return raw
 
 
 def binary_to_labels(mask: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,18 @@ from nuclei.config import TrainConfig
 from nuclei.core.metrics import average_precision
 from nuclei.core.modality import is_stained_brightfield
 from nuclei.core.postprocess import instances
+from nuclei.errors import InputError, RequestError
 from nuclei.evaluation import Report, score_samples
 from nuclei.inference.engine import Engine
 from nuclei.io.datasets import Dataset, Sample, load_datasets
-from nuclei.modeldir import SHIPPED_MODELS, STAINED_MODEL_NAME, default_model_path, load_model_dir, write_json
+from nuclei.modeldir import (
+    SHIPPED_MODELS,
+    STAINED_MODEL_NAME,
+    default_model_path,
+    load_model_dir,
+    model_destination,
+    write_json,
+)
 from nuclei.plots import image_grid, overlay
 from nuclei.training import steps
 from nuclei.training.steps import Split
@@ -98,7 +108,7 @@ def starting_model(samples: list[Sample]) -> Path:
         return tissue
     found = default_model_path()
     if found is None or not (found / "model.keras").is_file():
-        raise ValueError(f"no model with Keras weights to start from ({found}); pass --base MODEL_DIR")
+        raise RequestError(f"no model with Keras weights to start from ({found}); pass --base MODEL_DIR")
     return found
 
 
@@ -161,15 +171,18 @@ def finetune(
     base: str | None = None,
     held_back: float = 0.3,
     seed: int = 12345,
+    stop: threading.Event | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` (default: the shipped model for these images) on labelled folders; returns the
-    published model directory and, when images were held back, the comparison on them."""
+    published model directory and, when images were held back, the comparison on them. With ``stop`` set (by
+    the caller's signal handler) it raises Interrupted: nothing published, the partial directory removed."""
     started = time.perf_counter()
+    check_request(name, out, minutes, held_back)
     dirs = [data] if isinstance(data, str) else list(data)
     dataset = load_datasets(dirs)
     samples = dataset.subset("train") + dataset.subset("test")
     if len(samples) < 2:
-        raise ValueError(f"{', '.join(dirs)}: {len(samples)} labelled image(s); fine-tuning needs at least 2")
+        raise InputError(", ".join(dirs), f"{len(samples)} labelled image(s); fine-tuning needs at least 2")
     start = model_path(base) if base else starting_model(samples)
     kept, held = hold_back(samples, held_back, seed)
     config = finetune_config(start, dirs, name, out, minutes, seed)
@@ -177,18 +190,32 @@ def finetune(
     log.info("fine-tuning %s on %d images (%d validate), %d held back, %.1f min for fitting", start,
              len(split.train), len(split.val), len(held), config.minutes)
     staging = steps.staging_dir(config)
-    steps.describe(config, _as_dataset(dataset, samples), split, staging)
-    model = steps.train_model(config, split, staging)
-    steps.export(model, config, staging)
-    _, report, _ = steps.evaluate(staging, split)
-    steps.quantize(staging, split, report, calibration=len(split.train))
-    comparison = None
-    if held:
-        comparison, found = compare(start, staging, held)
-        write_comparison(comparison, start, name, held, found, staging / "finetune")
-    write_model_card(staging, config, start, split, comparison, time.perf_counter() - started)
-    model_dir = steps.publish(staging, config)
+    with steps.removed_on_failure(staging):
+        steps.describe(config, _as_dataset(dataset, samples), split, staging)
+        model = steps.train_model(config, split, staging)
+        steps.stop_requested(stop)
+        steps.export(model, config, staging)
+        _, report, _ = steps.evaluate(staging, split)
+        steps.quantize(staging, split, report, calibration=len(split.train))
+        comparison = None
+        if held:
+            comparison, found = compare(start, staging, held)
+            write_comparison(comparison, start, name, held, found, staging / "finetune")
+        write_model_card(staging, config, start, split, comparison, time.perf_counter() - started)
+        steps.stop_requested(stop)
+        model_dir = steps.publish(staging, config)
     return FinetuneResult(model_dir, start, comparison, time.perf_counter() - started)
+
+
+def check_request(name: str, out: str, minutes: float, held_back: float) -> None:
+    """The user's choices, before any image is read: a model name that is one new folder under ``out``, a time
+    budget that is some time, a share of images to hold back. Raises NucleiError naming the value."""
+    model_destination(out, name)
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise InputError("--minutes", f"{minutes:g} is no time budget; give the minutes fine-tuning may take, "
+                         "e.g. 15")
+    if not 0 <= held_back < 1:
+        raise InputError("--hold-back", f"{held_back:g} is not a share of the images (0 to below 1)")
 
 
 def _as_dataset(dataset: Dataset, samples: list[Sample]) -> Dataset:

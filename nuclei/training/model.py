@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from nuclei.config import TrainConfig
+from nuclei.errors import RequestError
 from nuclei.training.from_onnx import load_onnx_weights
 
 ARCHITECTURE_FIELDS = ("architecture", "depth", "base_filters", "instance_channel")
@@ -64,12 +65,12 @@ def _architecture(config: TrainConfig) -> keras.Model:
 def _initial_model(model_dir: Path, config: TrainConfig) -> keras.Model:
     source, exported = model_dir / "model.keras", model_dir / "model.onnx"
     if not source.is_file() and not (exported.is_file() and config.architecture == "unet"):
-        raise ValueError(f"{source}: init_from needs a model directory with model.keras (or a U-Net's model.onnx)")
+        raise RequestError(f"{source}: init_from needs a model directory with model.keras (or a U-Net's model.onnx)")
     previous = json.loads((model_dir / "config.json").read_text())
     differ = {k: (previous.get(k), getattr(config, k)) for k in ARCHITECTURE_FIELDS
               if previous.get(k) != getattr(config, k)}
     if differ:
-        raise ValueError(f"{model_dir}: architecture differs from the requested one (theirs, ours): {differ}")
+        raise RequestError(f"{model_dir}: architecture differs from the requested one (theirs, ours): {differ}")
     if not source.is_file():
         return load_onnx_weights(unet(len(config.channels), config.depth, config.base_filters), exported)
     return keras.models.load_model(source, compile=False, safe_mode=True)

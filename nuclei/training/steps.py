@@ -7,12 +7,15 @@ half-written model where a segmentation run would pick it up.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import logging
 import platform
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +26,11 @@ from nuclei.config import MODEL_FORMAT_VERSION, ONNX_OPSET, TrainConfig
 from nuclei.core.measure import median_diameter
 from nuclei.core.normalize import normalized
 from nuclei.core.postprocess import Thresholds, instances
+from nuclei.errors import Interrupted, RequestError
 from nuclei.evaluation import Report, choose_thresholds, score_samples, write_report
 from nuclei.inference.engine import Engine
 from nuclei.io.datasets import Dataset, Sample, load_datasets, matches_group, split_indices
-from nuclei.modeldir import load_model_dir, write_json
+from nuclei.modeldir import load_model_dir, model_destination, write_json
 from nuclei.plots import read_history, training_curves
 from nuclei.training.export import export_onnx, parity_check
 from nuclei.training.fit import fit
@@ -71,19 +75,19 @@ def split(dataset: Dataset, config: TrainConfig) -> Split:
     if config.include:  # after the split, so a specialist's images split exactly as its parent's did
         wanted = {id(s) for s in dataset.samples if any(matches_group(s, rule) for rule in config.include)}
         if not wanted:
-            raise ValueError(f"include rules {config.include} match no image")
+            raise RequestError(f"include rules {config.include} match no image")
         data.train = [s for s in data.train if id(s) in wanted]
         data.val = [s for s in data.val if id(s) in wanted]
     for rule in config.held_out:
         data.held_out[rule] = [s for s in dataset.samples if matches_group(s, rule)]
         if not data.held_out[rule]:
-            raise ValueError(f"held_out rule {rule!r} matches no image")
+            raise RequestError(f"held_out rule {rule!r} matches no image")
     held = {id(s) for group in data.held_out.values() for s in group}
     data.train = [s for s in data.train if id(s) not in held]
     if not config.held_out_in_validation:
         data.val = [s for s in data.val if id(s) not in held]
     if not data.train or not data.val:
-        raise ValueError(f"{len(data.train)} training and {len(data.val)} validation images: need both")
+        raise RequestError(f"{len(data.train)} training and {len(data.val)} validation images: need both")
     return data
 
 
@@ -93,10 +97,29 @@ def nucleus_diameter(samples: list[Sample]) -> float:
 
 
 def staging_dir(config: TrainConfig) -> Path:
+    """OUT/.NAME.partial, emptied: where the model directory is built (the name checked first)."""
+    model_destination(config.out_dir, config.name)
     path = Path(config.out_dir) / f".{config.name}.partial"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def stop_requested(stop: threading.Event | None) -> None:
+    """Raises Interrupted when ``stop`` is set: between steps, so nothing is published after Ctrl-C or SIGTERM
+    even where a library swallowed the signal's exception."""
+    if stop is not None and stop.is_set():
+        raise Interrupted("stopped on request")
+
+
+@contextlib.contextmanager
+def removed_on_failure(staging: Path) -> Iterator[None]:
+    """The partial model directory goes when its run does not publish it (an error, Ctrl-C, SIGTERM)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def describe(config: TrainConfig, dataset: Dataset, data: Split, model_dir: Path) -> None:
@@ -247,15 +270,21 @@ def quantize(model_dir: Path, data: Split, float_report: Report, calibration: in
 
 
 def publish(staging: Path, config: TrainConfig) -> Path:
-    """Move the finished directory into place; a previous model of that name is replaced only now."""
-    final = Path(config.out_dir) / config.name
-    if final.exists():
-        old = final.with_name(f".{config.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
+    """Move the finished directory into place. Only OUT/NAME is ever replaced, only when it is a model directory
+    (`model_destination`), and only now that the new one reads whole; if the new one cannot be moved in, the
+    previous one is moved back."""
+    final = model_destination(config.out_dir, config.name)
+    load_model_dir(staging)  # whole: config, ONNX model, thresholds (raises ModelError naming what is missing)
+    if not final.exists():
         staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return final
+    old = final.with_name(f".{config.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    final.rename(old)
+    try:
         staging.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return final
-

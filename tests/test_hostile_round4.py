@@ -1,0 +1,227 @@
+"""Reliability round 4 (issue 36): each hostile case ends correct or as a named one-line failure with a non-zero
+exit. Real files on disk, the `nuclei` command itself (in this process, or in its own process where a signal or
+a pipe is the case), the shipped model; seconds per test but the two that train."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nuclei.cli.main import main
+from nuclei.errors import ModelError
+from nuclei.io.images import write_png
+from nuclei.modeldir import SHIPPED_MODELS
+from tests.conftest import REPO, SAMPLES
+
+SMALL_MODEL = SHIPPED_MODELS / "dsb2018-unet"  # a whole model directory, 9 MB: what "a previous model" is here
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (links as their target) with its sha256: a folder's content, to compare."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[rel] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def _fake_model(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_format_version": 1, "name": path.name}))
+    (path / "model.onnx").write_bytes(b"another model's weights")
+    return path
+
+
+# --- 1: a model name is one new folder under --out; publishing replaces only its own previous model ------------
+
+BAD_NAMES = {
+    ".": "the output folder itself",
+    "..": "its parent",
+    "": "is empty",
+    ".hidden": "is hidden",
+    "a/b": "path separator",
+    "../escape": "path separator",
+    "/tmp/absolute": "path separator",
+    "link": "symbolic link",
+    "notes": "not a model directory",
+    "afile": "is a file",
+}
+
+
+@pytest.mark.parametrize("command", ["finetune", "train"])
+def test_a_model_name_that_is_a_path_is_refused_before_any_work(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nuclei.training import finetune, steps
+
+    monkeypatch.setattr(finetune, "load_datasets", lambda *a, **k: pytest.fail("no image may be read"))
+    monkeypatch.setattr(steps, "load", lambda *a, **k: pytest.fail("no image may be read"))
+    out = tmp_path / "models"
+    _fake_model(out / "other")
+    (tmp_path / "elsewhere").mkdir()
+    (out / "link").symlink_to(tmp_path / "elsewhere")
+    (out / "notes").mkdir()
+    (out / "notes" / "plate1.txt").write_text("a lab's notes, not a model")
+    (out / "afile").write_text("a file")
+    before, outside = _tree(out), _tree(tmp_path / "elsewhere")
+    for name, reason in BAD_NAMES.items():
+        code = main([command, str(SAMPLES), "--name", name, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("nuclei: error: "), (name, err)
+        assert f"model name {name!r}" in err and reason in err, (name, err)
+        assert _tree(out) == before and _tree(tmp_path / "elsewhere") == outside  # nothing moved, nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "models"]
+
+
+def test_publishing_replaces_only_its_own_previous_model_and_only_with_a_whole_one(tmp_path: Path) -> None:
+    from nuclei.config import TrainConfig
+    from nuclei.training.steps import publish
+
+    out = tmp_path / "models"
+    _fake_model(out / "lab")
+    _fake_model(out / "other")
+    config = TrainConfig(data_dir=str(SAMPLES), out_dir=str(out), name="lab")
+    staging = out / ".lab.partial"
+    shutil.copytree(SMALL_MODEL, staging)
+    (staging / "model.onnx").unlink()  # not whole: the previous model stays
+    before = _tree(out)
+    with pytest.raises(ModelError, match="model.onnx: missing"):
+        publish(staging, config)
+    assert _tree(out) == before
+    shutil.copy(SMALL_MODEL / "model.onnx", staging / "model.onnx")
+    other = _tree(out / "other")
+    assert publish(staging, config) == out / "lab"
+    assert sorted(p.name for p in out.iterdir()) == ["lab", "other"]  # no .lab.old, no .lab.partial left
+    assert _tree(out / "lab") == _tree(SMALL_MODEL) and _tree(out / "other") == other
+
+
+# --- 2: label images in any encoding: a binary mask is a mask whatever its bit depth ---------------------------
+
+
+def _separate_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """A 128x128 grey field of 16 round nuclei well apart (soft edges, camera noise), and their instance labels."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:128, :128]
+    labels = np.zeros((128, 128), np.uint16)
+    for index, (y, x) in enumerate(((y, x) for y in range(16, 128, 32) for x in range(16, 128, 32)), start=1):
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= 8**2] = index
+    field = ndimage.gaussian_filter(140.0 * (labels > 0), 1.0) + 20 + np.random.default_rng(0).normal(0, 4, (128, 128))
+    return np.clip(field, 0, 255).astype(np.uint8), labels
+
+
+def _mask_files(folder: Path, labels: np.ndarray) -> dict[str, Path]:
+    """The same binary mask in each encoding a lab's tools save."""
+    import tifffile
+
+    mask = labels > 0
+    encodings: dict[str, np.ndarray] = {
+        "8-bit 0/255": mask.astype(np.uint8) * 255, "16-bit 0/1": mask.astype(np.uint16),
+        "16-bit 0/65535": mask.astype(np.uint16) * 65535, "32-bit 0/1": mask.astype(np.uint32),
+        "32-bit float 0/255": mask.astype(np.float32) * 255, "1-bit": mask,
+    }
+    files = {}
+    for number, (encoding, array) in enumerate(encodings.items()):
+        path = folder / f"m{number}" / "labels" / ("x.png" if array.dtype in (np.uint8, np.uint16) else "x.tif")
+        path.parent.mkdir(parents=True)
+        if path.suffix == ".png":
+            write_png(path, array)
+        else:
+            tifffile.imwrite(path, array)
+        files[encoding] = path
+    return files
+
+
+def test_binary_masks_in_any_encoding_are_told_apart_from_instance_labels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nuclei.io.datasets import load_dataset
+
+    image, labels = _separate_nuclei()
+    write_png(tmp_path / "in" / "x.png", image)
+    assert main(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr")]) == 0
+    capsys.readouterr()
+    scores = {}
+    for encoding, mask in _mask_files(tmp_path / "truth", labels).items():
+        truth = mask.parent.parent
+        write_png(truth / "images" / "x.png", image)
+        assert load_dataset(truth, progress=False).samples[0].labels.max() == 16, encoding  # training, fine-tuning
+        assert main(["evaluate", str(truth), "--store", str(tmp_path / "s.zarr"), "--out", str(truth / "r"),
+                     "--json"]) == 0
+        scores[encoding] = json.loads(capsys.readouterr().out)["overall"]["ap50"]
+    assert scores["8-bit 0/255"] > 0.9, scores  # 16-bit masks scored 0.000: one nucleus per image
+    assert len(set(scores.values())) == 1, scores
+    write_png(tmp_path / "inst" / "labels" / "x.png", labels)  # instance labels keep their ids
+    write_png(tmp_path / "inst" / "images" / "x.png", image)
+    assert np.array_equal(load_dataset(tmp_path / "inst", progress=False).samples[0].labels, labels)
+
+
+# --- 3: Ctrl-C during a fine-tune or a training over an existing model: stopped, nothing published -------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["finetune", "train"])
+def test_ctrl_c_while_training_publishes_nothing_and_keeps_the_previous_model(command: str, tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    shutil.copytree(SMALL_MODEL, out / "lab")
+    previous = _tree(out / "lab")
+    args = {"finetune": ["--minutes", "5", "--hold-back", "0"],
+            "train": ["--epochs", "1000", "--depth", "2", "--base-filters", "4", "--crop-size", "64"]}[command]
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "nuclei.cli.main", command, str(SAMPLES), "--name", "lab",
+                                "--out", str(out), *args], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / ".lab.partial" / "history.csv").exists():  # fitting has begun
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+            time.sleep(0.2)
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the terminal's whole process group
+        stopped = time.monotonic()
+        err = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert time.monotonic() - stopped < 60
+    assert err.strip().splitlines()[-1] == f"nuclei: interrupted: nothing was published; {out / 'lab'} is as it was"
+    assert "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["lab"]  # the partial folder removed, nothing set aside
+    assert _tree(out / "lab") == previous
+
+
+# --- 9: fine-tuning's and training's user errors are one line, before the work they would waste ----------------
+
+
+def test_finetune_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    one = tmp_path / "one"
+    first = sorted((SAMPLES / "images").iterdir())[0]
+    for folder in ("images", "labels"):
+        (one / folder).mkdir(parents=True)
+        shutil.copy(SAMPLES / folder / first.name, one / folder / first.name)
+    out = tmp_path / "models"
+    cases = {("finetune", str(one)): "1 labelled image(s); fine-tuning needs at least 2",
+             ("train", str(one)): "1 training and 0 validation images: need both",
+             ("finetune", str(SAMPLES), "--minutes", "0"): "--minutes: 0 is no time budget",
+             ("finetune", str(SAMPLES), "--minutes", "-5"): "--minutes: -5 is no time budget",
+             ("finetune", str(SAMPLES), "--minutes", "nan"): "--minutes: nan is no time budget",
+             ("finetune", str(SAMPLES), "--hold-back", "1"): "--hold-back: 1 is not a share"}
+    for args, message in cases.items():
+        code = main([*args, "--name", "lab", "--out", str(out)])
+        err = capsys.readouterr().err.splitlines()  # after the loading bar, if images were read
+        assert code == 2 and err[-1].startswith("nuclei: error: ") and message in err[-1], (args, err)
+        assert not any("Traceback" in line or line.startswith("nuclei:") for line in err[:-1]), (args, err)
+    assert not out.exists() or not any(out.iterdir())
