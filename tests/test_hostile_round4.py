@@ -225,3 +225,74 @@ def test_finetune_user_errors_are_one_line(tmp_path: Path, capsys: pytest.Captur
         assert code == 2 and err[-1].startswith("nuclei: error: ") and message in err[-1], (args, err)
         assert not any("Traceback" in line or line.startswith("nuclei:") for line in err[:-1]), (args, err)
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- 10: thread counts from the environment: OpenMP's nested form read, garbage one line naming the variable ---
+
+
+def test_thread_variables_are_read_as_openmp_does_and_garbage_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nuclei.inference.engine import default_threads
+
+    write_png(tmp_path / "in" / "x.png", _separate_nuclei()[0])
+    store = tmp_path / "s.zarr"
+    monkeypatch.delenv("NUCLEI_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # valid nested OpenMP: 4 threads at the outer level
+    assert default_threads() == 4
+    assert main(["segment", str(tmp_path / "in"), "--store", str(store)]) == 0
+    capsys.readouterr()
+    for variable, value in (("OMP_NUM_THREADS", "4,x"), ("OMP_NUM_THREADS", "garbage"), ("NUCLEI_THREADS", "abc"),
+                            ("NUCLEI_THREADS", "0")):
+        monkeypatch.setenv(variable, value)
+        for args in (["segment", str(tmp_path / "in"), "--store", str(tmp_path / "new.zarr")],
+                     ["train", str(SAMPLES), "--name", "lab", "--out", str(tmp_path / "models")]):
+            code = main(args)
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1, (variable, value, args, err)
+            assert err.startswith(f"nuclei: error: {variable}={value!r}: not a number of threads"), err
+        monkeypatch.delenv(variable)
+    assert not (tmp_path / "new.zarr").exists() and not (tmp_path / "models").exists()
+
+
+# --- 12: a reader that goes away (`nuclei query S stats | head -2`) ends the command quietly ------------------
+
+
+def test_a_closed_pipe_ends_queries_quietly(tmp_path: Path) -> None:
+    import nuclei
+
+    for seed in range(3):
+        write_png(tmp_path / "in" / f"x{seed}.png", np.roll(_separate_nuclei()[0], 7 * seed, axis=1))
+    nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")
+    command = Path(sys.executable).with_name("nuclei")  # the installed entry point
+    for query in (["stats"], ["list"], ["show", "x1"], ["list", "--json"]):
+        process = subprocess.Popen([str(command), "query", str(tmp_path / "s.zarr"), *query],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        process.stdout.close()  # the reader is gone before the command writes: as `| head` after its lines
+        err = process.communicate(timeout=60)[1]
+        assert process.returncode in (0, 141) and err == "", (query, process.returncode, err)
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {command} query {tmp_path / 's.zarr'} list | head -1"],
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode in (0, 141) and piped.stderr == "" and piped.stdout.count("\n") == 1, piped
+
+
+# --- 11: a slide with a corrupt tile fails in one line (the reason in the summary), no traceback ---------------
+
+
+def test_a_slide_with_a_corrupt_tile_fails_in_one_line(tmp_path: Path) -> None:
+    import tifffile
+
+    field = np.tile(_separate_nuclei()[0], (4, 6))  # 512 x 768: six 256-px tiles
+    slide = tmp_path / "in" / "slide.tif"
+    slide.parent.mkdir()
+    tifffile.imwrite(slide, field, tile=(256, 256), compression="zlib")
+    with tifffile.TiffFile(slide) as tiff:
+        offset, size = tiff.pages[0].dataoffsets[4], tiff.pages[0].databytecounts[4]
+    data = bytearray(slide.read_bytes())
+    data[offset:offset + size] = bytes(range(256)) * (size // 256) + b"\0" * (size % 256)  # a middle tile
+    slide.write_bytes(bytes(data))
+    run = subprocess.run([str(Path(sys.executable).with_name("nuclei")), "segment", str(slide.parent), "--store",
+                          str(tmp_path / "s.zarr"), "--slide-pixels", "1", "--block-size", "256"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and run.stderr.count("\n") <= 1, run.stderr
+    assert f"failed: {slide}: " in run.stdout and "1 failed of 1 found" in run.stdout, run.stdout

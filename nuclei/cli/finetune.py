@@ -28,11 +28,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nuclei.inference.preflight import environment_threads
     from nuclei.training.finetune import check_request, finetune
 
     logging.getLogger("nuclei.training").setLevel(logging.INFO)
     data = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
     check_request(args.name, args.out, args.minutes, args.hold_back)  # one line before any image is read
+    environment_threads()  # as evaluation and the comparison will read them
     with stopped_by_signals() as stop:
         try:
             result = finetune(data, args.name, out=args.out, minutes=args.minutes, base=args.base,

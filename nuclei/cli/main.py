@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
@@ -60,7 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError as exc:
+        if stdout_closed():  # as a tool killed by SIGPIPE ends: quietly, 128 + 13
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        print(f"nuclei: error: {one_line(os_error(exc))}", file=sys.stderr)
+        return 2
     except NucleiError as exc:  # one line, also where a library's message had several (ONNX Runtime's)
         print(f"nuclei: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -72,6 +81,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).debug("file system error", exc_info=True)  # the traceback with -v
         print(f"nuclei: error: {one_line(os_error(exc))}", file=sys.stderr)
         return 2
+
+
+def stdout_closed() -> bool:
+    """Whether this process's output has no reader any more (`nuclei query S list | head -2`), as against a
+    broken pipe elsewhere (a socket), which is an error to report."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    try:  # nothing left to flush: a pipe whose reader has closed it polls as an error
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def one_line(text: str) -> str:

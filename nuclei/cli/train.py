@@ -35,6 +35,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nuclei.inference.preflight import environment_threads
+
+    environment_threads()  # NUCLEI_THREADS / OMP_NUM_THREADS as evaluation will read them, checked before training
     params = given(args, TrainConfig)
     data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
     params = {**params, "data_dir": data_dir}
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         from nuclei.training.run import make_config
         from nuclei.training.run import train as train_here
 
-        config = make_config(params)  # a bad option or model name: one line before TensorFlow starts
+        config = make_config(params)  # a bad option or model name: one line before any image is read
         with stopped_by_signals() as stop:
             try:
                 print(train_here(params, then=args.then, stop=stop))

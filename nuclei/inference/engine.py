@@ -56,10 +56,11 @@ def usable_providers(requested: Sequence[str] = DEFAULT_PROVIDERS) -> list[str]:
 
 
 def default_threads() -> int:
-    """Threads for one session: the cores this process may use (a Dask worker sets OMP_NUM_THREADS)."""
-    if env := os.environ.get("NUCLEI_THREADS") or os.environ.get("OMP_NUM_THREADS"):
-        return max(1, int(env))
-    return max(1, len(os.sched_getaffinity(0)))
+    """Threads for one session: $NUCLEI_THREADS, else $OMP_NUM_THREADS's first level (a Dask worker sets it),
+    else the cores this process may use. A value that is no number of threads raises RequestError naming it."""
+    from nuclei.inference.preflight import environment_threads
+
+    return environment_threads() or max(1, len(os.sched_getaffinity(0)))
 
 
 @functools.cache

@@ -8,10 +8,28 @@ from pathlib import Path
 
 from nuclei.config import SegmentConfig
 from nuclei.core.tiling import check_tile_size, overlap_for
-from nuclei.errors import InputError, StoreError
+from nuclei.errors import InputError, RequestError, StoreError
 from nuclei.modeldir import NO_MODEL, resolve_model, resolve_stained_model
 
 GLOB_CHARS = "*?["
+THREAD_VARIABLES = ("NUCLEI_THREADS", "OMP_NUM_THREADS")
+
+
+def environment_threads() -> int | None:
+    """Threads the environment asks for: $NUCLEI_THREADS, else $OMP_NUM_THREADS (OpenMP's nested form "4,2" is
+    valid: its first level, the outer one, is this process's); None when neither is set. A value that is no
+    whole number of threads, 1 or more, raises RequestError naming the variable (it was an int() traceback)."""
+    for variable in THREAD_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            continue
+        levels = [level.strip() for level in value.split(",")] if variable == "OMP_NUM_THREADS" else [value]
+        if not all(level.isdecimal() and int(level) >= 1 for level in levels):
+            form = "a whole number, 1 or more" + (", or one per nesting level: 4,2" if len(levels) > 1 or
+                                                  variable == "OMP_NUM_THREADS" else "")
+            raise RequestError(f"{variable}={value!r}: not a number of threads ({form}); set it so, or unset it")
+        return int(levels[0])
+    return None
 
 
 def preflight(config: SegmentConfig) -> SegmentConfig:
@@ -19,6 +37,7 @@ def preflight(config: SegmentConfig) -> SegmentConfig:
     directory reads, every local input exists, the store is not a file. Returns the config with local paths
     made absolute, so tasks on any worker find them, and the stained-tissue model settled (a path or "none").
     Raises NucleiError naming the problem."""
+    environment_threads()
     for spec in config.inputs:
         if "://" in spec and not spec.startswith("file://"):
             continue

@@ -215,7 +215,9 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
     except (KeyboardInterrupt, Interrupted):
         raise
     except Exception as exc:  # noqa: BLE001 - one slide must not stop the run
-        log.exception("failed on %s", item.url)
+        # The summary names the slide and the reason, as for a plain image; the traceback only with -v (a
+        # corrupt tile printed 67 lines of zarr and codec internals on the console).
+        log.debug("failed on %s", item.url, exc_info=True)
         return _failed(store, item, _reason(exc), key=key)
 
 
