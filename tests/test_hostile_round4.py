@@ -296,3 +296,53 @@ def test_a_slide_with_a_corrupt_tile_fails_in_one_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr and run.stderr.count("\n") <= 1, run.stderr
     assert f"failed: {slide}: " in run.stdout and "1 failed of 1 found" in run.stdout, run.stdout
+
+
+# --- 4 and 8: the index is the records: copies, strays and hand-edited ids are never served, check names them ----
+
+
+def test_the_index_serves_only_records_named_for_their_ids(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    for seed in range(3):
+        write_png(tmp_path / "in" / f"x{seed}.png", np.roll(_separate_nuclei()[0], 7 * seed, axis=1))
+    store = tmp_path / "s.zarr"
+    assert main(["segment", str(tmp_path / "in"), "--store", str(store)]) == 0
+    index = store / "index"
+    x0 = json.loads((index / "x0.json").read_text())
+    (index / "x0.sync-conflict-20260101-120000-ABCDEFG.json").write_text(json.dumps({**x0, "n_nuclei": 24}))
+    (index / "notes.txt").write_text("someone's notes")
+    x1 = json.loads((index / "x1.json").read_text())
+    (index / "x1.json").write_text(json.dumps({**x1, "id": "../../outside"}))  # hand-edited
+    capsys.readouterr()
+
+    assert main(["query", str(store), "list", "--json"]) == 0
+    assert {row["id"]: row["n_nuclei"] for row in json.loads(capsys.readouterr().out)} == {
+        "x0": x0["n_nuclei"], "x2": json.loads((index / "x2.json").read_text())["n_nuclei"]}
+    assert main(["query", str(store), "stats"]) == 0
+    assert "images: 2" in capsys.readouterr().out
+    assert main(["query", str(store), "export", "--summary", str(tmp_path / "summary.csv")]) == 0
+    with open(tmp_path / "summary.csv") as handle:
+        rows = {row["image_id"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == ["x0", "x2"] and int(rows["x0"]["n_nuclei"]) == x0["n_nuclei"]
+    assert main(["query", str(store), "export", str(tmp_path / "out"), "--labels"]) == 0  # goes on past x1
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.png")) == ["x0.png", "x2.png"]
+    assert main(["query", str(store), "show", "x1"]) == 2  # its record hides it: no entry of that name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "s.zarr", "summary.csv"]  # none outside
+    capsys.readouterr()
+
+    assert main(["check", str(store), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(Path(p).name for p in report["stray_files"]) == [
+        "notes.txt", "x0.sync-conflict-20260101-120000-ABCDEFG.json", "x1.json"]
+    assert "invalid id '../../outside'" in report["stray_files"][str(index / "x1.json")]
+    assert main(["check", str(store), "--repair"]) == 0
+    assert sorted(p.name for p in (store / "aside" / "index").iterdir()) == [
+        "notes.txt", "x0.sync-conflict-20260101-120000-ABCDEFG.json", "x1.json"]  # kept for their owner
+    assert sorted(p.name for p in index.iterdir()) == ["x0.json", "x2.json"]
+    assert main(["check", str(store)]) == 0
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "in"), "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 1  # x1 written again, under its own name
+    assert main(["check", str(store)]) == 0

@@ -238,9 +238,10 @@ def test_export_never_writes_outside_out_dir(tmp_path: Path) -> None:
     labels = np.zeros((8, 8), np.uint16)
     record = {**_record("x", labels, np.zeros((0, 9)), "v1"), "id": "../evil"}
     (path / "index" / "x.json").write_text(json.dumps(record))
-    with pytest.raises(StoreError, match="invalid image id"):
-        open_store(path).export(tmp_path / "out", "labels")
-    assert not (tmp_path / "evil.png").exists()
+    open_store(path).export(tmp_path / "out", "labels")  # the bad record hides its own entry, not the export
+    assert not (tmp_path / "evil.png").exists() and not any((tmp_path / "out").rglob("*.png"))
+    assert Store(path, "r").scan().records == {}
+    assert "invalid id '../evil'" in Store(path, "r").scan().strays[str(path / "index" / "x.json")]
 
 
 # --- visibility and errors -------------------------------------------------------------------------------

@@ -112,10 +112,31 @@ def key_to_id(key: str) -> str:
 
 @dataclass(frozen=True)
 class IndexScan:
-    """The index as read once: complete entries' records by id, and the record files that do not parse."""
+    """The index as read once: complete entries' records by id, the record files that do not parse, and stray
+    files (path -> why): anything else in index/, records in a file not named for their id included."""
 
     records: dict[str, EntryRecord] = field(default_factory=dict)
     damaged: list[str] = field(default_factory=list)
+    strays: dict[str, str] = field(default_factory=dict)
+
+
+def _in_flight(name: str) -> bool:
+    """A record a writer is replacing right now: `durable.write_atomically`'s KEY.json.<uuid hex>.tmp."""
+    stem, _, tmp = name.rpartition(".")
+    return tmp == "tmp" and stem.rpartition(".")[0].endswith(".json")
+
+
+def stray_reason(record: EntryRecord, name: str) -> str | None:
+    """Why a record read from index/NAME is not its entry's record (None when NAME is its id's file): a copy
+    under another name (a sync tool's conflict copy, a backup) or an id that is no valid id (hand-edited)."""
+    try:
+        key = id_to_key(record.id)
+    except StoreError:
+        return f"holds a record with the invalid id {record.id!r}"
+    if name != f"{key}.json":
+        return (f"holds a record of {record.id!r}, whose record is {key}.json: a copy (a sync tool's conflict "
+                "copy, a backup), never served")
+    return None
 
 
 class StoredEntry:
@@ -233,28 +254,38 @@ class Store:
         """The record of a complete entry, or None (also when the record is damaged: see `scan`)."""
         path = self._record_path(image_id)
         try:
-            return _parse_record(self.fs.cat_file(path), path)
+            record = _parse_record(self.fs.cat_file(path), path)
         except FileNotFoundError:
             return None
+        return None if record is None or record.id != image_id else record  # a hand-edited id hides its entry
 
     def scan(self) -> IndexScan:
         """Every complete entry's record by id, and the index files that do not parse (reads only the small
         index files, never arrays). A damaged record hides its own entry only."""
         index = f"{self.root_path}/index"
         try:
-            paths = [p for p in self.fs.ls(index, detail=False) if p.endswith(".json")]
+            listed = self.fs.ls(index, detail=True)
         except FileNotFoundError:
             return IndexScan()
-        if not paths:  # fsspec's cat([]) raises; an index holding only a record being written is empty
-            return IndexScan()
+        strays: dict[str, str] = {}
+        paths = []
+        for info in listed:
+            path, name = info["name"], Path(info["name"]).name
+            if info.get("type") == "file" and name.endswith(".json"):
+                paths.append(path)
+            elif not _in_flight(name):
+                strays[path] = "not a record (records are index/ID.json)"
         found, damaged = {}, []
-        for path, blob in self.fs.cat(paths, on_error="omit").items():
+        for path, blob in (self.fs.cat(paths, on_error="omit") if paths else {}).items():
             record = _parse_record(blob, path)
             if record is None:
                 damaged.append(path)
+            elif reason := stray_reason(record, Path(path).name):
+                log.warning("stray index file %s: %s", path, reason)
+                strays[path] = reason
             else:
                 found[record.id] = record
-        return IndexScan(dict(sorted(found.items())), sorted(damaged))
+        return IndexScan(dict(sorted(found.items())), sorted(damaged), dict(sorted(strays.items())))
 
     def records(self) -> dict[str, EntryRecord]:
         """Every complete entry's record, by id (`scan` also lists the damaged ones)."""
@@ -317,6 +348,18 @@ class Store:
         """Delete an index file that does not parse (`scan().damaged`)."""
         if self.fs.exists(path):
             self.fs.rm_file(path)
+
+    def move_aside(self, path: str) -> str:
+        """Move a stray index file (`scan().strays`) to STORE/aside/index/, where nothing reads it and its owner
+        can look at it (a conflict copy may hold work of theirs); returns where it went."""
+        folder = f"{self.root_path}/aside/index"
+        self.fs.makedirs(folder, exist_ok=True)
+        target, number = f"{folder}/{Path(path).name}", 1
+        while self.fs.exists(target):
+            number += 1
+            target = f"{folder}/{Path(path).name}.{number}"
+        self.fs.mv(path, target, recursive=True)
+        return target
 
     def _uncommit(self, image_id: str) -> None:
         """Remove the record, durably before anything else changes: after a power cut an old record must never
@@ -443,7 +486,7 @@ class Store:
         return self.open_entry(image_id).measurements()
 
 
-_OURS = frozenset({"zarr.json", "images", "index", "locks", "failed", "blocks"})  # what a store's root holds
+_OURS = frozenset({"zarr.json", "images", "index", "locks", "failed", "blocks", "aside"})  # what a store's root holds
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

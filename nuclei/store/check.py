@@ -2,8 +2,10 @@
 
 An entry is damaged when its arrays cannot be read (missing or corrupt chunks), their content differs from the
 hashes its record was written with, or its counts disagree (labels, mask, measurements, record). Index records
-that do not parse are damaged too. `repair` hides damaged entries and deletes unreadable records, so the next
-run segments those images again; nothing else is touched. An entry a run is writing is reported as being
+that do not parse are damaged too, and any other file in index/ is a stray: a record in a file not named for its
+id (a sync tool's conflict copy, a backup, a hand-edited id) or not a record at all; it is never served. `repair`
+hides damaged entries, deletes unreadable records and moves strays to STORE/aside/index/, so the next run
+segments those images again; nothing else is touched. An entry a run is writing is reported as being
 written, never as damaged: `check` and `repair` take each suspect entry's writer lock (`locks/KEY.lock`).
 """
 
@@ -32,10 +34,12 @@ class CheckReport:
     damaged: dict[str, str] = field(default_factory=dict)
     unreadable_records: list[str] = field(default_factory=list)
     being_written: list[str] = field(default_factory=list)  # a run holds their lock: not judged, not touched
+    stray_files: dict[str, str] = field(default_factory=dict)  # index files that are no entry's record -> why
+    moved_aside: dict[str, str] = field(default_factory=dict)  # by repair: stray file -> where it went
 
     @property
     def ok(self) -> bool:
-        return not self.damaged and not self.unreadable_records
+        return not self.damaged and not self.unreadable_records and not self.stray_files
 
 
 def entry_problem(store: Store, record: EntryRecord) -> str | None:
@@ -80,6 +84,11 @@ def check(store_path: str | Path, repair: bool = False) -> CheckReport:
             _settle(store, image_id, report, repair)
     for path in scan.damaged:
         _settle_record_file(store, path, report, repair)
+    report.stray_files = dict(scan.strays)
+    if repair:  # no writer writes these (a run's own record in flight is never a stray): no lock to take
+        for path in scan.strays:
+            report.moved_aside[path] = store.move_aside(path)
+            log.warning("moved stray index file %s aside to %s", path, report.moved_aside[path])
     return report
 
 
