@@ -67,6 +67,7 @@ def train(
     normalization: Normalization = FOREGROUND,
     nucleus_brightness: float = 0.5,
     stain_jitter: float = 0.0,
+    microscope: float = 0.0,
     validation_zooms: list[float] | None = None,
     include: list[str] | None = None,
     held_out: list[str] | None = None,

@@ -64,6 +64,10 @@ class TrainConfig(BaseModel):
     stain_jitter: float = Field(0.0, ge=0.0, le=0.5, description="colour brightfield crops: the haematoxylin, "
                                 "eosin and DAB densities each scaled and shifted by up to this (HED "
                                 "augmentation), so other labs' staining is seen; 0.05 light, 0.2 strong")
+    microscope: float = Field(0.0, ge=0.0, le=1.0, description="share of training crops given another "
+                              "microscope's faults on their raw pixels before normalising: uneven illumination "
+                              "(gradients, vignetting, glow), saturated nuclei, debris specks (never labelled), "
+                              "defocus")
     validation_zooms: list[float] = Field([1.0], min_length=1, description="validation crops at each of these "
                                           "zooms (fixed, seeded): early stopping then weighs the nucleus sizes the "
                                           "scale_range trains for, e.g. [0.5, 1.0]; default: the data's own scale")

@@ -16,16 +16,26 @@ evaluation, the inference engine, tiled or not) goes through `normalized` with t
 - Either way a 12-bit image stored as uint16, a dim image and its stretched 8-bit copy reach the network
   alike, and the statistics are the whole image's (a strided sample), never a tile's.
 - ``dtype_range`` (models trained before normalisation was part of the model): divide by the dtype's maximum.
+- ``local``: the image's smooth background removed and its foreground level measured over neighbourhoods of
+  ``window`` cells (`nuclei.core.background`), so glow and vignetting, a few saturated cells, and fields of
+  other brightness beside a field (a mosaic, a slide) do not move what the network sees of it. Bright-background
+  images keep the ``percentile`` window, as with ``foreground``.
+
+`measure_scaling` measures how an image is scaled (a `Scaling`); calling it on the image, or on any part of it
+with the part's position, gives the model input, so tiles and slide blocks get exactly the whole image's values.
 
 Pure numpy, no I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nuclei.core.background import LocalMaps, apply_maps, cell_stats, local_maps
 
 # Percentiles of a huge image come from a strided sample of about this many pixels (np.percentile sorts).
 PERCENTILE_SAMPLE = 2_000_000
@@ -82,7 +92,7 @@ class Normalization(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["foreground", "percentile", "dtype_range"] = "percentile"
+    kind: Literal["local", "foreground", "percentile", "dtype_range"] = "percentile"
     low: float = Field(default=1.0, ge=0.0, lt=100.0, description="percentile that maps to 0")
     high: float = Field(default=99.8, gt=0.0, le=100.0, description="percentile that maps to 1 (percentile kind, and "
                         "the foreground kind on bright-background images)")
@@ -94,6 +104,11 @@ class Normalization(BaseModel):
                           "their 1st..99.8th percentiles: median ratio 1.0 on DSB2018, BBBC039 and S-BSST265)")
     k: float = Field(default=6.0, gt=0.0, le=100.0, description="foreground kind: pixels this many background "
                      "noise levels (1.4826 MAD) above the background's median are foreground")
+    cell: int = Field(default=32, ge=4, le=1024, description="local kind: the side of the grid's cells, pixels")
+    opening: int = Field(default=9, ge=1, le=255, description="local kind: the background is an opening over "
+                         "this many cells (wider than the largest nucleus or cluster: 288 px at 32 px cells)")
+    window: float = Field(default=3.0, gt=0.0, le=1000.0, description="local kind: the foreground level is "
+                          "averaged with a Gaussian of this many cells (sigma)")
 
     @model_validator(mode="after")
     def _ordered(self) -> Normalization:
@@ -107,6 +122,11 @@ class Normalization(BaseModel):
         window = f"the image's luminance {_ordinal(self.low)}..{_ordinal(self.high)} percentiles mapped to 0..1"
         if self.kind == "percentile":
             return f"RGB, {window}"
+        if self.kind == "local":
+            return (f"RGB, minus the image's smooth background (an opening of {self.cell} px cells' 10th percentiles "
+                    f"over {self.opening} cells), divided by {self.anchor:g} x the local foreground level (the "
+                    f"geometric mean of the 90th percentile of cells {self.k:g} noise levels above the background, "
+                    f"Gaussian sigma {self.window:g} cells); bright-background images: {window}")
         return (f"RGB, the {_ordinal(self.low)} percentile of the image's luminance mapped to 0 and the "
                 f"{_ordinal(self.quantile)} percentile of its foreground (> background + {self.k:g} noise) to "
                 f"1/{self.anchor:g}; padding ignored; bright-background images: {window}")
@@ -213,6 +233,73 @@ def apply_range(raw: np.ndarray, norm: Normalization, lo: float, span: float) ->
     return np.nan_to_num(rgb, copy=False)
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """How one image (or slide) is scaled: a window (lo, span) for all of it, or its `LocalMaps`. Called on
+    the image, or on a part of it with the part's first pixel, it gives the model input (float32 RGB)."""
+
+    norm: Normalization
+    lo: float = 0.0
+    span: float = 1.0
+    maps: LocalMaps | None = None
+
+    def __call__(self, part: np.ndarray, y0: int = 0, x0: int = 0) -> np.ndarray:
+        if self.maps is None:
+            return apply_range(part, self.norm, self.lo, self.span)
+        rgb = apply_maps(as_float_rgb(part).copy() if part.dtype == np.float32 else as_float_rgb(part),
+                         self.maps, y0, x0)
+        np.clip(rgb, *CLIP, out=rgb)
+        return np.nan_to_num(rgb, copy=False)
+
+    def describe(self) -> list[float] | dict[str, float]:
+        """What a record keeps of it: the window, or the maps' medians and a digest."""
+        if self.maps is None:
+            return [self.lo, self.span]
+        import hashlib
+
+        digest = hashlib.sha256(self.maps.background.tobytes() + self.maps.scale.tobytes()).hexdigest()[:16]
+        return {"background_median": float(np.median(self.maps.background)),
+                "scale_median": float(np.median(self.maps.scale)), "maps_sha256": digest}  # type: ignore[dict-item]
+
+
+def is_bright_background(values: np.ndarray) -> bool:
+    """Whether the brighter Otsu class is the larger (brightfield, or confluent cells): the window stays global."""
+    from skimage.filters import threshold_otsu
+
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.min() == values.max():
+        return False
+    return bool(np.count_nonzero(values <= float(threshold_otsu(values))) < 0.5 * values.size)
+
+
+def luminance(raw: np.ndarray) -> np.ndarray:
+    """(H, W) float32 mean of the (1 or 3) colour channels, in stored units."""
+    channels = _colour_channels(raw)
+    if channels.shape[2] == 1:
+        return channels[..., 0].astype(np.float32)
+    return channels.astype(np.float32).mean(axis=2)
+
+
+def scaling_from_stats(stats: np.ndarray, norm: Normalization, quantum: float) -> Scaling:
+    """A `local` Scaling from a whole image's (or slide's) `cell_stats`."""
+    maps = local_maps(stats, norm.cell, norm.opening, norm.window, norm.k, norm.anchor, quantum)
+    return Scaling(norm, maps=maps)
+
+
+def quantum_of(dtype: np.dtype) -> float:
+    """The step between stored values: 1 for integer images, 0 for float ones."""
+    return 1.0 if np.issubdtype(dtype, np.integer) else 0.0
+
+
+def measure_scaling(raw: np.ndarray, norm: Normalization) -> Scaling:
+    """How this whole image is scaled (a slide measures its own a window at a time: `nuclei.inference.slide`)."""
+    if norm.kind != "local":
+        return Scaling(norm, *intensity_range(raw, norm))
+    if is_bright_background(_luminance_sample(raw).ravel()):
+        return Scaling(norm, *intensity_range(raw, norm.model_copy(update={"kind": "percentile"})))
+    return scaling_from_stats(cell_stats(luminance(raw), norm.cell), norm, quantum_of(raw.dtype))
+
+
 def normalized(raw: np.ndarray, norm: Normalization) -> np.ndarray:
     """The model input for a whole image: float32 (H, W, 3)."""
-    return apply_range(raw, norm, *intensity_range(raw, norm))
+    return measure_scaling(raw, norm)(raw)

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from nuclei.config import DEFAULT_PROVIDERS, DEFAULT_TILE_SIZE
 from nuclei.core.modality import is_stained_brightfield
-from nuclei.core.normalize import apply_range, intensity_range
+from nuclei.core.normalize import Scaling, measure_scaling
 from nuclei.core.thresholds import Thresholds
 from nuclei.core.tiling import check_tile_size, overlap_for, pad_to_multiple, predict_tiled
 from nuclei.errors import ModelError
@@ -201,28 +201,30 @@ class Engine:
         return np.mean([np.flip(part, axis) if axis else part for part, axis in zip(parts, flips, strict=True)],
                        axis=0)
 
-    def _scaler(self, image: np.ndarray, value_range: tuple[float, float] | None = None
-                ) -> Callable[[np.ndarray], np.ndarray]:
-        """Normalises any part of ``image`` with the intensity range of the whole image (tiles included), or with
-        ``value_range`` where the image is a block of a slide (the slide's range, measured once)."""
-        norm = self.model.normalization
-        lo, span = value_range or intensity_range(image, norm)
-        return lambda part: apply_range(part, norm, lo, span)
+    def _scaler(self, image: np.ndarray, scaling: Scaling | None = None) -> Scaling:
+        """How ``image`` is scaled: measured on the whole image (its tiles included), or ``scaling`` where the
+        image is a block of a slide (the slide's, measured once)."""
+        return scaling or measure_scaling(image, self.model.normalization)
 
-    def predict(self, image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, scaling: Scaling | None = None, origin: tuple[int, int] = (0, 0)
+                ) -> np.ndarray:
         """Probabilities for one image (any dtype, grey/RGB/RGBA, as read); large images run as overlapping
         tiles, each scaled a tile at a time with the whole image's intensity range. With ``diameter`` the image
         is resized to the model's training scale and the probabilities back to the image's size. With a
-        stained-tissue model, the model `for_image` picks runs. ``value_range``: see `_scaler`."""
-        if value_range is None and (routed := self.for_image(image)) is not self:
+        stained-tissue model, the model `for_image` picks runs. ``scaling``: see `_scaler`; ``origin``: where
+        ``image`` starts in what ``scaling`` was measured on (a slide block's window)."""
+        if scaling is None and (routed := self.for_image(image)) is not self:
             return routed.predict(image)
+        scaling = self._scaler(image, scaling)
+        size = image.shape[:2]
+        if scaling.maps is not None:  # local maps: the model input at the image's own pixels, before any zoom
+            image, scaling = scaling(image, *origin), Scaling(scaling.norm)  # then nothing more to scale
         if self.zoom == 1.0:
-            return self._predict(image, value_range)
-        return rescale(self._predict(rescale(image, self.zoom), value_range), size=image.shape[:2])
+            return self._predict(image, scaling)
+        return rescale(self._predict(rescale(image, self.zoom), scaling), size=size)
 
-    def _predict(self, image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    def _predict(self, image: np.ndarray, scale: Scaling) -> np.ndarray:
         height, width = image.shape[:2]
-        scale = self._scaler(image, value_range)
         padded = pad_to_multiple(image, self.model.pad_multiple)
         if max(padded.shape[:2]) <= self.tile_size:
             return self._run([scale(padded)])[0, :height, :width]

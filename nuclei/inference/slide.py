@@ -33,8 +33,10 @@ from tqdm import tqdm
 
 import nuclei
 from nuclei.config import DEFAULT_TILE_SIZE, SegmentConfig
+from nuclei.core.background import cell_stats
 from nuclei.core.blocks import (
     Block,
+    Box,
     core_ids,
     match,
     neighbour_pairs,
@@ -45,7 +47,16 @@ from nuclei.core.blocks import (
     touches_inner_edge,
 )
 from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
-from nuclei.core.normalize import PERCENTILE_SAMPLE, intensity_range
+from nuclei.core.normalize import (
+    PERCENTILE_SAMPLE,
+    Normalization,
+    Scaling,
+    is_bright_background,
+    luminance,
+    measure_scaling,
+    quantum_of,
+    scaling_from_stats,
+)
 from nuclei.core.postprocess import instances
 from nuclei.core.tiling import round_up
 from nuclei.errors import InputError, Interrupted
@@ -83,7 +94,7 @@ class SlideJob:
     height: int
     width: int
     blocks: tuple[Block, ...]
-    value_range: tuple[float, float]
+    scaling: Scaling  # the whole slide's, measured once (a window, or local maps)
     stained: bool  # the stained-tissue model runs (decided once, on the slide's sample)
     block_side: int  # a core's side (the last row and column of blocks may be smaller)
 
@@ -125,7 +136,7 @@ def label_block(job: SlideJob, block: Block) -> int:
     engine = job.engine()
     with LazyPlane(job.source) as plane:
         raw = plane.read(block.window)
-    prob = engine.predict(raw, value_range=job.value_range)
+    prob = engine.predict(raw, scaling=job.scaling, origin=(block.window.y0, block.window.x0))
     labels = instances(prob[block.reach.within(block.window)], engine.thresholds)
     del prob
     entry = job.entry()
@@ -237,7 +248,7 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
     entry = SlideEntry(store, item.id)
     manifest = {"source": item.url, "source_sha256": identity[0], "output_key": key,
                 "shape": [job.height, job.width], "block_size": settings.block_size, "blocks": len(job.blocks),
-                "value_range": list(job.value_range), "stained": job.stained}
+                "scaling": job.scaling.describe(), "stained": job.stained}
     done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
                        chunk_for(job.block_side))
     if done:
@@ -276,16 +287,30 @@ def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
         info = {"channels": plane.channels, "dtype": plane.dtype, "lab": plane.lab.describe(),
                 "pixel_size_um": _pixel_size(settings, plane)}
         height, width = plane.height, plane.width
-    used = engine.for_image(sample)
-    value_range = intensity_range(sample, used.model.normalization)
+        used = engine.for_image(sample)
+        scaling = _slide_scaling(plane, sample, used.model.normalization)
     multiple = used.model.pad_multiple
     context = round_up(math.ceil(used.overlap / used.zoom), multiple)  # the receptive field, in image pixels
     side = round_up(settings.block_size, multiple)
     blocks = plan_blocks(height, width, side, label_margin(used), context, multiple)
     cyx = sample[None] if sample.ndim == 2 else np.moveaxis(sample, -1, 0)
-    job = SlideJob(item, settings, height, width, tuple(blocks), value_range, used is not engine, side)
-    log.info("%s: %dx%d as %d blocks, range %s", item.id, height, width, len(blocks), value_range)
+    job = SlideJob(item, settings, height, width, tuple(blocks), scaling, used is not engine, side)
+    log.info("%s: %dx%d as %d blocks, scaling %s", item.id, height, width, len(blocks), scaling.describe())
     return job, info, layout.omero(np.ascontiguousarray(cyx))
+
+
+STATS_BAND = 2048  # rows of the slide read at a time for the local normalisation's cell statistics
+
+
+def _slide_scaling(plane: LazyPlane, sample: np.ndarray, norm: Normalization) -> Scaling:
+    """The slide's scaling: the window from its strided sample, or (the `local` kind) the cell statistics of
+    the whole slide, read a cell-aligned band at a time, so every block gets exactly the whole image's maps."""
+    if norm.kind != "local" or is_bright_background(luminance(sample).ravel()):
+        return measure_scaling(sample, norm)
+    band = max(norm.cell, STATS_BAND // norm.cell * norm.cell)
+    stats = np.concatenate([cell_stats(luminance(plane.read(Box(y0, min(plane.height, y0 + band), 0, plane.width))),
+                                       norm.cell) for y0 in range(0, plane.height, band)], axis=0)
+    return scaling_from_stats(stats, norm, quantum_of(np.dtype(plane.dtype)))
 
 
 def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool, on_block: OnBlock | None = None
@@ -333,7 +358,7 @@ def _record(item: ImageItem, job: SlideJob, used: Engine, settings: SegmentConfi
         "zoom": used.zoom, "normalization": model.normalization.model_dump(), "providers": used.session_providers(),
         "nuclei_version": nuclei.__version__, "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "complete",
-        "slide": {"block_size": settings.block_size, "source_hash": hashed, "value_range": list(job.value_range),
+        "slide": {"block_size": settings.block_size, "source_hash": hashed, "scaling": job.scaling.describe(),
                   "blocks": [[b.core.y0, b.core.y1, b.core.x0, b.core.x1] for b in job.blocks]},
     }
 

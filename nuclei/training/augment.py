@@ -133,6 +133,11 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, *CLIP).astype(np.float32)
 
 
+def random_zoom(scale_range: tuple[float, float], rng: np.random.Generator) -> float:
+    """A training crop's zoom, log-uniform over ``scale_range`` (1 where it is (1, 1))."""
+    return float(np.exp(rng.uniform(*np.log(scale_range)))) if tuple(scale_range) != (1.0, 1.0) else 1.0
+
+
 def augmented_crop(
     image: np.ndarray,
     target: np.ndarray,
@@ -149,7 +154,7 @@ def augmented_crop(
     ``nucleus_brightness`` share of crops; needs the instance ``labels``), stain (``stain_jitter``: the HED
     sigma), colour and intensity jitter. ``zoom`` fixes the zoom (validation crops at a chosen scale)."""
     if zoom is None:
-        zoom = float(np.exp(rng.uniform(*np.log(scale_range)))) if augment and scale_range != (1.0, 1.0) else 1.0
+        zoom = random_zoom(scale_range, rng) if augment else 1.0
     vary = augment and labels is not None and rng.random() < nucleus_brightness
     if vary:  # the labels ride along as a last target plane, so the crop, zoom and symmetries match
         target = np.concatenate([target, np.asarray(labels, np.float32)[..., None]], axis=-1)

@@ -18,7 +18,8 @@ from nuclei.core.normalize import normalized
 from nuclei.core.targets import contact_zone, core_targets
 from nuclei.core.tiling import pad_to_multiple
 from nuclei.io.datasets import Sample
-from nuclei.training.augment import augmented_crop
+from nuclei.training.augment import augmented_crop, random_zoom
+from nuclei.training.microscope import MARGIN, microscope, nucleus_diameter, raw_window
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class CropBatches(keras.utils.PyDataset):
         self.images = [normalized(s.raw, config.normalization) for s in samples]
         self.targets = [make_targets(s.labels, config.channels, config.contact_weight) for s in samples]
         self.labels = [s.labels for s in samples]
+        self.raws = [s.raw for s in samples]  # the microscope's changes act on raw pixels, before normalising
+        self.diameters = [nucleus_diameter(s.labels) for s in samples]
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
@@ -82,10 +85,19 @@ class CropBatches(keras.utils.PyDataset):
         return self.steps if self._fixed is None else max(1, math.ceil(len(self._fixed) / self.config.batch_size))
 
     def _example(self, index: int, zoom: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        config = self.config
+        image, target, labels = self.images[index], self.targets[index], self.labels[index]
+        if self.train and config.augment and self.rng.random() < config.microscope:
+            # Glow, saturation, specks and defocus on a raw window a little larger than the crop, normalised
+            # as inference would normalise it.
+            zoom = random_zoom(config.scale_range, self.rng)
+            side = math.ceil(config.crop_size / zoom) + 2 * MARGIN
+            raw, target, labels = raw_window(self.raws[index], target, labels, side, self.rng)
+            image = normalized(microscope(raw, labels, self.rng, self.diameters[index]), config.normalization)
         return augmented_crop(
-            self.images[index], self.targets[index], self.config.crop_size, self.rng,
+            image, target, self.config.crop_size, self.rng,
             augment=self.train and self.config.augment, scale_range=self.config.scale_range,
-            labels=self.labels[index], nucleus_brightness=self.config.nucleus_brightness,
+            labels=labels, nucleus_brightness=self.config.nucleus_brightness,
             stain_jitter=self.config.stain_jitter, zoom=zoom,
         )
 
