@@ -171,8 +171,10 @@ def test_binary_masks_in_any_encoding_are_told_apart_from_instance_labels(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["finetune", "train"])
-def test_ctrl_c_while_training_publishes_nothing_and_keeps_the_previous_model(command: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "signum"), [("finetune", signal.SIGINT), ("train", signal.SIGINT),
+                                                 ("finetune", signal.SIGTERM)])
+def test_ctrl_c_while_training_publishes_nothing_and_keeps_the_previous_model(command: str, signum: int,
+                                                                              tmp_path: Path) -> None:
     out = tmp_path / "models"
     shutil.copytree(SMALL_MODEL, out / "lab")
     previous = _tree(out / "lab")
@@ -188,7 +190,7 @@ def test_ctrl_c_while_training_publishes_nothing_and_keeps_the_previous_model(co
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
             time.sleep(0.2)
         time.sleep(2)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the terminal's whole process group
+        os.killpg(process.pid, signum)  # as Ctrl-C sends SIGINT: to the terminal's whole process group
         stopped = time.monotonic()
         err = process.communicate(timeout=120)[1]
     finally:
