@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage as ndi
 
 # A Gaussian's 50th - 10th percentile, in standard deviations: a background cell's spread gives its noise.
@@ -37,6 +38,7 @@ PRIOR_WEIGHT = 0.005
 # How far apart two cells' log backgrounds may be and still share a foreground level (0.35: 1.4x at one sigma;
 # fields 3-4x apart do not mix).
 GUIDE_SIGMA = 0.2
+GUIDED_CHUNK = 4_000_000  # cells x neighbours the guided mean holds at once (32 MB a float64 array)
 # A uniform image's scale: finite (interpolation multiplies by 0) and large, so every pixel maps to 0.
 UNIFORM_SCALE = 1e30
 
@@ -108,18 +110,23 @@ def _guided_mean(values: np.ndarray, weights: np.ndarray, guide: np.ndarray, win
     background slowly, is averaged over. Where nothing near has weight, ``prior``."""
     radius = int(np.ceil(3 * window))
     ny, nx = values.shape
+    span = np.arange(-radius, radius + 1)
+    dy, dx = np.meshgrid(span, span, indexing="ij")
+    disc = dy**2 + dx**2 <= radius**2
+    spatial = np.where(disc, np.exp(-(dy**2 + dx**2) / (2 * window**2)), 0.0)
+    spatial /= spatial.sum()
     pad = ((radius, radius), (radius, radius))
     v, w, g = np.pad(values, pad), np.pad(weights.astype(np.float64), pad), np.pad(guide, pad)
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-               if dy * dy + dx * dx <= radius * radius]
-    spatial = np.array([np.exp(-(dy * dy + dx * dx) / (2 * window**2)) for dy, dx in offsets])
-    spatial /= spatial.sum()
     total, weight = np.zeros((ny, nx)), np.zeros((ny, nx))
-    for (dy, dx), near in zip(offsets, spatial, strict=True):
-        part = (slice(radius + dy, radius + dy + ny), slice(radius + dx, radius + dx + nx))
-        share = near * w[part] * np.exp(-((g[part] - guide) ** 2) / (2 * GUIDE_SIGMA**2))
-        total += share * v[part]
-        weight += share
+    rows = max(1, GUIDED_CHUNK // (nx * spatial.size))  # a band of rows at a time bounds the memory
+    for y0 in range(0, ny, rows):
+        y1 = min(ny, y0 + rows)
+        band = (slice(y0, y1 + 2 * radius), slice(None))
+        windows = [sliding_window_view(a[band], spatial.shape)[..., disc] for a in (v, w, g)]
+        centre = guide[y0:y1, :, None]
+        share = spatial[disc] * windows[1] * np.exp(-((windows[2] - centre) ** 2) / (2 * GUIDE_SIGMA**2))
+        total[y0:y1] = (share * windows[0]).sum(axis=-1)
+        weight[y0:y1] = share.sum(axis=-1)
     return (total + PRIOR_WEIGHT * prior) / (weight + PRIOR_WEIGHT)
 
 
