@@ -69,7 +69,8 @@ def test_every_train_option_reaches_the_config() -> None:
                       "--no-held-out-in-validation", "--balance-categories", "--dataset-weights", '{"d1": 2}',
                       "--max-images", "5", "--on-error", "skip", "--quantize-int8",
                       "--min-ap50", "0.1", "--nucleus-brightness", "0.3", "--precision", "mixed_bfloat16",
-                      "--minutes", "5", "--stain-jitter", "0.1", "--microscope", "0.4", "--include", "d1:category=^stain",
+                      "--minutes", "5", "--stain-jitter", "0.1", "--microscope", "0.4",
+                      "--include", "d1:category=^stain",
                       "--validation-zooms", "0.5", "--validation-zooms", "1"])
     assert set(params) == set(TrainConfig.model_fields)
     config = TrainConfig(**params)

@@ -79,8 +79,8 @@ def local_maps(stats: np.ndarray, cell: int, opening: int, window: float, k: flo
     p10, p50, p90 = stats[..., 0], stats[..., 1], stats[..., 2]
     valid = stats[..., 3] == 0
     if not valid.any():  # a uniform (or fully clipped) image: its level is the background, nothing stands out
-        level = np.full(p10.shape, float(np.median(p10)), np.float32)
-        return LocalMaps(cell, level, np.full(p10.shape, UNIFORM_SCALE, np.float32))
+        flat = np.full(p10.shape, float(np.median(p10)), np.float32)
+        return LocalMaps(cell, flat, np.full(p10.shape, UNIFORM_SCALE, np.float32))
     background = _background(p10, valid, opening)
     spread = np.where(valid, (p50 - p10) / _P50_P10, np.inf)
     noise = ndi.percentile_filter(spread, 25, size=opening, mode="nearest")
@@ -97,7 +97,7 @@ def local_maps(stats: np.ndarray, cell: int, opening: int, window: float, k: flo
         prior = float(np.average(logs[foreground], weights=say[foreground]))
         level = np.exp(_guided_mean(logs, say, guide, window, prior))
     else:  # only noise: it maps to about 1 / (anchor k), as an empty well's does
-        level = k * noise
+        level = np.asarray(k * noise, np.float64)
     scale = np.maximum(anchor * level, k * noise)
     return LocalMaps(cell, background.astype(np.float32), scale.astype(np.float32))
 

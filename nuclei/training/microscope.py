@@ -1,9 +1,10 @@
 """What a microscope does to a field, added to raw pixels before the normalisation (so the network learns what
 the normalisation leaves of it): uneven illumination (a gradient, vignetting, out-of-focus glow), nuclei
-pushed to saturation, small bright specks of debris on the background (never labelled), and defocus.
+pushed to saturation, small bright specks of debris on the background (never labelled), the seam between two
+fields recorded at other brightness (a mosaic), and defocus.
 
 Applied to a window of the raw image, in its stored units; the window is then normalised as inference would
-normalise it (`nuclei.core.normalize`). Also the seam between two fields recorded at other brightness. Fluorescence only: images whose nuclei are darker than their
+normalise it (`nuclei.core.normalize`). Fluorescence only: images whose nuclei are darker than their
 background (brightfield, stained tissue) are returned unchanged.
 """
 
@@ -73,7 +74,8 @@ def _specks(image: np.ndarray, labels: np.ndarray, diameter: float, contrast: fl
     if not keep.any():
         return image
     sigma = max(0.5, rng.uniform(*SPECK) * diameter / 2.5)  # a Gaussian's diameter at half height ~ 2.4 sigma
-    peaks = contrast * np.exp(rng.uniform(*np.log(SPECK_BRIGHTNESS), size=int(keep.sum())))
+    low, high = (float(v) for v in np.log(SPECK_BRIGHTNESS))
+    peaks = contrast * np.exp(rng.uniform(low, high, size=int(keep.sum())))
     impulses = np.zeros((height, width), np.float32)
     np.add.at(impulses, (ys[keep], xs[keep]), peaks * 2 * np.pi * sigma**2)  # peak height after the blur
     return image + cv2.GaussianBlur(impulses, (0, 0), sigma)[..., None]
@@ -94,7 +96,7 @@ def _seam(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def microscope(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator, diameter: float | None = None
                ) -> np.ndarray:
     """A raw window (H, W) or (H, W, C) as another microscope might have recorded it (its dtype and units)."""
-    image = (raw[..., None] if raw.ndim == 2 else raw).astype(np.float32)
+    image: np.ndarray = (raw[..., None] if raw.ndim == 2 else raw).astype(np.float32)
     inside = labels > 0
     if not inside.any() or inside.all():
         return raw
