@@ -15,10 +15,12 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from nuclei.config import TrainConfig
@@ -87,6 +89,30 @@ class Comparison:
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
         lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
         return "\n".join(lines)
+
+
+# What a caller (the napari plugin) is told as fine-tuning goes: the stage ("fitting", "exporting", "comparing",
+# "publishing") and, while fitting, each epoch's figures (`epoch`, `loss`, `val_loss`, ...).
+Progress = Callable[[str, dict[str, float]], None]
+
+
+class Watch(keras.callbacks.Callback):
+    """Fitting as the caller sees it: each epoch's figures to ``progress``, and ``stop`` acted on after the batch
+    in hand (Interrupted: the partial directory goes), not only once the time budget has run out."""
+
+    def __init__(self, stop: threading.Event | None, progress: Progress | None) -> None:
+        super().__init__()
+        self.stop, self.progress = stop, progress
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        steps.stop_requested(self.stop)
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        steps.stop_requested(self.stop)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.progress is not None:
+            self.progress("fitting", {"epoch": float(epoch + 1), **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 @dataclass(frozen=True)
@@ -172,10 +198,13 @@ def finetune(
     held_back: float = 0.3,
     seed: int = 12345,
     stop: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` (default: the shipped model for these images) on labelled folders; returns the
     published model directory and, when images were held back, the comparison on them. With ``stop`` set (by
-    the caller's signal handler) it raises Interrupted: nothing published, the partial directory removed."""
+    the caller's signal handler, or a viewer's cancel button from another thread; looked at after every batch)
+    it raises Interrupted: nothing published, the partial directory removed. ``progress``: see `Progress`."""
+    say = progress or (lambda stage, figures: None)
     started = time.perf_counter()
     check_request(name, out, minutes, held_back)
     dirs = [data] if isinstance(data, str) else list(data)
@@ -192,17 +221,22 @@ def finetune(
     staging = steps.staging_dir(config)
     with steps.removed_on_failure(staging):
         steps.describe(config, _as_dataset(dataset, samples), split, staging)
-        model = steps.train_model(config, split, staging)
+        say("fitting", {})
+        model = steps.train_model(config, split, staging, [Watch(stop, progress)])
         steps.stop_requested(stop)
+        say("exporting", {})
         steps.export(model, config, staging)
         _, report, _ = steps.evaluate(staging, split)
         steps.quantize(staging, split, report, calibration=len(split.train))
         comparison = None
         if held:
+            say("comparing", {})
+            steps.stop_requested(stop)
             comparison, found = compare(start, staging, held)
             write_comparison(comparison, start, name, held, found, staging / "finetune")
         write_model_card(staging, config, start, split, comparison, time.perf_counter() - started)
         steps.stop_requested(stop)
+        say("publishing", {})
         model_dir = steps.publish(staging, config)
     return FinetuneResult(model_dir, start, comparison, time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -194,24 +195,27 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
 
 
 def fit(
-    model: keras.Model, train: list[Sample], val: list[Sample], config: TrainConfig, model_dir: Path
+    model: keras.Model, train: list[Sample], val: list[Sample], config: TrainConfig, model_dir: Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
-    """Train with early stopping on val_loss (best weights restored), a checkpoint and a CSV history."""
+    """Train with early stopping on val_loss (best weights restored), a checkpoint and a CSV history;
+    ``callbacks`` are the caller's (progress, a stop request)."""
     keras.utils.set_random_seed(config.seed)
     compile_model(model, config)
-    callbacks = [
+    every = [
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(model_dir / "checkpoint.keras", "val_loss", save_best_only=True),
         keras.callbacks.CSVLogger(str(model_dir / "history.csv")),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(2, config.patience // 2)),
         EpochLog(config.epochs),
         *([TimeBudget(config.minutes)] if config.minutes else []),
+        *callbacks,
     ]
     history = model.fit(
         CropBatches(train, config, train=True, steps=config.steps_per_epoch),
         validation_data=CropBatches(val, config, train=False),
         epochs=config.epochs,
-        callbacks=callbacks,
+        callbacks=every,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -15,7 +15,7 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,11 +155,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def train_model(config: TrainConfig, data: Split, model_dir: Path) -> keras.Model:
-    """Build and fit; writes history.csv, curves.png, checkpoint.keras and model.keras."""
+def train_model(config: TrainConfig, data: Split, model_dir: Path,
+                callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.Model:
+    """Build and fit (``callbacks``: the caller's, see `fit.fit`); writes history.csv, curves.png,
+    checkpoint.keras and model.keras."""
     model = build_model(config)
     started = time.perf_counter()
-    fit(model, data.train, data.val, config, model_dir)
+    fit(model, data.train, data.val, config, model_dir, callbacks)
     log.info("training took %.0f s (%s)", time.perf_counter() - started, config.precision)
     model = as_float32(model, config)
     if config.init_from:
