@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 import nuclei
-from nuclei.cli import check, demo, evaluate, export_model, finetune, query, segment, train, view
+from nuclei.cli import check, demo, evaluate, export_model, finetune, query, segment, suggest, train, view
 from nuclei.core.text import printable
 from nuclei.errors import NucleiError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     train.add, finetune.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, export_model.add,
-    view.add,
+    view.add, suggest.add,
 ]
 
 
