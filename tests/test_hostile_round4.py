@@ -348,3 +348,66 @@ def test_the_index_serves_only_records_named_for_their_ids(tmp_path: Path,
     assert main(["segment", str(tmp_path / "in"), "--store", str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["done"] == 1  # x1 written again, under its own name
     assert main(["check", str(store)]) == 0
+
+
+# --- 2: `check` reads content, not shapes: every array of an entry, every pyramid level, the tables ------------
+
+
+def _damage(array: Path, how: str) -> None:
+    """Lose one chunk of a stored array, or change one of its values (a chunk that decodes, with other content)."""
+    import zarr
+
+    if how == "lost":
+        next(p for p in sorted((array / "c").rglob("*")) if p.is_file()).unlink()
+        return
+    stored = zarr.open_array(str(array), mode="r+")
+    corner = (0,) * (stored.ndim - 2) + (stored.shape[-2] // 3, stored.shape[-1] // 3)
+    stored[corner] = stored[corner] + 1
+
+
+def test_check_reads_every_array_of_an_entry_not_its_shape(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+
+    from nuclei.store.backend import Store
+
+    field = np.tile(_separate_nuclei()[0], (9, 9))[:1100, :1090]  # pyramid levels s0, s1 (a side over 1024)
+    write_png(tmp_path / "in" / "big.png", field)
+    tifffile.imwrite(tmp_path / "in" / "slide.tif", field, tile=(256, 256), compression="zlib")
+    clean = tmp_path / "clean.zarr"
+    assert main(["segment", str(tmp_path / "in"), "--store", str(clean), "--slide-pixels", "1000000",
+                 "--block-size", "512"]) == 0
+    assert "slide" in json.loads((clean / "index" / "slide.json").read_text())  # one plain entry, one slide
+    assert main(["check", str(clean)]) == 0
+    capsys.readouterr()
+    arrays = ["measurements", "s1", "labels/nuclei/s1", "labels/mask/s1", "labels/mask/s0"]
+    cases = [(entry, array, how) for entry in ("big", "slide") for array in arrays for how in ("lost", "changed")]
+    for number, (entry, array, how) in enumerate(cases):
+        store = tmp_path / f"s{number}.zarr"
+        shutil.copytree(clean, store)
+        _damage(store / "images" / entry / array, how)
+        assert main(["check", str(store), "--json"]) == 1, (entry, array, how)
+        damaged = json.loads(capsys.readouterr().out)["damaged"]
+        assert list(damaged) == [entry], (entry, array, how, damaged)
+        assert main(["check", str(store), "--repair"]) == 0
+        assert Store(store).ids() == sorted({"big", "slide"} - {entry}), (entry, array, how)
+        capsys.readouterr()
+        shutil.rmtree(store)
+
+    # Records written before these hashes check as before; their tables are read for their labels 1..N.
+    old = tmp_path / "old.zarr"
+    shutil.copytree(clean, old)
+    for entry in ("big", "slide"):
+        path = old / "index" / f"{entry}.json"
+        record = json.loads(path.read_text())
+        record["arrays_sha256"] = {k: v for k, v in record["arrays_sha256"].items() if k in ("image", "labels")}
+        for sums in record.get("slide", {}).get("blocks_sha256", []):
+            del sums["mask"]
+        path.write_text(json.dumps(record))
+    assert main(["check", str(old)]) == 0
+    capsys.readouterr()
+    for entry in ("big", "slide"):
+        _damage(old / "images" / entry / "measurements", "lost")
+    assert main(["check", str(old), "--json"]) == 1
+    damaged = json.loads(capsys.readouterr().out)["damaged"]
+    assert sorted(damaged) == ["big", "slide"] and all("label column" in why for why in damaged.values()), damaged

@@ -255,11 +255,11 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
         log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
     n_nuclei, table, sums = _run_rounds(job, mapper, done, *progress)
     with _phase(item.id, "pyramid levels built"):
-        entry.build_pyramids()
+        levels_sha256 = entry.build_pyramids()
     used = job.engine()
     recorded = _record(item, job, used, settings, plane_info, identity, table, key)
     recorded["slide"]["blocks_sha256"] = sums
-    entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero)
+    entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero, levels_sha256)
     return n_nuclei, used
 
 

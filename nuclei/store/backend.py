@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -80,6 +81,50 @@ def array_sha256(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def chunk_windows(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """The windows of an array's chunks in C order (edge chunks cut to the array)."""
+    grid = [range(0, size, chunk) for size, chunk in zip(shape, chunks, strict=True)]
+    for corner in itertools.product(*grid):
+        yield tuple(slice(start, min(size, start + chunk))
+                    for start, size, chunk in zip(corner, shape, chunks, strict=True))
+
+
+def combine_sha256(shape: Sequence[int], chunk_sums: Iterable[str]) -> str:
+    """One digest of an array from its chunks' `array_sha256` in C order (`content_sha256`)."""
+    digest = hashlib.sha256(f"chunks{tuple(int(s) for s in shape)}".encode())
+    for chunk in chunk_sums:
+        digest.update(chunk.encode())
+    return digest.hexdigest()
+
+
+def window_sha256(window: np.ndarray) -> str:
+    """`array_sha256` of a window as Zarr gives it back (little-endian), whatever byte order it was written from."""
+    return array_sha256(np.asarray(window, dtype=window.dtype.newbyteorder("<")))
+
+
+def content_sha256(array: Any, chunks: Sequence[int]) -> str:
+    """Content hash of an array, a chunk at a time: a numpy array as it is written, or a Zarr array as it is read
+    back (never whole in memory, so a slide's pyramid levels and tables are hashed as any entry's). A chunk
+    lost or changed on disk changes it (a lost chunk reads as the fill value)."""
+    return combine_sha256(array.shape, (window_sha256(np.asarray(array[window]))
+                                        for window in chunk_windows(array.shape, chunks)))
+
+
+LEVEL0_SUMS = ("image", "labels")  # `arrays_sha256` keys of the first records: level 0's image and labels, whole
+
+
+def changed_arrays(array: Callable[[str], zarr.Array], sums: dict[str, str]) -> str | None:
+    """The first array whose content differs from its path hash in ``sums`` (read a chunk at a time), or None.
+    The whole-array hashes of level 0 (`LEVEL0_SUMS`) are the caller's."""
+    for path, digest in sums.items():
+        if path in LEVEL0_SUMS:
+            continue
+        found = array(path)
+        if content_sha256(found, found.chunks) != digest:
+            return "measurements" if path == layout.MEASUREMENTS_PATH else f"array {path}"
+    return None
 
 
 def _parse_record(blob: bytes, path: str) -> EntryRecord | None:
@@ -144,6 +189,10 @@ class StoredEntry:
 
     def __init__(self, record: EntryRecord, group: zarr.Group, url: str) -> None:
         self.record, self._group, self._url = record, group, url
+
+    def array(self, path: str) -> zarr.Array:
+        """One of the entry's arrays unread, by its path in the entry (`layout`: "s1", "labels/mask/s0", ...)."""
+        return self._array(path)
 
     def _array(self, path: str) -> zarr.Array:
         node = self._group[path]
@@ -433,17 +482,27 @@ class Store:
         key = id_to_key(image_id)
         label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
         labels = labels.astype(label_dtype, copy=False)
-        sums = {"image": array_sha256(image), "labels": array_sha256(labels)}  # `nuclei check` re-reads them
-        typed = EntryRecord(**{**record, "id": image_id, "key": key, "arrays_sha256": sums,
-                               "commit": uuid.uuid4().hex, "store_format_version": STORE_FORMAT_VERSION})
+        typed = EntryRecord(**{**record, "id": image_id, "key": key, "commit": uuid.uuid4().hex,
+                               "store_format_version": STORE_FORMAT_VERSION})
+        table = in_micrometres(measurements, typed.pixel_size_um)  # um columns with the record's pixel size
+        arrays = layout.entry_arrays(image, labels, table, len(COLUMN_NAMES))
+        typed = typed.model_copy(update={"arrays_sha256": self._entry_sums(image, labels, arrays)})
         # Composed in memory, then written as plain files in one batch: one round trip per file (a batched
         # upload on object stores).
-        table = in_micrometres(measurements, typed.pixel_size_um)  # um columns with the record's pixel size
-        files = layout.entry_files(typed, image, labels, table, COLUMN_NAMES)
+        files = layout.files_of(typed, arrays, COLUMN_NAMES)
         self._uncommit(image_id)  # an overwritten entry is invisible until it is whole again
         self._put_files(f"{self.root_path}/images/{key}", files)
         self.commit(typed)
         return typed
+
+    @staticmethod
+    def _entry_sums(image: np.ndarray, labels: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+        """What `nuclei check` re-reads: level 0's image and labels whole (as the first records had them), and
+        every other array (the mask, each pyramid level, the measurements) a chunk at a time, by its path."""
+        level0 = (layout.IMAGE_PATH.format(level=0), layout.LABELS_PATH.format(level=0))
+        return {"image": array_sha256(image), "labels": array_sha256(labels),
+                **{path: content_sha256(array, layout.chunks_of(path, array))
+                   for path, array in arrays.items() if path not in level0}}
 
     def _put_files(self, prefix: str, files: dict[str, bytes]) -> None:
         """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes); on local disks every file and

@@ -1,7 +1,11 @@
 """`nuclei check`: verify that every visible entry of a store is whole and says what its arrays hold.
 
-An entry is damaged when its arrays cannot be read (missing or corrupt chunks), their content differs from the
-hashes its record was written with, or its counts disagree (labels, mask, measurements, record). Index records
+An entry is damaged when its arrays cannot be read (corrupt chunks), their content differs from the hashes its
+record was written with (a lost chunk reads as zeros: its content changed), or its counts disagree (labels,
+mask, measurements, record). Records hash every array: level 0's image and labels whole, and, by their paths,
+the mask, every pyramid level and the measurements a chunk at a time (`backend.content_sha256`). Records
+written before those path hashes are checked as they were, and their measurements by content: the label column
+must be 1..N. Index records
 that do not parse are damaged too, and any other file in index/ is a stray: a record in a file not named for its
 id (a sync tool's conflict copy, a backup, a hand-edited id) or not a record at all; it is never served. `repair`
 hides damaged entries, deletes unreadable records and moves strays to STORE/aside/index/, so the next run
@@ -19,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from nuclei.errors import StoreError
-from nuclei.store.backend import Store, array_sha256, key_to_id
+from nuclei.store.backend import Store, array_sha256, changed_arrays, key_to_id
 from nuclei.store.record import EntryRecord
-from nuclei.store.slide import slide_problem
+from nuclei.store.slide import slide_problem, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,17 @@ def entry_problem(store: Store, record: EntryRecord) -> str | None:
         entry = store.open_entry(record.id, record)
         labels, mask, image = entry.labels(), entry.mask(), entry.image()
         columns, table = entry.measurements()
+        changed = changed_arrays(entry.array, record.arrays_sha256)
     except Exception as exc:  # noqa: BLE001 - a codec error, a missing array: all mean "damaged"
-        return f"arrays unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return unreadable(exc)
     sums = record.arrays_sha256
     if sums.get("labels") and array_sha256(labels) != sums["labels"]:
         return "labels differ from what was written (missing or changed chunks)"
     as_read = {array_sha256(image), array_sha256(image[..., 0])} if image.shape[-1] == 1 else {array_sha256(image)}
     if sums.get("image") and sums["image"] not in as_read:
         return "image differs from what was written (missing or changed chunks)"
+    if changed:
+        return f"{changed} differs from what was written (missing or changed chunks)"
     if int(labels.max(initial=0)) != record.n_nuclei or table.shape[0] != record.n_nuclei:
         return (f"counts disagree: record {record.n_nuclei} nuclei, labels up to {int(labels.max(initial=0))}, "
                 f"{table.shape[0]} measurement rows")
@@ -65,6 +72,8 @@ def entry_problem(store: Store, record: EntryRecord) -> str | None:
         return "mask and labels disagree"
     if "label" not in columns:
         return "measurements have no label column"
+    if not np.array_equal(table[:, columns.index("label")], np.arange(1, record.n_nuclei + 1)):
+        return "measurements' label column is not 1..N (missing or changed chunks)"
     return None
 
 

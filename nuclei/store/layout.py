@@ -7,6 +7,9 @@ are written, and when an entry becomes visible, is `nuclei.store.backend`'s busi
     images/KEY/labels/nuclei/s0 ...    instance labels 1..N (image-label)
     images/KEY/labels/mask/s0 ...      binary mask 0/1 (image-label)
     images/KEY/measurements            float64 (N, k), column names in attrs (`nuclei.core.measure.COLUMNS`)
+
+`entry_arrays` gives every array of an entry by its path, so the writer can hash each one (`nuclei check` reads
+them all back) before `files_of` composes them.
 """
 
 from __future__ import annotations
@@ -30,29 +33,51 @@ IMAGE_PATH = "s{level}"
 MEASUREMENTS_PATH = "measurements"
 
 
+def entry_arrays(image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
+                 n_columns: int) -> dict[str, np.ndarray]:
+    """Every array of an entry by its path in the entry: the image's levels (c, y, x), both label images'
+    levels and the measurements table."""
+    arrays = {IMAGE_PATH.format(level=i): level for i, level in enumerate(_levels(_to_cyx(image), nearest=False))}
+    for path, label_image in ((LABELS_PATH, labels), (MASK_PATH, (labels > 0).astype(np.uint8))):
+        arrays |= {path.format(level=i): level for i, level in enumerate(_levels(label_image, nearest=True))}
+    arrays[MEASUREMENTS_PATH] = np.asarray(measurements, dtype=np.float64).reshape(-1, n_columns)
+    return arrays
+
+
+def chunks_of(path: str, array: np.ndarray) -> tuple[int, ...]:
+    """The chunks an entry's array is stored in: the table whole, image and label levels CHUNK px squares."""
+    if path == MEASUREMENTS_PATH:
+        return max(1, array.shape[0]), max(1, array.shape[1])
+    return tuple(min(s, CHUNK) if i >= array.ndim - 2 else s for i, s in enumerate(array.shape))
+
+
 def entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
                 columns: Sequence[str]) -> dict[str, bytes]:
     """An entry's files (relative paths -> bytes): the OME-Zarr image, its two label images, measurements."""
+    return files_of(record, entry_arrays(image, labels, measurements, len(columns)), columns)
+
+
+def files_of(record: EntryRecord, arrays: dict[str, np.ndarray], columns: Sequence[str]) -> dict[str, bytes]:
+    """The files of an entry whose arrays (`entry_arrays`) are composed already."""
     pixel_um = record.pixel_size_um
-    levels = list(_levels(_to_cyx(image), nearest=False))
+    n_levels = sum(1 for path in arrays if not path.startswith(("labels/", MEASUREMENTS_PATH)))
     files = group_files("", {
         "nuclei": record.as_dict(),
-        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), len(levels), "image", pixel_um),
-                "omero": omero(levels[0])},
+        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), n_levels, "image", pixel_um),
+                "omero": omero(arrays[IMAGE_PATH.format(level=0)])},
     })
-    files |= _level_files("", levels)
     files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
-    for name, label_image in (("nuclei", labels), ("mask", (labels > 0).astype(np.uint8))):
-        label_levels = list(_levels(label_image, nearest=True))
+    for name in LABEL_NAMES:
         files |= group_files(f"labels/{name}", {"ome": {
             "version": OME_VERSION,
-            "multiscales": _multiscales(_yx(pixel_um), len(label_levels), name, pixel_um),
+            "multiscales": _multiscales(_yx(pixel_um), n_levels, name, pixel_um),
             "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
         }})
-        files |= _level_files(f"labels/{name}", label_levels)
-    table = np.asarray(measurements, dtype=np.float64).reshape(-1, len(columns))
-    files |= array_files(MEASUREMENTS_PATH, table, chunks=(max(1, table.shape[0]), max(1, table.shape[1])),
-                         attributes={"columns": list(columns)})
+    for path, array in arrays.items():
+        if path == MEASUREMENTS_PATH:
+            files |= array_files(path, array, chunks_of(path, array), attributes={"columns": list(columns)})
+        else:
+            files |= array_files(path, array, chunks_of(path, array), dimension_names=("c", "y", "x")[-array.ndim:])
     return files
 
 
@@ -114,16 +139,6 @@ def _rgb_window(sample: np.ndarray) -> tuple[float, float]:
     bottom, top = _full_range(sample)
     white = float(np.percentile(sample, 99.8))
     return bottom, min(top, max(white, bottom + (top - bottom) / 64))
-
-
-def _level_files(path: str, levels: list[np.ndarray]) -> dict[str, bytes]:
-    """A multiscale's level arrays s0, s1, ... under ``path``."""
-    files: dict[str, bytes] = {}
-    for index, level in enumerate(levels):
-        chunks = tuple(min(s, CHUNK) if i >= level.ndim - 2 else s for i, s in enumerate(level.shape))
-        prefix = f"{path}/s{index}" if path else f"s{index}"
-        files |= array_files(prefix, level, chunks, dimension_names=("c", "y", "x")[-level.ndim:])
-    return files
 
 
 def _multiscales(

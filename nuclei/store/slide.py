@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,13 +30,23 @@ from numcodecs import Zstd
 from nuclei.config import STORE_FORMAT_VERSION
 from nuclei.core.blocks import Box
 from nuclei.store import layout
-from nuclei.store.backend import Store, _index_is_ours, array_sha256, id_to_key
+from nuclei.store.backend import (
+    Store,
+    _index_is_ours,
+    array_sha256,
+    changed_arrays,
+    combine_sha256,
+    content_sha256,
+    id_to_key,
+    window_sha256,
+)
 from nuclei.store.durable import fsync_tree, write_atomically
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "blocks"
+CORE_PARTS = ("image", "labels", "mask")  # what a block's hashes cover (`core_sha256`)
 MEASUREMENT_CHUNK_ROWS = 65536
 _ZSTD = Zstd(level=1)
 
@@ -146,34 +156,46 @@ class SlideEntry:
     def read_labels(self, box: Box) -> np.ndarray:
         return np.asarray(_array(self.group(), layout.LABELS_PATH.format(level=0))[box.y0:box.y1, box.x0:box.x1])
 
-    def core_sha256(self, box: Box) -> dict[str, str]:
-        """Hashes of a block's core of level 0 as stored (image and labels): `nuclei check` recomputes them."""
+    def core_sha256(self, box: Box, parts: Sequence[str] = CORE_PARTS) -> dict[str, str]:
+        """Hashes of a block's core of level 0 as stored (image, labels, mask): `nuclei check` recomputes the
+        ``parts`` a record holds (slides committed before the mask's hash hold image and labels)."""
         group, rows, cols = self.group(), slice(box.y0, box.y1), slice(box.x0, box.x1)
-        return {"image": array_sha256(np.asarray(_array(group, layout.IMAGE_PATH.format(level=0))[:, rows, cols])),
-                "labels": array_sha256(np.asarray(_array(group, layout.LABELS_PATH.format(level=0))[rows, cols]))}
+        paths = {"image": layout.IMAGE_PATH, "labels": layout.LABELS_PATH, "mask": layout.MASK_PATH}
+        return {part: array_sha256(np.asarray(_array(group, paths[part].format(level=0))[..., rows, cols]))
+                for part in parts}
 
-    def build_pyramids(self, threads: int = 4) -> None:
-        """Levels 1.. from the level below, a chunk at a time: area-averaged image, nearest labels and mask."""
-        group = self.group()
+    def build_pyramids(self, threads: int = 4, stop: Callable[[], None] | None = None) -> dict[str, str]:
+        """Levels 1.. from the level below, a chunk at a time: area-averaged image, nearest labels and mask.
+        Returns each level's `content_sha256` (by its path) from the chunks as written, so `nuclei check` can
+        read them back without this run reading them again. ``stop`` is called between levels (Ctrl-C)."""
+        group, sums = self.group(), {}
         levels = len([k for k in group.array_keys() if k.startswith("s")])
         for path, nearest in ((layout.IMAGE_PATH, False), (layout.LABELS_PATH, True), (layout.MASK_PATH, True)):
             for level in range(1, levels):
+                if stop is not None:
+                    stop()
                 source, target = _array(group, path.format(level=level - 1)), _array(group, path.format(level=level))
                 boxes = _chunk_boxes(target)
                 with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(lambda box, s=source, t=target, n=nearest: _halve_into(s, t, box, n), boxes))
+                    chunk_sums = list(pool.map(
+                        lambda box, s=source, t=target, n=nearest: _halve_into(s, t, box, n), boxes))
+                sums[path.format(level=level)] = combine_sha256(target.shape, chunk_sums)
+        return sums
 
     # --- the commit ----------------------------------------------------------------------------------
 
     def commit(self, record: dict[str, Any], measurements: np.ndarray, columns: Sequence[str],
-               omero: dict[str, Any]) -> EntryRecord:
-        """Write the measurements and the OME metadata, then the record (the commit), then drop the blocks."""
-        typed = EntryRecord(**{**record, "id": self.image_id, "key": self.key, "arrays_sha256": {},
+               omero: dict[str, Any], levels_sha256: dict[str, str] | None = None) -> EntryRecord:
+        """Write the measurements and the OME metadata, then the record (the commit), then drop the blocks.
+        The record's ``arrays_sha256`` holds the pyramid levels' hashes (`build_pyramids`) and the table's:
+        level 0 is covered block by block (``slide.blocks_sha256``)."""
+        table = np.asarray(measurements, np.float64).reshape(-1, len(columns))
+        chunks = (max(1, min(len(table), MEASUREMENT_CHUNK_ROWS)), max(1, len(columns)))
+        sums = {**(levels_sha256 or {}), layout.MEASUREMENTS_PATH: content_sha256(table, chunks)}
+        typed = EntryRecord(**{**record, "id": self.image_id, "key": self.key, "arrays_sha256": sums,
                                "commit": uuid.uuid4().hex, "store_format_version": STORE_FORMAT_VERSION})
         group = self.group()
-        table = np.asarray(measurements, np.float64).reshape(-1, len(columns))
-        array = group.create_array(layout.MEASUREMENTS_PATH, shape=table.shape, dtype=np.float64,
-                                   chunks=(max(1, min(len(table), MEASUREMENT_CHUNK_ROWS)), max(1, len(columns))),
+        array = group.create_array(layout.MEASUREMENTS_PATH, shape=table.shape, dtype=np.float64, chunks=chunks,
                                    fill_value=0.0, overwrite=True, attributes={"columns": list(columns)})
         array[...] = table
         self._write_metadata(group, typed, omero)
@@ -215,22 +237,28 @@ def _chunk_boxes(array: zarr.Array) -> list[Box]:
             for x in range(0, width, cw)]
 
 
-def _halve_into(source: zarr.Array, target: zarr.Array, box: Box, nearest: bool) -> None:
-    """target[box] from source[2 * box]: what `layout`'s whole-array halving gives there."""
+def _halve_into(source: zarr.Array, target: zarr.Array, box: Box, nearest: bool) -> str:
+    """target[box] from source[2 * box]: what `layout`'s whole-array halving gives there; returns the chunk's
+    hash as written (`window_sha256`)."""
     rows, cols = slice(2 * box.y0, 2 * box.y1), slice(2 * box.x0, 2 * box.x1)
     h, w = box.shape
     if nearest:
-        target[box.y0:box.y1, box.x0:box.x1] = np.asarray(source[rows, cols])[::2, ::2]
-        return
+        chunk = np.asarray(np.asarray(source[rows, cols])[::2, ::2], dtype=target.dtype)
+        target[box.y0:box.y1, box.x0:box.x1] = chunk
+        return window_sha256(chunk)
     planes = np.asarray(source[:, rows, cols])
-    target[:, box.y0:box.y1, box.x0:box.x1] = np.stack(
-        [cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in planes])
+    chunk = np.asarray(np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in planes]),
+                       dtype=target.dtype)
+    target[:, box.y0:box.y1, box.x0:box.x1] = chunk
+    return window_sha256(chunk)
 
 
 def slide_problem(store: Store, record: EntryRecord) -> str | None:
     """`nuclei check` for a slide entry, a block at a time (never the whole slide in memory): every block's
-    stored image and labels against the hashes written with the record, the mask against the labels, and the
-    counts (ids 1..N, one measurement row each)."""
+    stored image and labels against the hashes written with the record, the mask against the labels, every
+    pyramid level and the measurements against their hashes (a chunk at a time), and the counts (ids 1..N,
+    one measurement row each). Slides committed before the level and table hashes: their table's label column
+    is read instead."""
     slide = (record.model_extra or {}).get("slide") or {}
     entry = SlideEntry(store, record.id)
     try:
@@ -238,17 +266,21 @@ def slide_problem(store: Store, record: EntryRecord) -> str | None:
         top = 0
         for box, sums in zip(slide.get("blocks", []), slide.get("blocks_sha256", []), strict=True):
             core = Box(*box)
-            if entry.core_sha256(core) != sums:
+            if entry.core_sha256(core, tuple(sums)) != sums:
                 return f"block {box} differs from what was written (missing or changed chunks)"
             labels = entry.read_labels(core)
             mask = np.asarray(_array(group, layout.MASK_PATH.format(level=0))[core.y0:core.y1, core.x0:core.x1])
             if not np.array_equal(mask > 0, labels > 0):
                 return f"mask and labels disagree in block {box}"
             top = max(top, int(labels.max(initial=0)))
+        if changed := changed_arrays(lambda path: _array(group, path), record.arrays_sha256):
+            return f"{changed} differs from what was written (missing or changed chunks)"
         table = _array(group, layout.MEASUREMENTS_PATH)
         columns = table.attrs.get("columns")
+        numbered = (layout.MEASUREMENTS_PATH in record.arrays_sha256 or not isinstance(columns, list)
+                    or "label" not in columns or _numbered(table, columns.index("label")))
     except Exception as exc:  # noqa: BLE001 - a codec error, a missing array: all mean "damaged"
-        return f"arrays unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return unreadable(exc)
     if not slide.get("blocks_sha256"):
         return "a slide entry without block hashes"
     if top != record.n_nuclei or table.shape[0] != record.n_nuclei:
@@ -256,4 +288,19 @@ def slide_problem(store: Store, record: EntryRecord) -> str | None:
                 f"{table.shape[0]} measurement rows")
     if not isinstance(columns, list) or "label" not in columns:
         return "measurements have no label column"
+    if not numbered:
+        return "measurements' label column is not 1..N (missing or changed chunks)"
     return None
+
+
+def _numbered(table: zarr.Array, column: int) -> bool:
+    """The table's label column is 1..N, read a chunk of rows at a time."""
+    rows = table.chunks[0]
+    return all(np.array_equal(np.asarray(table[start:start + rows, column]),
+                              np.arange(start + 1, min(table.shape[0], start + rows) + 1))
+               for start in range(0, table.shape[0], rows))
+
+
+def unreadable(exc: Exception) -> str:
+    """`nuclei check`'s reason for an entry whose arrays cannot be read."""
+    return f"arrays unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
