@@ -411,3 +411,56 @@ def test_check_reads_every_array_of_an_entry_not_its_shape(tmp_path: Path,
     assert main(["check", str(old), "--json"]) == 1
     damaged = json.loads(capsys.readouterr().out)["damaged"]
     assert sorted(damaged) == ["big", "slide"] and all("label column" in why for why in damaged.values()), damaged
+
+
+# --- 3: a slide's identity covers its pixels: a source rewritten between a kill and the re-run starts over -------
+
+
+def _ome_zarr(path: Path, cyx: np.ndarray) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("0", data=cyx, chunks=(1, 256, 256))
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
+
+
+def test_a_slide_rewritten_between_a_kill_and_its_rerun_is_never_resumed_with_old_blocks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import zarr
+
+    from nuclei.io.lazy import source_identity
+    from nuclei.store.backend import Store
+
+    field = np.tile(_separate_nuclei()[0], (4, 8))  # 512 x 1024: eight 256-px blocks
+    image = tmp_path / "in" / "plate.ome.zarr"
+    _ome_zarr(image, field[None])
+    store = tmp_path / "s.zarr"
+    child = subprocess.Popen([str(Path(sys.executable).with_name("nuclei")), "segment", str(image), "--store",
+                              str(store), "--block-size", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scratch = store / "blocks" / "plate.ome"
+    deadline = time.monotonic() + 120
+    while len(list(scratch.glob("*.npy.zst"))) < 2 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert 2 <= len(list(scratch.glob("*.npy.zst"))) < 8, "the run should be killed part way (8 blocks)"
+
+    # Other pixels, the same metadata: the nuclei moved by 16 px (the same values, so the same intensity range).
+    before = source_identity(str(image), 0)
+    zarr.open_array(str(image / "0"), mode="r+")[...] = np.roll(field, (16, 16), axis=(0, 1))[None]
+    assert source_identity(str(image), 0) == before  # what the metadata says has not changed
+    caplog.set_level(logging.INFO, logger="nuclei.inference.slide")
+    assert main(["segment", str(image), "--store", str(store), "--block-size", "256"]) == 0
+    said = [r.getMessage() for r in caplog.records if "starting the slide over" in r.getMessage()]
+    assert len(said) == 1 and "the source's pixels under" in said[0], caplog.text
+    assert "resuming" not in caplog.text
+    assert main(["segment", str(image), "--store", str(tmp_path / "clean.zarr"), "--block-size", "256"]) == 0
+    np.testing.assert_array_equal(Store(store).read_labels("plate.ome"),
+                                  Store(tmp_path / "clean.zarr").read_labels("plate.ome"))
+    np.testing.assert_array_equal(Store(store).read_measurements("plate.ome")[1],
+                                  Store(tmp_path / "clean.zarr").read_measurements("plate.ome")[1])
+    assert main(["check", str(store)]) == 0

@@ -75,7 +75,7 @@ from nuclei.io.lazy import (
 )
 from nuclei.io.planes import PlaneChoice
 from nuclei.store import layout
-from nuclei.store.backend import Store
+from nuclei.store.backend import Store, array_sha256
 from nuclei.store.slide import SlideEntry, chunk_for
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,15 @@ def label_block(job: SlideJob, block: Block) -> int:
     del prob
     entry = job.entry()
     entry.write_core(block.core, image=raw[block.core.within(block.window)])
-    entry.save_block(block.index, labels)  # last: the block is done
+    entry.save_block(block.index, labels, array_sha256(raw))  # last: the block is done
     return block.index
+
+
+def reads_as_before(job: SlideJob, block: Block) -> tuple[int, bool]:
+    """Resume: whether a finished block's window still reads as the pixels it was labelled from."""
+    with LazyPlane(job.source) as plane:
+        raw = plane.read(block.window)
+    return block.index, array_sha256(raw) == job.entry().read_sha256(block.index)
 
 
 def match_block(job: SlideJob, block: Block) -> tuple[int, np.ndarray, dict[tuple[int, int], np.ndarray]]:
@@ -249,8 +256,13 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
     manifest = {"source": item.url, "source_sha256": identity[0], "output_key": key,
                 "shape": [job.height, job.width], "block_size": settings.block_size, "blocks": len(job.blocks),
                 "scaling": job.scaling.describe(), "stained": job.stained}
-    done = entry.start(manifest, (job.height, job.width), plane_info["channels"], plane_info["dtype"],
-                       chunk_for(job.block_side))
+    arrays = ((job.height, job.width), plane_info["channels"], plane_info["dtype"], chunk_for(job.block_side))
+    done = entry.start(manifest, *arrays)
+    if done and (changed := _read_otherwise(job, mapper, done)):
+        log.warning("%s: the source's pixels under %d of the %d finished blocks changed since the last attempt: "
+                    "starting the slide over", item.id, changed, len(done))
+        entry.start_over(manifest, *arrays)
+        done = set()
     if done:
         log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
     n_nuclei, table, sums = _run_rounds(job, mapper, done, *progress)
@@ -261,6 +273,14 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
     recorded["slide"]["blocks_sha256"] = sums
     entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero, levels_sha256)
     return n_nuclei, used
+
+
+def _read_otherwise(job: SlideJob, mapper: Mapper[Any], done: set[int]) -> int:
+    """How many finished blocks' windows read otherwise than when they were labelled: the slide's identity is
+    what its blocks read (an OME-Zarr's metadata, or a big TIFF's size, head and tail, say nothing of the
+    pixels between)."""
+    with _phase(job.item.id, f"{len(done)} finished blocks read again"):
+        return sum(not same for _, same in mapper(reads_as_before, [(job, job.blocks[i]) for i in sorted(done)]))
 
 
 MARGIN_NUCLEI = 2.5  # a block labels this many nucleus diameters past its core: a nucleus cut by the core's

@@ -5,10 +5,13 @@ label image is ever whole in one process.
     STORE/images/KEY/...             the entry's arrays, chunked; block cores are whole chunks, so tasks never
                                      write the same chunk
     STORE/blocks/KEY/manifest.json   what the blocks below were made from (source, settings, geometry)
-    STORE/blocks/KEY/NNNNNN.npy.zst  one block's labels over its reach: the block is done (resume by block)
+    STORE/blocks/KEY/NNNNNN.npy.zst  one block's labels over its reach, and the hash of the source window it
+                                     read: the block is done (resume by block)
 
 The record is written last, as for every entry (`Store`'s commit); the blocks folder is removed after it.
-A killed run leaves the blocks it finished; the same command, same source and settings, runs only the others.
+A killed run leaves the blocks it finished; the same command, same source and settings, runs only the others,
+once every finished block's window still reads as it did (`read_sha256`): a source rewritten in between (other
+pixels, the same metadata and size) starts the slide over.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 SCRATCH = "blocks"
 CORE_PARTS = ("image", "labels", "mask")  # what a block's hashes cover (`core_sha256`)
+# 2: a block keeps the hash of the window it read (`save_block`); scratch of format 1 (labels only) starts over
+BLOCK_FORMAT = 2
 MEASUREMENT_CHUNK_ROWS = 65536
 _ZSTD = Zstd(level=1)
 
@@ -78,16 +83,29 @@ class SlideEntry:
     def start(self, manifest: dict[str, Any], shape: tuple[int, int], channels: int, dtype: np.dtype,
               chunk: int) -> set[int]:
         """Hide a committed entry of this id, create the arrays unless a previous attempt with the same
-        ``manifest`` made them, and return the blocks that attempt finished."""
+        ``manifest`` made them, and return the blocks that attempt finished. An attempt made from another
+        source, other settings or an older block format is started over, and a log line says why."""
         self.store.hide(self.image_id)  # invisible until whole again
-        if self._manifest() == manifest and self.store.fs.exists(f"{self.prefix}/labels/nuclei/s0/zarr.json"):
+        manifest = {**manifest, "block_format": BLOCK_FORMAT}
+        found = self._manifest()
+        if found == manifest and self.store.fs.exists(f"{self.prefix}/labels/nuclei/s0/zarr.json"):
             return self.done_blocks()
+        if found is not None and self.done_blocks():
+            changed = sorted(k for k in {*found, *manifest} if found.get(k) != manifest.get(k))
+            log.warning("%s: the finished blocks of the last attempt were made with another %s: starting the "
+                        "slide over", self.image_id, ", ".join(changed))
+        self.start_over(manifest, shape, channels, dtype, chunk)
+        return set()
+
+    def start_over(self, manifest: dict[str, Any], shape: tuple[int, int], channels: int, dtype: np.dtype,
+                   chunk: int) -> None:
+        """Drop every block and array of earlier attempts and create the arrays afresh."""
+        manifest = {**manifest, "block_format": BLOCK_FORMAT}
         for path in (self.scratch, self.prefix):
             if self.store.fs.exists(path):
                 self.store.fs.rm(path, recursive=True)
         self._create_arrays(shape, channels, dtype, chunk)
         self._put(f"{self.scratch}/manifest.json", _json(manifest))
-        return set()
 
     def _manifest(self) -> dict[str, Any] | None:
         try:
@@ -124,15 +142,23 @@ class SlideEntry:
             return set()
         return {int(os.path.basename(n).split(".")[0]) for n in names if n.endswith(".npy.zst")}
 
-    def save_block(self, index: int, labels: np.ndarray) -> None:
-        """A block's labels over its reach; once written, the block is done."""
+    def save_block(self, index: int, labels: np.ndarray, read_sha256: str) -> None:
+        """A block's labels over its reach, with the hash of the source window they were made from; once
+        written, the block is done."""
         buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(labels))
+        np.savez(buffer, labels=np.ascontiguousarray(labels), read_sha256=np.array(read_sha256))
         self._put(self._block_path(index), bytes(_ZSTD.encode(buffer.getvalue())))
 
-    def load_block(self, index: int) -> np.ndarray:
+    def _load(self, index: int) -> Any:
         blob = self.store.fs.cat_file(self._block_path(index))
-        return np.asarray(np.load(io.BytesIO(bytes(_ZSTD.decode(blob)))))
+        return np.load(io.BytesIO(bytes(_ZSTD.decode(blob))))
+
+    def load_block(self, index: int) -> np.ndarray:
+        return np.asarray(self._load(index)["labels"])
+
+    def read_sha256(self, index: int) -> str:
+        """The hash of the source window a finished block read (`array_sha256` of the pixels as read)."""
+        return str(self._load(index)["read_sha256"])
 
     def _put(self, path: str, blob: bytes) -> None:
         """Whole or absent: a temp file fsynced and renamed into place on local disks, one PUT on object stores."""
