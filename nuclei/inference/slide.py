@@ -319,7 +319,8 @@ def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
     return job, info, layout.omero(np.ascontiguousarray(cyx))
 
 
-STATS_BAND = 2048  # rows of the slide read at a time for the local normalisation's cell statistics
+STATS_BAND = 1024  # rows of the slide read at a time for the local normalisation's cell statistics (memory:
+# a band of a 25k px wide slide is 0.1 GB as float32)
 
 
 def _slide_scaling(plane: LazyPlane, sample: np.ndarray, norm: Normalization) -> Scaling:

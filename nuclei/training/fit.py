@@ -78,20 +78,23 @@ class CropBatches(keras.utils.PyDataset):
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
-        self._fixed = None if train else [self._example(i, zoom) for zoom in config.validation_zooms
-                                           for i in range(len(samples))]
+        # Validation: fixed crops at each validation zoom, and as many again with a microscope's faults where
+        # training adds them, so early stopping weighs what the faults are there for.
+        self._fixed = None if train else [
+            *(self._example(i, zoom) for zoom in config.validation_zooms for i in range(len(samples))),
+            *(self._example(i, 1.0, faults=True) for i in range(len(samples) if config.microscope else 0))]
         self.weights = sampling_weights(samples, config.balance_categories, config.dataset_weights) if train else None
 
     def __len__(self) -> int:
         return self.steps if self._fixed is None else max(1, math.ceil(len(self._fixed) / self.config.batch_size))
 
-    def _example(self, index: int, zoom: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _example(self, index: int, zoom: float | None = None, faults: bool = False) -> tuple[np.ndarray, np.ndarray]:
         config = self.config
         image, target, labels = self.images[index], self.targets[index], self.labels[index]
-        if self.train and config.augment and self.rng.random() < config.microscope:
-            # Glow, saturation, specks and defocus on a raw window a little larger than the crop, normalised
-            # as inference would normalise it.
-            zoom = random_zoom(config.scale_range, self.rng)
+        if faults or (self.train and config.augment and self.rng.random() < config.microscope):
+            # Glow, saturation, specks, seams and defocus on a raw window a little larger than the crop,
+            # normalised as inference would normalise it.
+            zoom = zoom or random_zoom(config.scale_range, self.rng)
             side = math.ceil(config.crop_size / zoom) + 2 * MARGIN
             raw, target, labels = raw_window(self.raws[index], target, labels, side, self.rng)
             image = normalized(microscope(raw, labels, self.rng, self.diameters[index]), config.normalization)
