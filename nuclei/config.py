@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     microscope: float = Field(0.0, ge=0.0, le=1.0, description="share of training crops given another "
                               "microscope's faults on their raw pixels before normalising: uneven illumination "
                               "(gradients, vignetting, glow), saturated nuclei, debris specks (never labelled), "
-                              "defocus")
+                              "mosaic seams, defocus; validation then also scores each image with such faults")
     validation_zooms: list[float] = Field([1.0], min_length=1, description="validation crops at each of these "
                                           "zooms (fixed, seeded): early stopping then weighs the nucleus sizes the "
                                           "scale_range trains for, e.g. [0.5, 1.0]; default: the data's own scale")
