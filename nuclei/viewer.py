@@ -84,11 +84,18 @@ def _add_entry(viewer: ViewerModel, store: NucleiStore, image_id: str) -> list[L
         common["units"] = ("micrometer", "micrometer")
     images = _add_image(viewer, image_id, image_levels, _windows(group), common)
     columns, table = entry.measurements()
-    labels = viewer.add_labels(
-        _layer_data(_pyramid(_group(group, "labels/nuclei")), _yx), name=f"{image_id} nuclei",
-        features=_features(columns, table), opacity=LABELS_OPACITY, visible=True, **common,
-    )
+    labels = add_nuclei_layer(viewer, _layer_data(_pyramid(_group(group, "labels/nuclei")), _yx),
+                              f"{image_id} nuclei", columns, table, **common)
     return [*images, labels]
+
+
+def add_nuclei_layer(viewer: ViewerModel, labels: LayerData, name: str, columns: list[str] | tuple[str, ...],
+                     table: np.ndarray, **common: Any) -> Layer:
+    """A Labels layer of nuclei with their measurements (one row per nucleus, ``columns`` as
+    `nuclei.core.measure.COLUMNS` names them) as its features: a store's entry, or a layer the napari plugin
+    has just segmented. ``common``: scale, units, metadata, as the image layer has them."""
+    return viewer.add_labels(labels, name=name, features=_features(list(columns), table), opacity=LABELS_OPACITY,
+                             visible=True, **common)
 
 
 def _windows(group: zarr.Group) -> list[tuple[float, float]] | None:
