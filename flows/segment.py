@@ -20,6 +20,7 @@ from prefect.states import Completed
 from nuclei.config import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SLIDE_PIXELS,
     DEFAULT_PROVIDERS,
     DEFAULT_SLIDE_PIXELS,
     DEFAULT_TILE_SIZE,
@@ -51,6 +52,7 @@ def segment(
     batch_size: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     slide_pixels: int = DEFAULT_SLIDE_PIXELS,
+    max_slide_pixels: int = DEFAULT_MAX_SLIDE_PIXELS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     progress: bool = False,
 ) -> dict:

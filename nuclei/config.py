@@ -18,6 +18,7 @@ DEFAULT_TILE_SIZE = 1024
 DEFAULT_MAX_PIXELS = 2**28  # 268 Mpixel, e.g. 16384 x 16384
 # Slides above this are cut into blocks: a 64 Mpx window and its probabilities would need about 1.5 GB.
 DEFAULT_SLIDE_PIXELS = 2**26
+DEFAULT_MAX_SLIDE_PIXELS = 2**34  # 17 Gpx, 131k x 131k: above the largest whole-slide scans
 DEFAULT_BLOCK_SIZE = 4096  # about 1 GB per block task, and a margin of 2 x 128 px costs 13% more pixels
 
 
@@ -162,6 +163,9 @@ class SegmentConfig(BaseModel):
     slide_pixels: int = Field(DEFAULT_SLIDE_PIXELS, ge=1, description="whole slides: images read a window at a "
                               "time (tiled TIFF, OME-Zarr) above this many pixels run as blocks, each a task, and "
                               "never whole in one process (max_pixels does not apply to them)")
+    max_slide_pixels: int = Field(DEFAULT_MAX_SLIDE_PIXELS, ge=1, description="whole slides: refuse larger ones "
+                                  "before any work (a header can declare any size: 100000 x 100000 px of zeros "
+                                  "fit in 0.6 MB); raise it for a genuine slide that large")
     block_size: int = Field(DEFAULT_BLOCK_SIZE, ge=64, le=32768, description="whole slides: a block's side in "
                             "pixels, rounded up to the model's pad multiple (each block is read with the "
                             "receptive-field context around it)")

@@ -464,3 +464,67 @@ def test_a_slide_rewritten_between_a_kill_and_its_rerun_is_never_resumed_with_ol
     np.testing.assert_array_equal(Store(store).read_measurements("plate.ome")[1],
                                   Store(tmp_path / "clean.zarr").read_measurements("plate.ome")[1])
     assert main(["check", str(store)]) == 0
+
+
+# --- 7: declared sizes are claims: a slide declaring too many pixels is refused; Ctrl-C stops a slide in seconds --
+
+
+def test_a_slide_declaring_more_pixels_than_the_ceiling_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+    import zarr
+
+    bomb = tmp_path / "in" / "bomb.ome.zarr"  # metadata only: 140000 x 140000 px declared, no chunk exists
+    group = zarr.open_group(str(bomb), mode="w", zarr_format=3)
+    group.create_array("0", shape=(1, 140000, 140000), dtype=np.uint8, chunks=(1, 4096, 4096), fill_value=0)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
+    store = tmp_path / "s.zarr"
+    started = time.monotonic()
+    command = [str(Path(sys.executable).with_name("nuclei")), "segment", str(bomb), "--store", str(store)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert (f"failed: {bomb}: declares 140000x140000 = 19,600 Mpixel, above max_slide_pixels=17,180 Mpixel "
+            "(raise --max-slide-pixels if the slide is genuine)") in run.stdout, run.stdout
+    assert time.monotonic() - started < 60 and not (store / "blocks").exists()
+    assert not list((store / "images").glob("*/"))
+
+    slide = tmp_path / "in2" / "slide.tif"  # a real tiled TIFF, over a ceiling set on purpose
+    slide.parent.mkdir()
+    tifffile.imwrite(slide, np.tile(_separate_nuclei()[0], (8, 8)), tile=(256, 256), compression="zlib")
+    assert main(["segment", str(slide), "--store", str(store), "--slide-pixels", "1",
+                 "--max-slide-pixels", "1000000"]) == 1
+    assert "declares 1024x1024 = 1 Mpixel, above max_slide_pixels=1 Mpixel" in capsys.readouterr().out
+    assert main(["segment", str(slide), "--store", str(store), "--slide-pixels", "1", "--block-size", "512",
+                 "--max-slide-pixels", "1048576"]) == 0  # at the ceiling: segmented
+    assert not (store / "blocks").exists() or not any((store / "blocks").iterdir())
+
+
+def test_ctrl_c_stops_a_slide_within_ten_seconds_mid_block(tmp_path: Path) -> None:
+    import tifffile
+
+    slide = tmp_path / "in" / "slide.tif"  # one 4096-px block: a model run of half a minute on one thread
+    slide.parent.mkdir()
+    tifffile.imwrite(slide, np.tile(_separate_nuclei()[0], (32, 32)), tile=(512, 512), compression="zlib")
+    store = tmp_path / "s.zarr"
+    process = subprocess.Popen([str(Path(sys.executable).with_name("nuclei")), "segment", str(slide), "--store",
+                                str(store), "--slide-pixels", "1"], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (store / "blocks" / "slide" / "manifest.json").exists():  # the block is being labelled
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+            time.sleep(0.05)
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the terminal's whole process group
+        stopped = time.monotonic()
+        err = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert time.monotonic() - stopped < 10, err
+    assert process.returncode == 130 and "Traceback" not in err and "terminate called" not in err, err
+    assert err.strip().splitlines()[-1].startswith("nuclei: interrupted: the entries written to"), err
+    assert not list((store / "blocks" / "slide").glob("*.npy.zst"))  # the block cut short is not done
+    assert not list((store / "index").glob("*.json"))

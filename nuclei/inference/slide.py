@@ -25,10 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar, cast
 
 import numpy as np
+import onnxruntime as ort
 from tqdm import tqdm
 
 import nuclei
@@ -71,6 +72,7 @@ from nuclei.io.lazy import (
     is_lazy_name,
     percentile_step,
     plane_pixels,
+    plane_shape,
     source_identity,
 )
 from nuclei.io.planes import PlaneChoice
@@ -103,7 +105,7 @@ class SlideJob:
         return SlideSource(self.item.url, PlaneChoice(self.settings.channel, self.settings.z))
 
     def engine(self) -> Engine:
-        engine = build_engine(_slide_tiles(self.settings))
+        engine = _stoppable(build_engine(_slide_tiles(self.settings)))
         return engine.stained_engine if self.stained else engine
 
     def entry(self) -> SlideEntry:
@@ -129,6 +131,77 @@ def is_slide(item: ImageItem, settings: SegmentConfig) -> bool:
     return is_lazy_name(item.url) and (plane_pixels(item.url) or 0) > settings.slide_pixels
 
 
+# --- stopping: a block's model run ends within a second of Ctrl-C, not after the block (20 s and more) -------
+
+class _Runs:
+    """The ONNX Runtime runs of slide blocks in this process, so that a stop request ends them mid-run
+    (`RunOptions.terminate`): a block cut short is not done (it never saved its labels) and runs again next
+    time, and the process exits within seconds instead of waiting for every running block to finish."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, ort.RunOptions] = {}
+        self.stopped = False
+
+    def start(self) -> None:
+        """A new round of block tasks (a new run in this process): runs may go again."""
+        with self._lock:
+            self.stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for options in self._active.values():
+                options.terminate = True
+
+    def check(self) -> None:
+        if self.stopped:
+            raise Interrupted("stopped on request")
+
+    @contextlib.contextmanager
+    def running(self, options: ort.RunOptions) -> Iterator[None]:
+        with self._lock:
+            if self.stopped:
+                raise Interrupted("stopped on request")
+            self._active[id(options)] = options
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.pop(id(options), None)
+
+
+_RUNS = _Runs()
+
+
+class _StoppableSession:
+    """An ONNX Runtime session whose runs `_RUNS.stop` can end."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None) -> Any:
+        options = options or ort.RunOptions()
+        with _RUNS.running(options):
+            return self._session.run(outputs, feeds, options)
+
+
+@dataclass(frozen=True)
+class _StoppableEngine(Engine):
+    """The run's engine, its session's runs ended by a stop request (the same model, settings and outputs)."""
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return cast(ort.InferenceSession, _StoppableSession(super().session))
+
+
+def _stoppable(engine: Engine) -> Engine:
+    return _StoppableEngine(**{f.name: getattr(engine, f.name) for f in fields(engine)})
+
+
 # --- the tasks --------------------------------------------------------------------------------------------
 
 def label_block(job: SlideJob, block: Block) -> int:
@@ -137,8 +210,10 @@ def label_block(job: SlideJob, block: Block) -> int:
     with LazyPlane(job.source) as plane:
         raw = plane.read(block.window)
     prob = engine.predict(raw, scaling=job.scaling, origin=(block.window.y0, block.window.x0))
+    _RUNS.check()  # stopped meanwhile: the block is not done, and the next run labels it
     labels = instances(prob[block.reach.within(block.window)], engine.thresholds)
     del prob
+    _RUNS.check()
     entry = job.entry()
     entry.write_core(block.core, image=raw[block.core.within(block.window)])
     entry.save_block(block.index, labels, array_sha256(raw))  # last: the block is done
@@ -209,17 +284,19 @@ def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, progress
         return
     with _mapper(settings, stop) as mapper:
         for item in items:
-            yield segment_slide(item, settings, mapper, progress, on_block)
+            yield segment_slide(item, settings, mapper, progress, on_block, stop)
 
 
 def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False,
-                  on_block: OnBlock | None = None) -> ImageResult:
-    """One slide, block by block, into its entry; any failure is the slide's result."""
+                  on_block: OnBlock | None = None, stop: threading.Event | None = None) -> ImageResult:
+    """One slide, block by block, into its entry; any failure is the slide's result. ``stop``: looked at
+    between the steps the driver runs itself (the sample, the statistics, the pyramid)."""
     started = time.perf_counter()
     store = Store(settings.store, mode="a")
     engine = build_engine(settings)
     key = entry_key(engine, settings)
     try:
+        refuse_declared_size(item.url, settings.max_slide_pixels)  # before any pixel is read or hashed
         digest, hashed = source_identity(item.url, item.size)
         if _current(store, item, digest, key, settings):
             return ImageResult(item.id, item.url, "skipped", "already in the store")
@@ -227,7 +304,7 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
             if _current(store, item, digest, key, settings):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
             n_nuclei, used = _segment_into(store, item, settings, engine, mapper, (progress, on_block),
-                                           (digest, hashed), key)
+                                           (digest, hashed), key, lambda: _stop_if_asked(stop))
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
     except (KeyboardInterrupt, Interrupted):
@@ -239,6 +316,19 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
         return _failed(store, item, _reason(exc), key=key)
 
 
+def refuse_declared_size(url: str, max_slide_pixels: int) -> None:
+    """A header can declare any size (100000 x 100000 px of zeros fit a 0.6 MB tiled TIFF, an OME-Zarr's
+    metadata alone declares an array no chunk of which exists): a slide declaring more pixels than
+    ``max_slide_pixels`` is refused (InputError) before a block is planned or a pixel read."""
+    shape = plane_shape(url)
+    if shape is None or shape[0] * shape[1] <= max_slide_pixels:
+        return
+    height, width = shape
+    raise InputError(url, f"declares {height}x{width} = {height * width / 1e6:,.0f} Mpixel, above "
+                          f"max_slide_pixels={max_slide_pixels / 1e6:,.0f} Mpixel (raise --max-slide-pixels if "
+                          "the slide is genuine)")
+
+
 def _current(store: Store, item: ImageItem, digest: str, key: str, settings: SegmentConfig) -> bool:
     """The store holds this slide, from this source and content, made with the same model and settings."""
     record = store.record(item.id)
@@ -247,11 +337,12 @@ def _current(store: Store, item: ImageItem, digest: str, key: str, settings: Seg
 
 
 def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine: Engine, mapper: Mapper[Any],
-                  progress: tuple[bool, OnBlock | None], identity: tuple[str, str], key: str) -> tuple[int, Engine]:
+                  progress: tuple[bool, OnBlock | None], identity: tuple[str, str], key: str,
+                  stop: Callable[[], None]) -> tuple[int, Engine]:
     """Start or resume the entry, run the rounds, build the pyramid and commit; the nuclei count and the engine
-    that ran."""
+    that ran. ``stop`` raises `Interrupted` once a stop is asked for (the mapper looks for itself)."""
     with _phase(item.id, "opened, range from a strided sample"):
-        job, plane_info, omero = _prepare(item, settings, engine)
+        job, plane_info, omero = _prepare(item, settings, engine, stop)
     entry = SlideEntry(store, item.id)
     manifest = {"source": item.url, "source_sha256": identity[0], "output_key": key,
                 "shape": [job.height, job.width], "block_size": settings.block_size, "blocks": len(job.blocks),
@@ -267,7 +358,7 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
         log.info("%s: resuming: %d of %d blocks done", item.id, len(done), len(job.blocks))
     n_nuclei, table, sums = _run_rounds(job, mapper, done, *progress)
     with _phase(item.id, "pyramid levels built"):
-        levels_sha256 = entry.build_pyramids()
+        levels_sha256 = entry.build_pyramids(stop=stop)
     used = job.engine()
     recorded = _record(item, job, used, settings, plane_info, identity, table, key)
     recorded["slide"]["blocks_sha256"] = sums
@@ -297,18 +388,19 @@ def label_margin(engine: Engine) -> int:
     return round_up(math.ceil(margin / engine.zoom), multiple)
 
 
-def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine
+def _prepare(item: ImageItem, settings: SegmentConfig, engine: Engine, stop: Callable[[], None]
              ) -> tuple[SlideJob, dict[str, Any], dict[str, Any]]:
-    """Open the slide once: its size, the whole slide's intensity range and model, the blocks."""
+    """Open the slide once: its size, the whole slide's intensity range and model, the blocks (``stop`` is
+    called between the bands it reads)."""
     if settings.diameter == AUTO:
         raise InputError(item.url, "--diameter auto measures nuclei per image; give a slide's diameter in pixels")
     with LazyPlane(SlideSource(item.url, PlaneChoice(settings.channel, settings.z))) as plane:
-        sample = plane.strided(percentile_step(plane.height, plane.width, PERCENTILE_SAMPLE))
+        sample = plane.strided(percentile_step(plane.height, plane.width, PERCENTILE_SAMPLE), between=stop)
         info = {"channels": plane.channels, "dtype": plane.dtype, "lab": plane.lab.describe(),
                 "pixel_size_um": _pixel_size(settings, plane)}
         height, width = plane.height, plane.width
         used = engine.for_image(sample)
-        scaling = _slide_scaling(plane, sample, used.model.normalization)
+        scaling = _slide_scaling(plane, sample, used.model.normalization, stop)
     multiple = used.model.pad_multiple
     context = round_up(math.ceil(used.overlap / used.zoom), multiple)  # the receptive field, in image pixels
     side = round_up(settings.block_size, multiple)
@@ -323,15 +415,18 @@ STATS_BAND = 1024  # rows of the slide read at a time for the local normalisatio
 # a band of a 25k px wide slide is 0.1 GB as float32)
 
 
-def _slide_scaling(plane: LazyPlane, sample: np.ndarray, norm: Normalization) -> Scaling:
+def _slide_scaling(plane: LazyPlane, sample: np.ndarray, norm: Normalization, stop: Callable[[], None]) -> Scaling:
     """The slide's scaling: the window from its strided sample, or (the `local` kind) the cell statistics of
     the whole slide, read a cell-aligned band at a time, so every block gets exactly the whole image's maps."""
     if norm.kind != "local" or is_bright_background(luminance(sample).ravel()):
         return measure_scaling(sample, norm)
     band = max(norm.cell, STATS_BAND // norm.cell * norm.cell)
-    stats = np.concatenate([cell_stats(luminance(plane.read(Box(y0, min(plane.height, y0 + band), 0, plane.width))),
-                                       norm.cell) for y0 in range(0, plane.height, band)], axis=0)
-    return scaling_from_stats(stats, norm, quantum_of(np.dtype(plane.dtype)))
+    bands = []
+    for y0 in range(0, plane.height, band):
+        stop()
+        bands.append(cell_stats(luminance(plane.read(Box(y0, min(plane.height, y0 + band), 0, plane.width))),
+                                norm.cell))
+    return scaling_from_stats(np.concatenate(bands, axis=0), norm, quantum_of(np.dtype(plane.dtype)))
 
 
 def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool, on_block: OnBlock | None = None
@@ -402,6 +497,7 @@ def _mapper(settings: SegmentConfig, stop: threading.Event | None) -> Iterator[M
     """Threads in this process, or the run's Dask cluster (as `run.uses_dask` decides for batches)."""
     from nuclei.inference.run import uses_dask
 
+    _RUNS.start()  # a stop of an earlier run in this process is over
     if not uses_dask(settings):
         workers = local_cluster_size()[0]
         per_thread = max(1, (settings.threads or default_threads()) // workers)
@@ -422,6 +518,8 @@ def _threads(pool: ThreadPoolExecutor, fn: Callable[..., T], args: Sequence[Any]
     pending = set(futures)
     try:
         while pending:
+            if stop is not None and stop.is_set():
+                _RUNS.stop()  # running blocks end their model run now: none waits for the process to exit
             _stop_if_asked(stop)
             done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for future in done:

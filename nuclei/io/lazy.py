@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,11 +92,15 @@ class LazyPlane:
         """The plane's pixels in ``box``: (h, w) or (h, w, S), as stored."""
         return self._select(box).array
 
-    def strided(self, step: int, band_rows: int = 1024) -> np.ndarray:
-        """plane[::step, ::step], read a band of rows at a time (memory: one band, not the slide)."""
+    def strided(self, step: int, band_rows: int = 1024, between: Callable[[], None] | None = None) -> np.ndarray:
+        """plane[::step, ::step], read a band of rows at a time (memory: one band, not the slide); ``between``
+        is called before each band (a stop request raises there)."""
         band = step * max(1, band_rows // step)  # whole strides per band, so rows stay on the grid
-        parts = [self.read(Box(y0, min(self.height, y0 + band), 0, self.width))[::step, ::step]
-                 for y0 in range(0, self.height, band)]
+        parts = []
+        for y0 in range(0, self.height, band):
+            if between is not None:
+                between()
+            parts.append(self.read(Box(y0, min(self.height, y0 + band), 0, self.width))[::step, ::step])
         return np.concatenate(parts, axis=0)
 
     def close(self) -> None:
@@ -140,13 +144,20 @@ def _ngff_pixel_size(level0: dict[str, Any], axes_meta: list[Any], axes: str) ->
 def plane_pixels(url: str) -> int | None:
     """Pixels of a TIFF's or OME-Zarr's first image from its header only, or None when it cannot be told (the
     regular path then reads and reports the file)."""
+    shape = plane_shape(url)
+    return shape[0] * shape[1] if shape else None
+
+
+def plane_shape(url: str) -> tuple[int, int] | None:
+    """(height, width) of a TIFF's or OME-Zarr's first image as its header declares it (a claim: nothing is
+    read but the header), or None when it cannot be told."""
     try:
         if url.rstrip("/").lower().endswith(ZARR_SUFFIX):
             array, axes, _, _ = _open_ome_zarr(url)
-            return int(array.shape[axes.index("Y")]) * int(array.shape[axes.index("X")])
+            return int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")])
         with fsspec.open(url, "rb") as handle, tifffile.TiffFile(handle) as tif:
             series = tif.series[0]
-            return int(series.shape[series.axes.index("Y")]) * int(series.shape[series.axes.index("X")])
+            return int(series.shape[series.axes.index("Y")]), int(series.shape[series.axes.index("X")])
     except Exception:  # noqa: BLE001 - not ours to report: the small-image path says what is wrong
         return None
 
