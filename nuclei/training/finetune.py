@@ -46,10 +46,11 @@ from nuclei.training.steps import Split
 log = logging.getLogger(__name__)
 
 # What changes from the starting model's own training recipe: a short, gentle run on the lab's crops, validated
-# at their own scale, on all of them (the starting model's data set filters name its data, not the lab's).
+# at their own scale, on all of them (the starting model's data set filters name its data, not the lab's), as
+# they are (no microscope faults: the lab's images are the microscope, and the budget goes to them).
 FINETUNE_CHANGES: dict[str, Any] = {
     "learning_rate": 1e-4, "steps_per_epoch": 8, "epochs": 1000, "patience": 1000, "held_out": [], "include": [],
-    "validation_zooms": [1.0],
+    "validation_zooms": [1.0], "microscope": 0.0,
     "held_out_in_validation": True, "balance_categories": False, "dataset_weights": {}, "max_images": None,
     "quantize_int8": True, "min_ap50": 0.0,
 }
