@@ -95,8 +95,8 @@ def test_a_kept_pair_is_what_finetune_reads_and_replacing_it_keeps_one(tmp_path:
 
 # -- the widgets in a real viewer --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session", autouse=True)  # session: set up before pytest-qt's QApplication
-def _display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+@pytest.fixture(scope="session")  # session, and asked for before make_napari_viewer: set up before the QApplication
+def display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A display with OpenGL for napari's canvas: the one there is, else an Xvfb of our own, else a skip."""
     pytest.importorskip("napari")
     pytest.importorskip("pytestqt", reason="pytest-qt (the dev extra) gives napari's make_napari_viewer fixture")
@@ -110,16 +110,18 @@ def _display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             pytest.skip("napari's canvas needs OpenGL: no display and no Xvfb (apt-get install xvfb "
                         "libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-render-util0 "
                         "libxcb-image0 libgl1 libegl1)")
-        server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # -terminate: the server ends when its last client (this process's QApplication, at exit) disconnects;
+        # stopping it while Qt still holds the connection would abort the test process.
+        server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
+                                   "-terminate"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert server.stdout is not None
         os.environ["DISPLAY"] = f":{server.stdout.readline().decode().strip()}"
         os.environ.pop("QT_QPA_PLATFORM", None)
     try:
         yield
     finally:
-        if server is not None:
-            server.terminate()
+        if server is not None and not _qt_connected():
+            server.terminate()  # no client ever came: -terminate would never end it
             server.wait(timeout=10)
         for key, value in saved.items():
             if value is None:
@@ -128,8 +130,14 @@ def _display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _qt_connected() -> bool:
+    from qtpy.QtWidgets import QApplication
+
+    return QApplication.instance() is not None
+
+
 @pytest.fixture
-def viewer(make_napari_viewer: Any) -> Any:
+def viewer(display: None, make_napari_viewer: Any) -> Any:
     from qtpy.QtWidgets import QApplication
 
     if QApplication.platformName() == "offscreen":
@@ -230,7 +238,8 @@ def test_cancelling_a_finetune_leaves_no_model_folder(viewer: Any, qtbot: Any, t
 
 
 def test_the_plugin_is_in_napari_s_plugins_menu() -> None:
-    from npe2 import PluginManager
+    npe2 = pytest.importorskip("npe2", reason="napari is not installed (pip install 'nuclei[viewer]')")
+    PluginManager = npe2.PluginManager  # noqa: N806
 
     manager = PluginManager.instance()
     manager.discover()
