@@ -177,7 +177,8 @@ def test_segment_correct_keep_finetune_and_segment_again(viewer: Any, qtbot: Any
     viewer.window.add_dock_widget(loop_widget, name="nuclei")
     image = _open(viewer, GREY[0])
     segment = loop_widget.segment
-    segment.image.value, segment.model.value = image.name, "nuclei-generalist"
+    assert segment.image.value == image.name  # the layer just opened (selected) is the one to segment
+    segment.model.value = "nuclei-generalist"
     segment.start()
     _wait(qtbot, segment)
     nuclei = viewer.layers[f"{image.name} nuclei"]
@@ -235,6 +236,24 @@ def test_cancelling_a_finetune_leaves_no_model_folder(viewer: Any, qtbot: Any, t
     assert tune.status.value == "cancelled: nothing written" and tune.result is None
     assert not (tmp_path / "models" / "lab").exists()
     assert not list((tmp_path / "models").iterdir())  # nor a partial folder
+
+
+def test_label_next_ranks_a_folder_and_opens_the_least_sure_image(viewer: Any, qtbot: Any, tmp_path: Path) -> None:
+    from nuclei.napari.widgets import SuggestWidget
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for name in ("1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e", *GREY[:2]):
+        shutil.copy(SAMPLES / "images" / f"{name}.png", folder / f"{name[:6]}.png")
+    suggest = SuggestWidget(viewer)
+    viewer.window.add_dock_widget(suggest)
+    suggest.source.value = folder
+    suggest.start()
+    _wait(qtbot, suggest)
+    assert suggest.error is None and [c.id for c in suggest.candidates][0] == "1a1155"  # the worst segmented
+    assert suggest.ranking.value.splitlines()[0].startswith(" 1. 1a1155  disagreement 0.4")
+    suggest.open_button.changed.emit(True)
+    assert viewer.layers[-1].name == "1a1155" and viewer.layers[-1].data.shape == (1024, 1024, 3)
 
 
 def test_the_plugin_is_in_napari_s_plugins_menu() -> None:

@@ -321,4 +321,5 @@ def suggest(images: list[Source], model: str | Path, stained: str = "default",
 def shown_candidates(candidates: list[Candidate], n: int) -> Iterator[str]:
     """One line per candidate: rank, id, flip disagreement, confidence."""
     for i, c in enumerate(candidates[:n] if n > 0 else candidates, start=1):
-        yield f"{i:>2}. {c.id}  disagreement {c.flip_disagreement:.3f}  confidence {c.confidence:.3f}"
+        shown = c.id if len(c.id) <= 28 else f"{c.id[:24]}..."  # hashes of DSB2018 ids: enough to tell apart
+        yield f"{i:>2}. {shown}  disagreement {c.flip_disagreement:.3f}  confidence {c.confidence:.3f}"

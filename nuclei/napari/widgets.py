@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from nuclei.inference.suggest import Candidate
 
 
+NUCLEI_SUFFIX = " nuclei"  # image layer X, its nuclei 'X nuclei' (as `nuclei view` names a store's layers)
+
+
 class SharedModels:
     """The models of one viewer's widgets: shipped, a chosen folder's, and those fine-tuned in this session."""
 
@@ -198,13 +201,27 @@ class SegmentWidget(_Task):
         super().__init__(napari_viewer, [self.image, self.model, self.folder, self.stained, self.diameter],
                          "Segment")
         self.last: loop.Segmented | None = None
+        self.native.layout().addStretch(1)  # the form at the top of the dock, not spread over it
         self.folder.changed.connect(lambda _: self.models.look_in(_path(self.folder)))
         self.models.changed.connect(self.model.reset_choices)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _: self.image.reset_choices())
-        active = napari_viewer.layers.selection.active
-        if isinstance(active, Image):
-            self.image.value = active.name
+        napari_viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
+        self._follow(napari_viewer.layers.selection.active)
+
+    def _follow(self, layer: Any) -> None:
+        """The image layer selected in the layer list is the one to segment (or the image of a selected
+        'X nuclei' layer)."""
+        if isinstance(layer, Labels) and layer.name.endswith(NUCLEI_SUFFIX):
+            name = layer.name[: -len(NUCLEI_SUFFIX)]
+        elif isinstance(layer, Image):
+            name = layer.name
+        else:
+            return
+        if name not in self.image.choices:
+            self.image.reset_choices()  # selected as it is inserted: before the list of layers has it
+        if name in self.image.choices:
+            self.image.value = name
 
     def prepare(self) -> Any:
         if not self.image.value:
@@ -221,7 +238,7 @@ class SegmentWidget(_Task):
     def done(self, result: Any) -> None:
         layer, found = result
         self.last = found
-        name = f"{layer.name} nuclei"
+        name = f"{layer.name}{NUCLEI_SUFFIX}"
         common = {"scale": layer.scale, "translate": layer.translate,
                   "metadata": {"nuclei": {"model": found.model, "diameter": found.diameter}}}
         if name in self.viewer.layers:
@@ -241,6 +258,7 @@ class KeepWidget(Container):
         self.keep_button = PushButton(text="Keep the pair")
         self.status = Label(value="")
         super().__init__(widgets=[self.image, self.labels_layer, self.folder, self.keep_button, self.status])
+        self.native.layout().addStretch(1)
         self.keep_button.changed.connect(self.keep)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _: self.reset_choices())
@@ -248,8 +266,8 @@ class KeepWidget(Container):
 
     def _match_image(self, name: str | None) -> None:
         """The labels layer 'X nuclei' goes with the image layer 'X'."""
-        if name and name.endswith(" nuclei") and name[: -len(" nuclei")] in self.image.choices:
-            self.image.value = name[: -len(" nuclei")]
+        if name and name.endswith(NUCLEI_SUFFIX) and name[: -len(NUCLEI_SUFFIX)] in self.image.choices:
+            self.image.value = name[: -len(NUCLEI_SUFFIX)]
 
     def keep(self) -> int | None:
         try:
@@ -308,7 +326,11 @@ class FinetuneWidget(_Task):
         self.comparison.value = loop.comparison_text(result.model_dir)
         picture = result.model_dir / "finetune" / "comparison.png"
         if picture.is_file():
-            self.viewer.add_image(read_raw(picture), name=f"comparison: {result.model_dir.name}", rgb=True)
+            working = self.viewer.layers.selection.active
+            shown = self.viewer.add_image(read_raw(picture), name=f"comparison: {result.model_dir.name}", rgb=True)
+            shown.visible = False  # in the layer list to look at; the image being worked on stays in view
+            if working is not None:
+                self.viewer.layers.selection.active = working  # and stays the one Segment takes
         self.models.add(result.model_dir)
         self.status.value = f"{result.model_dir} ({result.seconds / 60:.1f} min): selectable in Segment"
 

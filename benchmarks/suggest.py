@@ -1,0 +1,141 @@
+"""Does labelling the images `nuclei suggest` ranks first teach the model more than labelling random ones?
+
+    .venv/bin/python benchmarks/suggest.py --n 5 --minutes 4            # two fine-tunes: top-ranked and random
+    .venv/bin/python benchmarks/suggest.py --rank-only                  # the ranking and its pool's AP@0.5 only
+
+A lab's folder, made of the images the shipped model never trained on (../shared/data: BBBC039 wells A-C, the
+DSB2018 360x360 fields, S-BSST265's bone-marrow cytospins; the H&E tiles are left out, they go to another model),
+is split in two halves by a seeded draw: the pool a lab would label from, and the test half it is scored on. From
+the pool, N images are chosen twice: the N the default model is least sure of (flip disagreement,
+`nuclei.inference.suggest`) and N drawn at random. Each set is fine-tuned for the same minutes (as `nuclei
+finetune` does, nothing held back), and both models and the default segment the test half. Prints AP@0.5 and DSB
+score of each, the categories each selection drew, and the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GROUPS = {  # the generalist's held-out groups (its data.json), as a mixed lab folder
+    "bbbc039": ("bbbc039", "bbbc039:id=_[A-C]\\d\\d_"),
+    "dsb2018-360": ("dsb2018-dev", "dsb2018-dev:height=^360$"),
+    "bm-cytospins": ("s-bsst265", "s-bsst265:preparation=^BM cytospin$"),
+}
+
+
+def _write(samples: list[Any], folder: Path) -> None:
+    """The paired layout: images as the files are, uint16 PNG labels."""
+    import shutil
+
+    import cv2
+
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for s in samples:
+        shutil.copy(s.image_path, folder / "images" / s.image_path.name)
+        cv2.imwrite(str(folder / "labels" / f"{s.image_path.stem}.png"), s.labels.astype(np.uint16))
+
+
+def _score(engine: Any, samples: list[Any]) -> dict[str, float]:
+    """AP@0.5 and DSB score over ``samples``, and AP@0.5 of each group (a mixed folder's mean hides them)."""
+    from nuclei.core.postprocess import instances
+    from nuclei.evaluation import score_samples
+
+    def labels(i: int) -> np.ndarray:
+        return instances(engine.predict(samples[i].raw), engine.for_image(samples[i].raw).thresholds)
+
+    report, _ = score_samples(samples, labels, progress=False)
+    groups = {folder: name for name, (folder, _) in GROUPS.items()}  # one group per data set
+    return {**report.overall(), **{f"ap50 {groups[d]}": v["ap50"] for d, v in report.by_dataset().items()}}
+
+
+def main() -> None:
+    from nuclei.inference.engine import Engine
+    from nuclei.inference.suggest import rank
+    from nuclei.io.datasets import load_dataset, matches_group
+    from nuclei.modeldir import load_model_dir, resolve_model, resolve_stained_model
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=5, help="images labelled (each selection)")
+    parser.add_argument("--minutes", type=float, default=4.0, help="each fine-tune's budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rank-only", action="store_true", help="rank the pool and stop (no fine-tune)")
+    parser.add_argument("--default-only", action="store_true", help="rank, score the default model on the test "
+                        "half (per group) and stop")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+
+    group: list[Any] = []
+    for name, (folder, rule) in GROUPS.items():
+        for s in load_dataset(SHARED / folder, progress=False).samples:
+            if matches_group(s, rule):
+                s.meta = {**s.meta, "group": name}
+                group.append(s)
+    order = np.random.default_rng(args.seed).permutation(len(group))
+    pool = [group[i] for i in order[: len(group) // 2]]
+    test = [group[i] for i in order[len(group) // 2:]]
+    default = Engine(resolve_model(None), providers=("CPUExecutionProvider",),
+                     stained=resolve_stained_model("default", None))
+    started = time.perf_counter()
+    by_id = {s.id: s for s in pool}
+    ranked = rank(default, [(s.id, str(s.image_path), partial(getattr, s, "raw")) for s in pool])
+    print(f"ranked {len(pool)} pool images in {time.perf_counter() - started:.0f} s; test half: {len(test)} images")
+    picks = {
+        "top-ranked": [by_id[c.id] for c in ranked[: args.n]],
+        "random": [pool[i] for i in np.random.default_rng(args.seed + 1).permutation(len(pool))[: args.n]],
+    }
+    for name, chosen in picks.items():
+        print(f"{name}: {dict(Counter(s.meta['group'] for s in chosen))}")
+    results: dict[str, Any] = {"pool": len(pool), "test": len(test), "n": args.n, "minutes": args.minutes,
+                               "picks": {k: [s.id for s in v] for k, v in picks.items()},
+                               "ranking": [c.as_dict() for c in ranked]}
+    if args.rank_only:
+        _finish(results, args.json)
+        return
+    from nuclei.training.finetune import finetune
+
+    rows = {"default": _score(default, test)}
+    if args.default_only:
+        results["scores"] = rows
+        print(json.dumps(rows, indent=2))
+        _finish(results, args.json)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, chosen in picks.items():
+            labelled = Path(tmp) / name
+            _write(chosen, labelled)
+            began = time.perf_counter()
+            tuned = finetune(str(labelled), f"ft-{name}", out=str(Path(tmp) / "models"), minutes=args.minutes,
+                             held_back=0.0, seed=args.seed)
+            print(f"{name}: fine-tuned in {(time.perf_counter() - began) / 60:.1f} min")
+            rows[name] = _score(Engine(load_model_dir(tuned.model_dir), providers=("CPUExecutionProvider",)), test)
+    print(f"{'model':<14} {'AP@0.5':>7} {'DSB':>7}" + "".join(f" {name:>13}" for name in GROUPS))
+    for name, scores in rows.items():
+        print(f"{name:<14} {scores['ap50']:>7.3f} {scores['dsb_score']:>7.3f}"
+              + "".join(f" {scores.get(f'ap50 {g}', float('nan')):>13.3f}" for g in GROUPS))
+    print(f"top-ranked - random: {rows['top-ranked']['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on {len(test)} "
+          "test images")
+    results["scores"] = rows
+    _finish(results, args.json)
+
+
+def _finish(results: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
