@@ -19,6 +19,7 @@ from prefect.states import Completed
 
 from nuclei.config import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_COMPRESSION,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SLIDE_PIXELS,
     DEFAULT_PROVIDERS,
@@ -53,6 +54,7 @@ def segment(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     slide_pixels: int = DEFAULT_SLIDE_PIXELS,
     max_slide_pixels: int = DEFAULT_MAX_SLIDE_PIXELS,
+    max_compression: float = DEFAULT_MAX_COMPRESSION,
     block_size: int = DEFAULT_BLOCK_SIZE,
     progress: bool = False,
 ) -> dict:

@@ -53,7 +53,7 @@ def test_every_segment_option_reaches_the_config() -> None:
                       "--providers", "CPUExecutionProvider", "--float32", "--diameter", "60", "--threads", "1",
                       "--batch-size", "2", "--max-pixels", "1000", "--channel", "DAPI", "--z", "max",
                       "--pixel-size", "0.65", "--tta", "--slide-pixels", "1000000", "--block-size", "2048",
-                      "--max-slide-pixels", "2000000000"])
+                      "--max-slide-pixels", "2000000000", "--max-compression", "1e6"])
     assert set(params) == set(SegmentConfig.model_fields)  # each field is reachable from the command line
     config = SegmentConfig(**params)
     assert config.inputs == ["a/", "b.tif"] and config.n_workers == 2 and config.int8 is False

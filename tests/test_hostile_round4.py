@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -499,6 +500,54 @@ def test_a_slide_declaring_more_pixels_than_the_ceiling_is_refused_before_any_wo
     assert main(["segment", str(slide), "--store", str(store), "--slide-pixels", "1", "--block-size", "512",
                  "--max-slide-pixels", "1048576"]) == 0  # at the ceiling: segmented
     assert not (store / "blocks").exists() or not any((store / "blocks").iterdir())
+
+
+def test_a_slide_whose_bytes_cannot_hold_its_declared_pixels_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+    import zarr
+
+    from nuclei.io.lazy import stored_bytes
+
+    bomb = tmp_path / "in" / "bomb.tif"  # the file: 100000 x 100000 px of uint8, every tile but one empty
+    bomb.parent.mkdir()
+    tiles = (np.zeros((512, 512), np.uint8) if i == 0 else None for i in range(196 * 196))
+    tifffile.imwrite(bomb, tiles, shape=(100000, 100000), dtype=np.uint8, tile=(512, 512), compression="zlib",
+                     bigtiff=True)
+    assert bomb.stat().st_size < 1e6 and 100000 * 100000 < 2**34  # 0.46 MB, within max_slide_pixels
+    store = tmp_path / "s.zarr"
+    started = time.monotonic()
+    assert main(["segment", str(bomb), "--store", str(store)]) == 1
+    out = capsys.readouterr().out
+    failed = [line.strip() for line in out.splitlines() if str(bomb) in line]  # one line, as tifffile sizes it
+    assert len(failed) == 1 and re.fullmatch(
+        rf"failed: {re.escape(str(bomb))}: declares 100000x100000 px, 10,000 MB of pixels, in 0\.4\d MB stored "
+        r"\(2\d,\d{3}x, above max_compression=5,000x: real slides compress 2-200x; raise --max-compression if "
+        r"the slide is genuine\)", failed[0]), out
+    assert time.monotonic() - started < 30 and not (store / "blocks").exists()
+
+    empty = tmp_path / "in2" / "empty.ome.zarr"  # OME-Zarr: 100000 x 100000 declared, within the ceiling, no chunk
+    group = zarr.open_group(str(empty), mode="w", zarr_format=3)
+    group.create_array("0", shape=(1, 100000, 100000), dtype=np.uint8, chunks=(1, 4096, 4096), fill_value=0)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
+    assert main(["segment", str(empty), "--store", str(store)]) == 1
+    assert f"failed: {empty}: declares 100000x100000 px, 10,000 MB of pixels, in 0.00 MB stored (" in \
+        capsys.readouterr().out
+    assert not (store / "blocks").exists()
+
+    slide = tmp_path / "in3" / "scan.svs"  # a real JPEG-tiled slide (10x smaller than its pixels): segmented
+    slide.parent.mkdir()
+    tifffile.imwrite(slide, np.tile(_separate_nuclei()[0], (4, 4)), tile=(256, 256), compression="jpeg")
+    assert main(["segment", str(slide), "--store", str(store), "--slide-pixels", "1", "--block-size", "512",
+                 "--max-compression", "2"]) == 1  # a ceiling set on purpose names the option
+    assert "above max_compression=2x: real slides compress 2-200x; raise --max-compression" in capsys.readouterr().out
+    assert main(["segment", str(slide), "--store", str(store), "--slide-pixels", "1", "--block-size", "512"]) == 0
+
+    chunked = tmp_path / "chunked.zarr"  # the walk of an OME-Zarr's files stops once enough bytes are seen
+    zarr.create_array(str(chunked), data=np.arange(256 * 256, dtype=np.uint16).reshape(256, 256), chunks=(16, 16))
+    assert stored_bytes(str(chunked), enough=1) < stored_bytes(str(chunked), enough=1 << 40)
 
 
 def test_ctrl_c_stops_a_slide_within_ten_seconds_mid_block(tmp_path: Path) -> None:

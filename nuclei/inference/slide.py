@@ -69,11 +69,12 @@ from nuclei.io.lazy import (
     ZARR_SUFFIX,
     LazyPlane,
     SlideSource,
+    declared,
     is_lazy_name,
     percentile_step,
     plane_pixels,
-    plane_shape,
     source_identity,
+    stored_bytes,
 )
 from nuclei.io.planes import PlaneChoice
 from nuclei.store import layout
@@ -296,7 +297,7 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
     engine = build_engine(settings)
     key = entry_key(engine, settings)
     try:
-        refuse_declared_size(item.url, settings.max_slide_pixels)  # before any pixel is read or hashed
+        refuse_declared_size(item.url, settings)  # before any pixel is read or hashed
         digest, hashed = source_identity(item.url, item.size)
         if _current(store, item, digest, key, settings):
             return ImageResult(item.id, item.url, "skipped", "already in the store")
@@ -316,17 +317,26 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
         return _failed(store, item, _reason(exc), key=key)
 
 
-def refuse_declared_size(url: str, max_slide_pixels: int) -> None:
-    """A header can declare any size (100000 x 100000 px of zeros fit a 0.6 MB tiled TIFF, an OME-Zarr's
-    metadata alone declares an array no chunk of which exists): a slide declaring more pixels than
-    ``max_slide_pixels`` is refused (InputError) before a block is planned or a pixel read."""
-    shape = plane_shape(url)
-    if shape is None or shape[0] * shape[1] <= max_slide_pixels:
+def refuse_declared_size(url: str, settings: SegmentConfig) -> None:
+    """A header can declare any size (100000 x 100000 px of zeros fit a 0.46 MB tiled TIFF of empty tiles, an
+    OME-Zarr's metadata alone declares an array no chunk of which exists): a slide declaring more pixels than
+    ``max_slide_pixels``, or more pixel bytes than ``max_compression`` times the bytes it stores, is refused
+    (InputError) before a block is planned or a pixel read."""
+    claim = declared(url)
+    if claim is None:
         return
-    height, width = shape
-    raise InputError(url, f"declares {height}x{width} = {height * width / 1e6:,.0f} Mpixel, above "
-                          f"max_slide_pixels={max_slide_pixels / 1e6:,.0f} Mpixel (raise --max-slide-pixels if "
-                          "the slide is genuine)")
+    height, width = claim.height, claim.width
+    if height * width > settings.max_slide_pixels:
+        raise InputError(url, f"declares {height}x{width} = {height * width / 1e6:,.0f} Mpixel, above "
+                              f"max_slide_pixels={settings.max_slide_pixels / 1e6:,.0f} Mpixel (raise "
+                              "--max-slide-pixels if the slide is genuine)")
+    stored = stored_bytes(url, enough=math.ceil(claim.nbytes / settings.max_compression))
+    if claim.nbytes > settings.max_compression * stored:
+        ratio = f"{claim.nbytes / stored:,.0f}x" if stored else "no bytes at all"
+        raise InputError(url, f"declares {height}x{width} px, {claim.nbytes / 1e6:,.0f} MB of pixels, in "
+                              f"{stored / 1e6:,.2f} MB stored ({ratio}, above max_compression="
+                              f"{settings.max_compression:,g}x: real slides compress 2-200x; raise "
+                              "--max-compression if the slide is genuine)")
 
 
 def _current(store: Store, item: ImageItem, digest: str, key: str, settings: SegmentConfig) -> bool:

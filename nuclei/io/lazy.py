@@ -144,22 +144,47 @@ def _ngff_pixel_size(level0: dict[str, Any], axes_meta: list[Any], axes: str) ->
 def plane_pixels(url: str) -> int | None:
     """Pixels of a TIFF's or OME-Zarr's first image from its header only, or None when it cannot be told (the
     regular path then reads and reports the file)."""
-    shape = plane_shape(url)
-    return shape[0] * shape[1] if shape else None
+    found = declared(url)
+    return found.height * found.width if found else None
 
 
-def plane_shape(url: str) -> tuple[int, int] | None:
-    """(height, width) of a TIFF's or OME-Zarr's first image as its header declares it (a claim: nothing is
-    read but the header), or None when it cannot be told."""
+@dataclass(frozen=True)
+class Declared:
+    """What a slide's header claims of its first image at full resolution: the plane's size and the bytes of
+    all its pixels (every plane and colour sample, at the declared dtype), before any pixel is read."""
+
+    height: int
+    width: int
+    nbytes: int
+
+
+def declared(url: str) -> Declared | None:
+    """The header's claim of a TIFF's or OME-Zarr's first image (`Declared`), or None when it cannot be told."""
     try:
         if url.rstrip("/").lower().endswith(ZARR_SUFFIX):
             array, axes, _, _ = _open_ome_zarr(url)
-            return int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")])
-        with fsspec.open(url, "rb") as handle, tifffile.TiffFile(handle) as tif:
-            series = tif.series[0]
-            return int(series.shape[series.axes.index("Y")]), int(series.shape[series.axes.index("X")])
+            shape, itemsize = tuple(int(n) for n in array.shape), np.dtype(array.dtype).itemsize
+        else:
+            with fsspec.open(url, "rb") as handle, tifffile.TiffFile(handle) as tif:
+                series = tif.series[0]
+                shape, axes, itemsize = tuple(int(n) for n in series.shape), series.axes, series.dtype.itemsize
+        return Declared(shape[axes.index("Y")], shape[axes.index("X")], math.prod(shape) * itemsize)
     except Exception:  # noqa: BLE001 - not ours to report: the small-image path says what is wrong
         return None
+
+
+def stored_bytes(url: str, enough: int) -> int:
+    """The bytes a slide holds: a TIFF's file size; an OME-Zarr's files (chunks and metadata) summed over a walk
+    of its folders that stops once ``enough`` are seen (a real slide's first few folders pass it)."""
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    if not url.rstrip("/").lower().endswith(ZARR_SUFFIX):
+        return int(fs.size(root))
+    total = 0
+    for _, _, files in fs.walk(root, detail=True):
+        total += sum(int(info.get("size") or 0) for info in files.values() if info.get("type") != "directory")
+        if total >= enough:
+            break
+    return total
 
 
 def percentile_step(height: int, width: int, sample_pixels: int) -> int:
