@@ -1,0 +1,152 @@
+"""What a microscope does to a field does not change its nuclei (issue 35), with the shipped default model on
+real BBBC039 fields from wells it never trained on (vendored under tests/data, CC0):
+
+- a smooth glow (the background rising 3x across the field) and three nuclei pushed to saturation;
+- a 3 x 3 mosaic of fields whose brightness differs 4x, segmented as a slide (blocks, the `local` maps of the
+  whole slide): each field scores as it does alone;
+- small bright specks of debris (3-8 px) on the background leave the field's nuclei as they were (and fewer
+  than half of them become nuclei: not yet none).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import nuclei
+from nuclei.core.metrics import average_precision, matching
+from nuclei.io.images import read_labels, read_raw
+
+from .conftest import REPO, SAMPLES
+
+FIELDS = sorted((REPO / "tests" / "data" / "bbbc039" / "images").glob("*.png"))
+OWN = SAMPLES / "images" / "IXMtest_A02_s1_w1051DAA7C-7042-435F-99F0-1E847D9B42CB.png"
+CAMERA_TOP = 4095  # the 12-bit camera these 16-bit files come from
+
+
+@cache
+def _engine():  # type: ignore[no-untyped-def]
+    from nuclei.inference.engine import Engine
+    from nuclei.modeldir import default_model_path, load_model_dir
+
+    return Engine(load_model_dir(default_model_path()), providers=("CPUExecutionProvider",))
+
+
+def _segment(image: np.ndarray) -> np.ndarray:
+    from nuclei.core.postprocess import instances
+
+    engine = _engine()
+    return instances(engine.predict(image), engine.thresholds)
+
+
+def _found_again(reference: np.ndarray, other: np.ndarray) -> float:
+    return matching(reference, other, 0.5).tp / max(1, int(reference.max()))
+
+
+def _background(field: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.median(field[labels == 0]))
+
+
+@pytest.mark.parametrize("path", [OWN, *FIELDS], ids=lambda p: p.name[8:14])
+def test_a_glowing_uneven_background_and_saturated_cells_keep_the_fields_nuclei(path: Path) -> None:
+    field, labels = read_raw(str(path)), read_labels(str(path.parent.parent / "labels" / path.name))
+    own = _segment(field)
+    background = _background(field, labels)
+    height, width = field.shape
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (xx / width + yy / height) / 2  # 0 at one corner, 1 at the other
+    glow = 3.0 * background * ramp + 1.5 * background * np.exp(-((yy - height / 3) ** 2 + (xx - width / 2) ** 2)
+                                                              / (2 * (width / 4) ** 2))
+    changed = field.astype(np.float64) + glow  # the background rises about 3x across the field
+    ids = np.unique(labels[labels > 0])
+    bright = ids[np.argsort([field[labels == i].mean() for i in ids])[-3:]]  # the three brightest nuclei
+    for i in bright:
+        inside = labels == i
+        changed[inside] = background + (changed[inside] - background) * 8
+    changed = np.clip(changed, 0, CAMERA_TOP).astype(np.uint16)
+    assert np.count_nonzero(changed == CAMERA_TOP) > 300  # saturated, flat
+    rises = np.median(changed[(labels == 0) & (ramp > 0.9)]) / np.median(changed[(labels == 0) & (ramp < 0.1)])
+    assert rises > 2.0
+    assert _found_again(own, _segment(changed)) >= 0.95
+
+
+@pytest.mark.parametrize("path", [OWN, *FIELDS[:1]], ids=lambda p: p.name[8:14])
+def test_debris_specks_on_the_background_leave_the_fields_nuclei(path: Path) -> None:
+    field, labels = read_raw(str(path)), read_labels(str(path.parent.parent / "labels" / path.name))
+    own = _segment(field)
+    background = _background(field, labels)
+    contrast = float(np.median(field[labels > 0])) - background
+    rng = np.random.default_rng(7)
+    free = np.ones(field.shape, bool)
+    free[np.nonzero(own)] = False
+    from scipy import ndimage as ndi
+
+    free = ~ndi.binary_dilation(~free, iterations=12)
+    specked = field.astype(np.float64)
+    ys, xs = np.nonzero(free)
+    picks = rng.choice(ys.size, 40, replace=False)
+    yy, xx = np.mgrid[0 : field.shape[0], 0 : field.shape[1]]
+    for y, x in zip(ys[picks], xs[picks], strict=True):
+        radius = rng.uniform(1.5, 4.0)  # 3-8 px across
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+        specked[disc] += contrast * rng.uniform(1.0, 3.0)
+    found = _segment(np.clip(specked, 0, CAMERA_TOP).astype(np.uint16))
+    added = matching(own, found, 0.5)
+    # Not yet none: the shipped model (trained with such specks on the background) turns 17 of 40 into nuclei
+    # over 18 held-out fields, the previous one 23 (BENCHMARKS section 8); the field's own nuclei stay.
+    assert added.fp <= 20, f"{added.fp} specks became nuclei"  # of 40
+    assert added.tp >= 0.97 * own.max()
+
+
+def _mosaic_fields() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Nine 520 x 696 fields: the four vendored ones and their mirror images."""
+    fields = []
+    for path in [OWN, *FIELDS]:
+        raw, labels = read_raw(str(path)), read_labels(str(path.parent.parent / "labels" / path.name))
+        fields += [(raw, labels), (raw[::-1], labels[::-1])]
+    return [*fields, (fields[0][0][:, ::-1], fields[0][1][:, ::-1])][:9]
+
+
+def _as_slide(mosaic: np.ndarray, folder: Path) -> np.ndarray:
+    """The mosaic written as a tiled OME-TIFF and segmented as a slide (1024 px blocks); its labels."""
+    folder.mkdir()
+    tifffile.imwrite(folder / "plate.ome.tif", mosaic, tile=(256, 256), compression="zlib", ome=True)
+    summary = nuclei.segment([str(folder / "plate.ome.tif")], store=folder / "s.zarr", slide_pixels=1,
+                             block_size=1024)
+    assert summary["done"] == 1, summary["failures"]
+    return nuclei.open_store(folder / "s.zarr").labels("plate.ome")
+
+
+def test_fields_of_other_brightness_in_one_slide_score_as_they_do_at_one_brightness(tmp_path: Path) -> None:
+    """A stitched 3 x 3 mosaic, its fields at 1, 1/2 or 1/4 of their brightness (neighbours differ), segmented as
+    a slide: each field scores as in the same mosaic at one brightness (the seams, where nuclei cut by a field's
+    edge meet the next field's, cost the same both ways), and on average as the fields alone."""
+    fields = _mosaic_fields()
+    gains = [1.0, 0.25, 0.5, 0.25, 1.0, 0.5, 0.5, 1.0, 0.25]
+    height, width = fields[0][0].shape
+    dimmed = [np.rint(raw.astype(np.float64) * gain).astype(np.uint16)
+              for (raw, _), gain in zip(fields, gains, strict=True)]
+
+    def mosaic(parts: list[np.ndarray]) -> np.ndarray:
+        rows = [np.concatenate(parts[r * 3 : r * 3 + 3], axis=1) for r in range(3)]
+        return np.concatenate(rows, axis=0)
+
+    def scores(labels: np.ndarray) -> np.ndarray:
+        return np.array([average_precision(truth, labels[r * height : (r + 1) * height, c * width : (c + 1) * width])
+                         for (_, truth), (r, c) in zip(fields, [divmod(n, 3) for n in range(9)], strict=True)])
+
+    varied = scores(_as_slide(mosaic(dimmed), tmp_path / "varied"))
+    even = scores(_as_slide(mosaic([raw for raw, _ in fields]), tmp_path / "even"))
+    alone = np.array([average_precision(truth, _segment(part)) for (_, truth), part in zip(fields, dimmed,
+                                                                                               strict=True)])
+    # Measured with the shipped model: the fields score 0.019 lower on average than at one brightness (the
+    # previous model's single window: 0.045), one field next to fields 4x dimmer by 0.07: where the brightness
+    # steps, the 32 px cells' maps blur it over a cell or two (each field normalised alone, then stitched,
+    # scores as the even mosaic: BENCHMARKS section 8).
+    assert even.mean() - varied.mean() <= 0.03, list(zip(even.round(3), varied.round(3), strict=True))
+    assert np.all(even - varied <= 0.09), list(zip(even.round(3), varied.round(3), strict=True))
+    assert alone.mean() - varied.mean() <= 0.04, (alone.round(3), varied.round(3))
