@@ -53,10 +53,11 @@ def descr(package: Path) -> v0_5.ModelDescr:
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    """nuclei's engine with the window the package declares: the model's own, or for a `foreground` model the
-    1st..99.8th percentiles bioimage.io can express (its documentation says so); the float32 ONNX, as packaged."""
+    """nuclei's engine with the window the package declares: the model's own, or for a `foreground` or `local`
+    model the 1st..99.8th percentiles bioimage.io can express (its documentation says so); the float32 ONNX, as
+    packaged."""
     model = load_model_dir(MODEL)
-    if model.normalization.kind == "foreground":
+    if model.normalization.kind in ("foreground", "local"):
         declared = {"kind": "percentile", "low": model.normalization.low, "high": model.normalization.high}
         model = replace(model, config={**model.config, "normalization": declared})
     return Engine(model, providers=tuple(CPU), int8=False)

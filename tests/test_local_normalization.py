@@ -110,7 +110,7 @@ def test_a_slide_read_a_band_at_a_time_has_the_whole_images_maps(tmp_path: Path,
     monkeypatch.setattr(slide, "STATS_BAND", 256)
     tifffile.imwrite(tmp_path / "m.ome.tif", mosaic, tile=(256, 256), ome=True)
     with LazyPlane(SlideSource(str(tmp_path / "m.ome.tif"), PlaneChoice(None, None))) as plane:
-        read = slide._slide_scaling(plane, mosaic[::4, ::4], LOCAL)
+        read = slide._slide_scaling(plane, mosaic[::4, ::4], LOCAL, lambda: None)
     whole = measure_scaling(mosaic, LOCAL)
     assert read.maps is not None and whole.maps is not None
     np.testing.assert_array_equal(read.maps.background, whole.maps.background)

@@ -223,7 +223,7 @@ def test_train_command_passes_every_option_and_flag_to_the_flow(monkeypatch: pyt
     from prefect.states import Completed
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr(nuclei.training.run, "train", lambda params, then: seen.update(params, then=then) or "x")
+    monkeypatch.setattr(nuclei.training.run, "train", lambda params, then, **_: seen.update(params, then=then) or "x")
     assert main(["train", "data", "--quantize-int8", "--balance-categories", "--no-augment", "--contact-weight", "5",
                  "--then", '{"crop_size": 192}']) == 0
     assert seen["quantize_int8"] is True and seen["balance_categories"] is True and seen["augment"] is False

@@ -73,6 +73,16 @@ def cell_stats(lum: np.ndarray, cell: int) -> np.ndarray:
     return np.stack([parts[..., 1], parts[..., 2], parts[..., 3], constant], axis=-1)
 
 
+def value_step(stats: np.ndarray) -> float:
+    """The step between the image's stored values, as its cells' percentiles show it (1 for 8- and 12-bit
+    data, 257 for 8-bit data stretched to 16 bits, 1/255 for it as float; about 0 for continuous values): the
+    least noise there can be, in the image's own units, so a rescaled copy of an image is normalised alike."""
+    values = np.unique(stats[..., :3])
+    steps = np.diff(values)
+    steps = steps[steps > 1e-6 * max(1e-30, float(np.abs(values).max()))]
+    return float(steps.min()) if steps.size else 0.0
+
+
 def local_maps(stats: np.ndarray, cell: int, opening: int, window: float, k: float, anchor: float,
                quantum: float = 0.0) -> LocalMaps:
     """The background and scale maps from a whole image's (or slide's) `cell_stats`."""

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nuclei.core.background import LocalMaps, apply_maps, cell_stats, local_maps
+from nuclei.core.background import LocalMaps, apply_maps, cell_stats, local_maps, value_step
 
 # Percentiles of a huge image come from a strided sample of about this many pixels (np.percentile sorts).
 PERCENTILE_SAMPLE = 2_000_000
@@ -284,15 +284,10 @@ def luminance(raw: np.ndarray) -> np.ndarray:
     return total
 
 
-def scaling_from_stats(stats: np.ndarray, norm: Normalization, quantum: float) -> Scaling:
+def scaling_from_stats(stats: np.ndarray, norm: Normalization) -> Scaling:
     """A `local` Scaling from a whole image's (or slide's) `cell_stats`."""
-    maps = local_maps(stats, norm.cell, norm.opening, norm.window, norm.k, norm.anchor, quantum)
+    maps = local_maps(stats, norm.cell, norm.opening, norm.window, norm.k, norm.anchor, value_step(stats))
     return Scaling(norm, maps=maps)
-
-
-def quantum_of(dtype: np.dtype) -> float:
-    """The step between stored values: 1 for integer images, 0 for float ones."""
-    return 1.0 if np.issubdtype(dtype, np.integer) else 0.0
 
 
 def measure_scaling(raw: np.ndarray, norm: Normalization) -> Scaling:
@@ -303,7 +298,7 @@ def measure_scaling(raw: np.ndarray, norm: Normalization) -> Scaling:
     step = max(1, int(np.sqrt(lum.size / PERCENTILE_SAMPLE)))
     if is_bright_background(lum[::step, ::step].ravel()):
         return Scaling(norm, *intensity_range(raw, norm.model_copy(update={"kind": "percentile"})))
-    return scaling_from_stats(cell_stats(lum, norm.cell), norm, quantum_of(raw.dtype))
+    return scaling_from_stats(cell_stats(lum, norm.cell), norm)
 
 
 def normalized(raw: np.ndarray, norm: Normalization) -> np.ndarray:

@@ -133,7 +133,7 @@ def sample_image(model: ModelDir, sample: Path) -> np.ndarray:
 
 def input_dtype(model: ModelDir, image: np.ndarray) -> str:
     """float32 for percentile models (any range works); dtype-range models are described for the sample's dtype."""
-    if model.normalization.kind != "dtype_range":  # percentile or foreground: any range works
+    if model.normalization.kind != "dtype_range":  # percentile, foreground or local: any range works
         return "float32"
     if not np.issubdtype(image.dtype, np.integer):
         raise NucleiError(f"a model with dtype-range scaling needs an integer sample image, got {image.dtype}")

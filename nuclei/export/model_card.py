@@ -41,7 +41,7 @@ def preprocessing_text(norm: Normalization) -> str:
             "for grey images (R = G = B, as in fluorescence) the two are the same and so are the probabilities; for "
             "colour (e.g. stained) images the range differs and so do the results, noticeably: segment colour images "
             "with nuclei itself. (nuclei also takes the percentiles of images over 2 Mpixel from a strided sample, "
-            "the package from every pixel.)" + (FOREGROUND_NOTE if norm.kind == "foreground" else ""))
+            "the package from every pixel.)" + WINDOW_NOTES.get(norm.kind, ""))
 
 
 FOREGROUND_NOTE = (
@@ -50,6 +50,13 @@ FOREGROUND_NOTE = (
     "1st..99.8th percentile window, which that anchor matches on typical fields (median ratio 1.0 on the training "
     "images). Sparse fields (mostly empty background) and fields with a few saturated cells get a darker input "
     "from the package than from nuclei: segment those with nuclei itself.")
+LOCAL_NOTE = (
+    " This model was trained with nuclei's `local` normalisation (a smooth background removed and the foreground "
+    "level measured over neighbourhoods of 32 px cells), which bioimage.io's steps cannot express: the package "
+    "uses the 1st..99.8th percentile window instead, which matches it on flat, evenly lit fields. Fields with "
+    "glow or vignetting, a few saturated cells, or mosaics of fields of other brightness get another input from "
+    "the package than from nuclei: segment those with nuclei itself.")
+WINDOW_NOTES = {"foreground": FOREGROUND_NOTE, "local": LOCAL_NOTE}
 
 
 def usage_section(model: ModelDir, shape: PackageShape) -> str:

@@ -250,7 +250,8 @@ class Engine:
             for start in range(0, len(indices), engine.batch_size):
                 chunk = indices[start : start + engine.batch_size]
                 pad = engine.model.pad_multiple
-                batch = [engine._scaler(images[i])(pad_to_multiple(images[i], pad)) for i in chunk]
+                # scaled, then padded (as `predict` does): a mirror of the scaled pixels, whatever the kind
+                batch = [pad_to_multiple(engine._scaler(images[i])(images[i]), pad) for i in chunk]
                 for i, prob in zip(chunk, engine._run(batch), strict=True):
                     results[i] = prob[:height, :width]
         return results

@@ -55,7 +55,6 @@ from nuclei.core.normalize import (
     is_bright_background,
     luminance,
     measure_scaling,
-    quantum_of,
     scaling_from_stats,
 )
 from nuclei.core.postprocess import instances
@@ -436,7 +435,7 @@ def _slide_scaling(plane: LazyPlane, sample: np.ndarray, norm: Normalization, st
         stop()
         bands.append(cell_stats(luminance(plane.read(Box(y0, min(plane.height, y0 + band), 0, plane.width))),
                                 norm.cell))
-    return scaling_from_stats(np.concatenate(bands, axis=0), norm, quantum_of(np.dtype(plane.dtype)))
+    return scaling_from_stats(np.concatenate(bands, axis=0), norm)
 
 
 def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bool, on_block: OnBlock | None = None
