@@ -78,6 +78,7 @@ from nuclei.io.lazy import (
 from nuclei.io.planes import PlaneChoice
 from nuclei.store import layout
 from nuclei.store.backend import Store, array_sha256
+from nuclei.store.record import is_current
 from nuclei.store.slide import SlideEntry, chunk_for
 
 log = logging.getLogger(__name__)
@@ -298,10 +299,10 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
     try:
         refuse_declared_size(item.url, settings)  # before any pixel is read or hashed
         digest, hashed = source_identity(item.url, item.size)
-        if _current(store, item, digest, key, settings):
+        if not settings.overwrite and is_current(store.record(item.id), item, key, digest):
             return ImageResult(item.id, item.url, "skipped", "already in the store")
         with store.writing(item.id):  # one writer per entry: a second run on this slide waits, then skips it
-            if _current(store, item, digest, key, settings):
+            if not settings.overwrite and is_current(store.record(item.id), item, key, digest):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
             n_nuclei, used = _segment_into(store, item, settings, engine, mapper, (progress, on_block),
                                            (digest, hashed), key, lambda: _stop_if_asked(stop))
@@ -336,13 +337,6 @@ def refuse_declared_size(url: str, settings: SegmentConfig) -> None:
                               f"{stored / 1e6:,.2f} MB stored ({ratio}, above max_compression="
                               f"{settings.max_compression:,g}x: real slides compress 2-200x; raise "
                               "--max-compression if the slide is genuine)")
-
-
-def _current(store: Store, item: ImageItem, digest: str, key: str, settings: SegmentConfig) -> bool:
-    """The store holds this slide, from this source and content, made with the same model and settings."""
-    record = store.record(item.id)
-    return bool(not settings.overwrite and record and record.source == item.url and record.source_sha256 == digest
-                and record.output_key == key)
 
 
 def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine: Engine, mapper: Mapper[Any],

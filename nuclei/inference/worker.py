@@ -29,7 +29,7 @@ from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
 from nuclei.modeldir import load_model_dir, resolve_stained_model
 from nuclei.store.backend import Store
-from nuclei.store.record import EntryRecord
+from nuclei.store.record import EntryRecord, is_current
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,6 @@ def entry_key(engine: Engine, settings: SegmentConfig) -> str:
     return f"{engine.output_key}:{settings.channel or ''}:{settings.z or ''}"
 
 
-def _already_done(store: Store, item: ImageItem, sha256: str, output_key: str) -> bool:
-    """The store holds this content, from this source, made with the same model files and settings."""
-    record = store.record(item.id)
-    return bool(record and record.source == item.url and record.source_sha256 == sha256
-                and record.output_key == output_key)
-
-
 def build_engine(settings: SegmentConfig) -> Engine:
     """The engine a run's settings describe (after `preflight`: the stained-tissue model is a path or "none")."""
     assert settings.model is not None, "the plan resolves the model before any task is sent"
@@ -114,6 +107,7 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Map
     as the plan saw it (`seen_mark`), so a concurrent run's write with other settings is not replaced
     silently."""
     engine = build_engine(settings)
+    key = entry_key(engine, settings)
     store = Store(settings.store, mode="a")
     results: dict[str, ImageResult] = {}
     todo: list[_Decoded] = []
@@ -121,12 +115,12 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Map
         try:
             decoded = _read(item, settings)
             check_rescaled_size(engine.for_image(decoded.raw), decoded.raw.shape, settings.max_pixels)
-            if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
+            if not settings.overwrite and is_current(store.record(item.id), item, key, decoded.sha256):
                 results[item.id] = ImageResult(item.id, item.url, "skipped", "already in the store")
             else:
                 todo.append(decoded)
         except Exception as exc:  # noqa: BLE001 - e.g. an undecodable file, an id the file system refuses
-            results[item.id] = _failed(store, item, _reason(exc), key=entry_key(engine, settings))
+            results[item.id] = _failed(store, item, _reason(exc), key=key)
     providers = engine.session_providers() if todo else []
     for chunk in _chunks(todo, engine):
         started = time.perf_counter()
@@ -159,7 +153,7 @@ def _finish(
     settings: SegmentConfig, seen: str | None = None,
 ) -> ImageResult:
     """Post-process, measure and write one image; any failure becomes that image's result."""
-    item = decoded.item
+    item, key = decoded.item, entry_key(engine, settings)
     try:
         started = time.perf_counter()
         labels, used = label_image(engine, decoded.raw, prob, settings.max_pixels)  # `used`: as measured, if auto
@@ -167,9 +161,9 @@ def _finish(
         table = measure(labels, decoded.raw)
         record = _record(decoded, labels, table, engine, used, providers, settings)
         with store.writing(item.id):
-            if not settings.overwrite and _already_done(store, item, decoded.sha256, entry_key(engine, settings)):
+            if not settings.overwrite and is_current(store.record(item.id), item, key, decoded.sha256):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
-            if conflict := _written_meanwhile(store.record(item.id), seen, item, entry_key(engine, settings)):
+            if conflict := _written_meanwhile(store.record(item.id), seen, item, key):
                 return ImageResult(item.id, item.url, "failed", conflict)  # not remembered: not the file's fault
             store.write_entry(item.id, decoded.raw, labels, table, record)
         elapsed = seconds + time.perf_counter() - started
@@ -179,7 +173,7 @@ def _finish(
     except Exception as exc:  # noqa: BLE001 - one image must not stop the batch
         # The summary says why; the traceback is for -v (a per-image failure printed one, unasked, on every run).
         log.info("failed on %s", item.url, exc_info=True)
-        return _failed(store, item, _reason(exc), decoded.sha256, entry_key(engine, settings))
+        return _failed(store, item, _reason(exc), decoded.sha256, key)
 
 
 def seen_mark(record: EntryRecord | None) -> str:

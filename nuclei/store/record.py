@@ -6,11 +6,15 @@ Typed and validated on read: a record that does not parse makes that one entry i
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nuclei.config import STORE_FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from nuclei.io.discovery import ImageItem
 
 
 class ModelInfo(BaseModel):
@@ -63,6 +67,21 @@ class EntryRecord(BaseModel):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def is_current(record: EntryRecord | None, item: ImageItem, output_key: str, sha256: str | Callable[[], str]) -> bool:
+    """Whether ``record`` is ``item``'s entry as these settings would make it now: the same source, the same
+    output key (`worker.entry_key`) and the same content. ``sha256`` is the content's digest (a slide's:
+    `io.lazy.source_identity`), or, where the file was not read yet, a function giving it: then the file's size
+    and mtime gate the hash and never replace it (either differs: not current, nothing read; both match: hashed,
+    and current only if the digest matches). ``--overwrite`` is the caller's: it asks not to look."""
+    if record is None or record.source != item.url or record.output_key != output_key:
+        return False
+    if callable(sha256):
+        if record.source_size != item.size or item.mtime is None or record.source_mtime != item.mtime:
+            return False
+        sha256 = sha256()
+    return record.source_sha256 == sha256
 
 
 class Failure(TypedDict):
