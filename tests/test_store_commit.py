@@ -1,5 +1,5 @@
 """The commit protocol on its own (no model, no run): durable order, one writer per entry, check and repair
-never racing a writer, compare-and-commit, and stores that are refused. Real files on disk, fast."""
+never racing a writer, the writer's commit-token check, and stores that are refused. Real files on disk, fast."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nuclei.cli.main import main
 from nuclei.core.measure import measure
 from nuclei.errors import StoreError
 from nuclei.io.synthetic import make_sample
-from nuclei.store.backend import EntryChanged, Store
+from nuclei.store.backend import Store
 from nuclei.store.check import check
 
 
@@ -121,18 +121,55 @@ def test_an_entry_locked_by_a_writer_is_reported_as_being_written(tmp_path: Path
     assert list(report.damaged) == ["a"] and not report.being_written  # no writer now: damaged it is
 
 
-def test_compare_and_commit_tells_the_loser(tmp_path: Path) -> None:
-    """Issue 28 case 5, the store's side: a writer that expects the entry it saw loses to another run's commit
-    and is told so (EntryChanged, nothing written), instead of both runs saying they wrote it."""
+def test_a_writer_compares_the_commit_token_it_planned_on_under_the_lock(tmp_path: Path) -> None:
+    """Issue 28 case 5, the writer's check: every write gets its own commit token (the same content written
+    again too); a writer holding the token its plan saw tells another run's commit with other settings or from
+    another file from the entry it planned for, and refuses to replace it (the end-to-end runs:
+    `test_hostile_round3.py::test_of_two_runs_with_other_settings_at_once_the_later_writer_fails_those_images`)."""
+    from nuclei.inference.worker import _written_meanwhile
+    from nuclei.io.discovery import ImageItem
+    from nuclei.store.record import commit_token
+
     store = Store(tmp_path / "s.zarr", "a")
-    first = _write(store, "a", expect=None)  # expected no entry: there was none
-    with pytest.raises(EntryChanged, match="written meanwhile by another run"):
-        _write(store, "a", seed=2, expect=None)  # expected none, but one was committed
-    assert store.record("a") == first
-    second = _write(store, "a", seed=3, expect=first.commit)
-    assert second.commit != first.commit and store.record("a") == second
-    with pytest.raises(EntryChanged):
-        _write(store, "a", seed=4, expect=first.commit)  # stale: another write came in between
+    item = ImageItem("a", "/data/x.png", 1, 1.0)
+    planned = commit_token(store.record("a"))  # the plan saw no entry
+    first = _write(store, "a")
+    again = _write(store, "a")  # the very same content, written once more
+    assert planned == "" and first.commit and again.commit != first.commit
+    with store.writing("a"):
+        assert _written_meanwhile(store.record("a"), commit_token(again), item, "") == ""  # as planned
+        assert _written_meanwhile(store.record("a"), planned, item, "") == ""  # same file and settings: newer
+        assert "other settings" in _written_meanwhile(store.record("a"), planned, item, "key of this run")
+        moved = ImageItem("a", "/elsewhere/x.png", 1, 1.0)
+        assert "from another file" in _written_meanwhile(store.record("a"), planned, moved, "")
+        assert _written_meanwhile(store.record("a"), None, item, "key of this run") == ""  # no plan: no check
+
+
+def test_an_entry_is_current_for_its_source_settings_and_content_only(tmp_path: Path) -> None:
+    """`is_current`, the one freshness rule of the plan, the worker and the slide driver: a digest not taken
+    yet is asked for only when the file's size and mtime match the record's."""
+    from nuclei.io.discovery import ImageItem
+    from nuclei.store.record import is_current
+
+    store = Store(tmp_path / "s.zarr", "a")
+    record = _write(store, "a").model_copy(update={"output_key": "k", "source_size": 10, "source_mtime": 5.0})
+    item = ImageItem("a", "/data/x.png", 10, 5.0)
+    asked: list[str] = []
+
+    def digest(value: str = "0" * 64) -> str:
+        asked.append(value)
+        return value
+
+    assert is_current(record, item, "k", "0" * 64) and is_current(record, item, "k", digest)
+    assert not is_current(record, item, "other key", "0" * 64) and not is_current(None, item, "k", "0" * 64)
+    assert not is_current(record, ImageItem("a", "/elsewhere/x.png", 10, 5.0), "k", "0" * 64)
+    assert not is_current(record, item, "k", "1" * 64) and not is_current(record, item, "k", lambda: digest("1"))
+    asked.clear()
+    for touched in (ImageItem("a", "/data/x.png", 11, 5.0), ImageItem("a", "/data/x.png", 10, 6.0),
+                    ImageItem("a", "/data/x.png", 10, None)):
+        assert not is_current(record, touched, "k", digest)
+    assert asked == []  # size or mtime differ: new work at once, nothing hashed
+    assert is_current(record, ImageItem("a", "/data/x.png", 11, 6.0), "k", "0" * 64)  # the content decides
 
 
 def test_only_a_nuclei_store_or_an_empty_folder_is_written(tmp_path: Path) -> None:

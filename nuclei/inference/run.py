@@ -39,12 +39,12 @@ from nuclei.inference.cluster import (
 from nuclei.inference.engine import Engine, default_threads
 from nuclei.inference.preflight import preflight
 from nuclei.inference.slide import is_slide, segment_slides
-from nuclei.inference.worker import ImageResult, build_engine, entry_key, seen_mark, segment_batch
+from nuclei.inference.worker import ImageResult, build_engine, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover, open_source
 from nuclei.io.lazy import source_identity
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
-from nuclei.store.record import EntryRecord, Failure, RunSummary, is_current
+from nuclei.store.record import EntryRecord, Failure, RunSummary, commit_token, is_current
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Plan:
     unchanged: list[str] = field(default_factory=list)
     failed_before: list[Failure] = field(default_factory=list)  # unchanged files that failed last time
     problems: list[InputError] = field(default_factory=list)
-    seen: dict[str, str] = field(default_factory=dict)  # id -> `seen_mark` of its record when planned
+    seen: dict[str, str] = field(default_factory=dict)  # id -> its record's `commit_token` when planned
     started: float = field(default_factory=time.perf_counter)
     slides: list[ImageItem] = field(default_factory=list)  # whole slides: each runs as blocks (`inference.slide`)
 
@@ -207,7 +207,7 @@ def plan(config: SegmentConfig) -> Plan:
     batches = balanced(todo, config.images_per_task, expected_workers(config))
     version = model_dir.version + (f" (stained tissue: {engine.stained.version})" if engine.stained else "")
     return Plan(settings, version, len(found.items) + len(found.problems), batches, unchanged, failed_before,
-                found.problems + clashes, seen={i.id: seen_mark(records.get(i.id)) for i in todo}, slides=slides)
+                found.problems + clashes, seen={i.id: commit_token(records.get(i.id)) for i in todo}, slides=slides)
 
 
 def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:

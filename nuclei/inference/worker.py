@@ -103,8 +103,8 @@ def build_engine(settings: SegmentConfig) -> Engine:
 
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Mapping[str, str] | None = None
                   ) -> list[ImageResult]:
-    """Segment ``items`` into the store; returns one result per item, in order. ``seen``: each id's record
-    as the plan saw it (`seen_mark`), so a concurrent run's write with other settings is not replaced
+    """Segment ``items`` into the store; returns one result per item, in order. ``seen``: each id's commit
+    token as the plan saw it (`commit_token`), so a concurrent run's write with other settings is not replaced
     silently."""
     engine = build_engine(settings)
     key = entry_key(engine, settings)
@@ -176,19 +176,12 @@ def _finish(
         return _failed(store, item, _reason(exc), decoded.sha256, key)
 
 
-def seen_mark(record: EntryRecord | None) -> str:
-    """What identifies one write of an entry: a run compares it under the entry lock with what it planned on,
-    to tell a concurrent run's write (with other settings) from the store it planned for."""
-    if record is None:
-        return ""
-    return f"{record.written}|{record.output_key}|{record.source}|{record.arrays_sha256.get('labels', '')}"
-
-
 def _written_meanwhile(record: EntryRecord | None, seen: str | None, item: ImageItem, output_key: str) -> str:
-    """Why not to write (or ""): since the plan, another run wrote this entry with other settings or from
-    another file. Two runs at once (--diameter 20 and 40) both said "30 segmented" and the store held one
-    run's labels; now the later writer fails those images, and the store holds whole runs' entries."""
-    if seen is None or record is None or seen_mark(record) == seen:
+    """Why not to write (or ""), under the entry's lock: the record's commit token is not the one the plan saw
+    (``seen``, `commit_token`), and that other run wrote it with other settings or from another file. Two runs
+    at once (--diameter 20 and 40) both said "30 segmented" and the store held one run's labels; now the later
+    writer fails those images, and the store holds whole runs' entries."""
+    if seen is None or record is None or record.commit == seen:
         return ""
     if record.source != item.url:
         what = f"from another file, {record.source}"

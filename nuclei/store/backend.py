@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import fsspec
@@ -45,26 +45,6 @@ from nuclei.store.record import EntryRecord
 from nuclei.store.zarr_files import group_files
 
 log = logging.getLogger(__name__)
-
-
-class _Any:
-    """`write_entry(expect=ANY)`: commit whatever the entry holds now (no compare)."""
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-ANY: Final = _Any()
-
-
-class EntryChanged(StoreError):
-    """Compare-and-commit lost: another writer committed this entry after the caller last looked."""
-
-    def __init__(self, image_id: str, current: EntryRecord | None) -> None:
-        self.image_id, self.current = image_id, current
-        what = (f"written meanwhile by another run (output key {current.output_key or '?'}, at {current.written})"
-                if current else "removed meanwhile by another run")
-        super().__init__(f"entry {image_id!r} was {what}; not replacing it")
 
 
 @contextlib.contextmanager
@@ -465,20 +445,13 @@ class Store:
 
     def write_entry(
         self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
-        record: dict[str, Any], *, expect: str | None | _Any = ANY,
+        record: dict[str, Any],
     ) -> EntryRecord:
-        """Write one image's arrays, then commit its (validated) record; returns the record.
-
-        Compare-and-commit: with ``expect`` set to the `EntryRecord.commit` the caller saw (None: no entry),
-        `EntryChanged` is raised, and nothing written, when another writer has committed since. Call it inside
-        `writing(image_id)` for the compare and the write to be one step.
-        """
+        """Write one image's arrays, then commit its (validated) record with a new commit token; returns the
+        record. Call it inside `writing(image_id)`, where the caller compares the record there now with what it
+        planned on (`record.commit_token`)."""
         if self.mode == "r":
             raise StoreError(f"{self.url}: opened read-only")
-        if not isinstance(expect, _Any):
-            current = self.record(image_id)
-            if (current.commit if current else None) != expect:
-                raise EntryChanged(image_id, current)
         key = id_to_key(image_id)
         label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
         labels = labels.astype(label_dtype, copy=False)

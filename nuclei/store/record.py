@@ -62,7 +62,7 @@ class EntryRecord(BaseModel):
     nuclei_version: str = ""
     written: str = ""
     status: Literal["complete"] = "complete"
-    commit: str = ""  # unique per write: what a compare-and-commit (`Store.write_entry(expect=...)`) compares
+    commit: str = ""  # a new token with every write: a writer compares it with its plan's (`commit_token`)
     store_format_version: int = STORE_FORMAT_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +82,12 @@ def is_current(record: EntryRecord | None, item: ImageItem, output_key: str, sha
             return False
         sha256 = sha256()
     return record.source_sha256 == sha256
+
+
+def commit_token(record: EntryRecord | None) -> str:
+    """What a plan keeps of an entry it saw ("" for none): under the entry's lock a writer compares it with the
+    record's token there now, and a difference means another run committed the entry since the plan."""
+    return record.commit if record is not None else ""
 
 
 class Failure(TypedDict):
