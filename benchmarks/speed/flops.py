@@ -1,6 +1,6 @@
 """Compute bound: the model's FLOPs per 256 x 256 image, and the share of this CPU's peak the ORT loop reaches.
 
-    .venv/bin/python benchmarks/flops.py
+    python -m benchmarks flops
 
 FLOPs are counted from the ONNX graph after shape inference at 1 x 256 x 256 x 3: 2 x multiply-adds of every
 Conv and ConvTranspose (the rest, BatchNorm folded, ReLU, concat and sigmoid, is under 1%). The CPU's
@@ -10,7 +10,6 @@ reachable peak is measured in the same run: float32 matrix multiplication (numpy
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import shape_inference
 
+from benchmarks import harness
 from nuclei.modeldir import default_model_path
 
 
@@ -70,19 +70,21 @@ def ort_rate(model_path: Path, threads: int, n: int = 60) -> float:
     return n / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks flops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(default_model_path()))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record("flops", args)
     onnx_path = Path(args.model) / "model.onnx"
-    cores = len(os.sched_getaffinity(0))
+    cores = harness.cores()
     flops = conv_flops(onnx_path)
     peak = matmul_peak(cores)
     rate = ort_rate(onnx_path, cores)
-    print(f"model: {flops / 1e9:.2f} GFLOP per 256 x 256 image (convolutions, 2 x multiply-adds)")
-    print(f"this CPU, {cores} cores: float32 matmul reaches {peak / 1e9:.1f} GFLOP/s (the reachable peak)")
-    print(f"ORT loop: {rate:.1f} images/s = {rate * flops / 1e9:.1f} GFLOP/s = {rate * flops / peak:.0%} of that peak")
-
-
-if __name__ == "__main__":
-    main()
+    record.figure("gflop_per_image", round(flops / 1e9, 2))
+    record.table(["what", "GFLOP/s", "share of the matmul peak"],
+                 [[f"float32 matmul 2048^2, {cores} cores (the reachable peak, baseline)", peak / 1e9, 1.0],
+                  [f"ORT loop, float32, {rate:.1f} images/s", rate * flops / 1e9, rate * flops / peak]],
+                 ["", ".1f", ".0%"],
+                 title=f"model: {flops / 1e9:.2f} GFLOP per 256 x 256 image (convolutions, 2 x multiply-adds)")
+    record.write()

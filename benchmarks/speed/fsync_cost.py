@@ -1,15 +1,15 @@
 """What making entries durable costs: an entry's files written with fsync (files and folders, then the record)
 against the same writes without fsync, measured in the same run.
 
-    .venv/bin/python benchmarks/fsync_cost.py --entries 60 --rounds 5 [--dir /path/on/the/disk/of/interest]
-    .venv/bin/python benchmarks/fsync_cost.py --run 30 --rounds 3     # also whole runs: nuclei.segment()
+    python -m benchmarks fsync_cost --entries 60 --rounds 5 [--dir /path/on/the/disk/of/interest]
+    python -m benchmarks fsync_cost --run 30 --rounds 3     # also whole runs: nuclei.segment()
 
 Each entry is a real 256x256 RGB sample's files (`nuclei.store.layout.entry_files`: image, two label images,
 measurements, about 20 files) plus its record (`durable.write_atomically`, fsynced in both variants, as before).
-Rounds interleave the two variants so both see the same disk and machine load; the ratio is the median seconds
-per entry with fsync over the median without. With ``--run N``, whole in-process runs of the shipped model on N
-256x256 samples are timed the same way (fsync as shipped, and os.fsync made a no-op), so the cost is also seen
-against everything else a run does. The cost depends on the disk (a laptop SSD, a network file
+Rounds interleave the two variants so both see the same disk and machine load; the ratio is the median over
+rounds of the seconds per entry with fsync over those without. With ``--run N``, whole in-process runs of the
+shipped model on N 256x256 samples are timed the same way (fsync as shipped, and os.fsync made a no-op), so the
+cost is also seen against everything else a run does. The cost depends on the disk (a laptop SSD, a network file
 system and tmpfs differ by orders of magnitude): run it on the disk the store will live on.
 """
 
@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import harness
 from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.io.synthetic import make_sample
 from nuclei.store.durable import write_atomically, write_files
@@ -71,43 +71,42 @@ def _run_seconds(root: Path, inputs: Path, fsync: bool) -> float:
     return seconds
 
 
-def _whole_runs(root: Path, n: int, rounds: int) -> None:
+def _whole_runs(root: Path, n: int, rounds: int) -> harness.Comparison:
     from nuclei.io.images import write_png
 
     inputs = Path(tempfile.mkdtemp(dir=root))
     for i in range(n):
         write_png(inputs / f"img{i:03d}.png", make_sample((256, 256), n_nuclei=20, seed=i)[0])
     _run_seconds(root, inputs, True)  # warm: model files and imports in the page cache
-    timings: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(rounds):
-        for fsync in (False, True):
-            timings[fsync].append(_run_seconds(root, inputs, fsync))
-    plain, durable = statistics.median(timings[False]), statistics.median(timings[True])
-    print(f"whole run of {n} images: {plain:.2f} s without any fsync, {durable:.2f} s as shipped; "
-          f"ratio {durable / plain:.3f}x ({1000 * (durable - plain) / n:.1f} ms per image)")
+    found = harness.interleave({"no fsync": lambda: _run_seconds(root, inputs, False),
+                                "fsync as shipped": lambda: _run_seconds(root, inputs, True)}, rounds)
     shutil.rmtree(inputs)
+    return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks fsync_cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=60, help="entries written per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path("."), help="a folder on the disk to measure")
     parser.add_argument("--run", type=int, default=0, metavar="N", help="also time whole runs on N images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record("fsync_cost", args)
     files, blob = _entry()
-    print(f"one entry: {len(files)} files, {sum(map(len, files.values())) / 1024:.0f} KiB; disk under {args.dir}")
-    timings: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.rounds):
-        for fsync in (False, True):
-            timings[fsync].append(_seconds_per_entry(args.dir, args.entries, files, blob, fsync))
-    plain, durable = statistics.median(timings[False]), statistics.median(timings[True])
-    print(f"without fsync of the arrays: {1000 * plain:.2f} ms per entry (record fsynced as before)")
-    print(f"with fsync of files and folders: {1000 * durable:.2f} ms per entry")
-    print(f"ratio: {durable / plain:.2f}x ({1000 * (durable - plain):.2f} ms more per entry)")
+    found = harness.interleave({
+        "record fsynced, arrays not": lambda: _seconds_per_entry(args.dir, args.entries, files, blob, False),
+        "files and folders fsynced, then the record": lambda: _seconds_per_entry(args.dir, args.entries, files,
+                                                                                 blob, True),
+    }, args.rounds)
+    rows = [[name, "per entry", found.median(name) * 1000, found.ratio(name)] for name in found.names]
     if args.run:
-        _whole_runs(args.dir, args.run, args.rounds)
-
-
-if __name__ == "__main__":
-    main()
+        runs = _whole_runs(args.dir, args.run, args.rounds)
+        rows += [[name, f"whole run of {args.run} images", runs.median(name) * 1000, runs.ratio(name)]
+                 for name in runs.names]
+        extra = (runs.median("fsync as shipped") - runs.median("no fsync")) / args.run
+        record.note(f"whole runs: {1000 * extra:.1f} ms more per image with fsync")
+    record.table(["writes", "unit", "ms", "ratio"], rows, ["", "", ".2f", ".2f"],
+                 title=f"one entry: {len(files)} files, {sum(map(len, files.values())) / 1024:.0f} KiB, "
+                       f"{args.entries} entries x {args.rounds} interleaved rounds, disk under {args.dir}")
+    record.write()

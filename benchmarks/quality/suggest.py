@@ -1,14 +1,14 @@
 """Does labelling the images `nuclei suggest` ranks first teach the model more than labelling random ones?
 
-    .venv/bin/python benchmarks/suggest.py --n 5 --minutes 4            # two fine-tunes: top-ranked and random
-    .venv/bin/python benchmarks/suggest.py --rank-only                  # the ranking and its pool's AP@0.5 only
+    python -m benchmarks suggest --n 5 --minutes 4            # two fine-tunes: top-ranked and random
+    python -m benchmarks suggest --rank-only                  # the ranking and its pool's AP@0.5 only
 
 A lab's folder, made of the images the shipped model never trained on (../shared/data: BBBC039 wells A-C, the
 DSB2018 360x360 fields, S-BSST265's bone-marrow cytospins; the H&E tiles are left out, they go to another model),
 is split in two halves by a seeded draw: the pool a lab would label from, and the test half it is scored on. From
 the pool, N images are chosen twice: the N the default model is least sure of (flip disagreement,
 `nuclei.inference.suggest`) and N drawn at random. Each set is fine-tuned for the same minutes (as `nuclei
-finetune` does, nothing held back), and both models and the default segment the test half. Prints AP@0.5 and DSB
+finetune` does, nothing held back), and both models and the default segment the test half. Records AP@0.5 and DSB
 score of each, the categories each selection drew, and the difference.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections import Counter
@@ -26,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchmarks import harness
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GROUPS = {  # the generalist's held-out groups (its data.json), as a mixed lab folder
     "bbbc039": ("bbbc039", "bbbc039:id=_[A-C]\\d\\d_"),
     "dsb2018-360": ("dsb2018-dev", "dsb2018-dev:height=^360$"),
@@ -62,13 +60,14 @@ def _score(engine: Any, samples: list[Any]) -> dict[str, float]:
     return {**report.overall(), **{f"ap50 {groups[d]}": v["ap50"] for d, v in report.by_dataset().items()}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from nuclei.inference.engine import Engine
     from nuclei.inference.suggest import rank
     from nuclei.io.datasets import load_dataset, matches_group
     from nuclei.modeldir import load_model_dir, resolve_model, resolve_stained_model
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks suggest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=5, help="images labelled (each selection)")
     parser.add_argument("--minutes", type=float, default=4.0, help="each fine-tune's budget")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,11 +75,12 @@ def main() -> None:
     parser.add_argument("--default-only", action="store_true", help="rank, score the default model on the test "
                         "half (per group) and stop")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record("suggest", args)
 
     group: list[Any] = []
     for name, (folder, rule) in GROUPS.items():
-        for s in load_dataset(SHARED / folder, progress=False).samples:
+        for s in load_dataset(harness.SHARED / folder, progress=False).samples:
             if matches_group(s, rule):
                 s.meta = {**s.meta, "group": name}
                 group.append(s)
@@ -103,15 +103,14 @@ def main() -> None:
                                "picks": {k: [s.id for s in v] for k, v in picks.items()},
                                "ranking": [c.as_dict() for c in ranked]}
     if args.rank_only:
-        _finish(results, args.json)
+        _finish(results, args.json, record)
         return
     from nuclei.training.finetune import finetune
 
     rows = {"default": _score(default, test)}
     if args.default_only:
         results["scores"] = rows
-        print(json.dumps(rows, indent=2))
-        _finish(results, args.json)
+        _finish(results, args.json, record)
         return
     with tempfile.TemporaryDirectory() as tmp:
         for name, chosen in picks.items():
@@ -122,20 +121,21 @@ def main() -> None:
                              held_back=0.0, seed=args.seed)
             print(f"{name}: fine-tuned in {(time.perf_counter() - began) / 60:.1f} min")
             rows[name] = _score(Engine(load_model_dir(tuned.model_dir), providers=("CPUExecutionProvider",)), test)
-    print(f"{'model':<14} {'AP@0.5':>7} {'DSB':>7}" + "".join(f" {name:>13}" for name in GROUPS))
-    for name, scores in rows.items():
-        print(f"{name:<14} {scores['ap50']:>7.3f} {scores['dsb_score']:>7.3f}"
-              + "".join(f" {scores.get(f'ap50 {g}', float('nan')):>13.3f}" for g in GROUPS))
-    print(f"top-ranked - random: {rows['top-ranked']['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on {len(test)} "
-          "test images")
+    record.note(f"top-ranked - random: {rows['top-ranked']['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on "
+                f"{len(test)} test images")
     results["scores"] = rows
-    _finish(results, args.json)
+    _finish(results, args.json, record)
 
 
-def _finish(results: dict[str, Any], path: Path | None) -> None:
+def _finish(results: dict[str, Any], path: Path | None, record: harness.Record) -> None:
+    """The figures into the run's record (a table of the scores when there are any), and ``path`` if given."""
     if path is not None:
         path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    record.figure("results", results)
+    if results.get("scores"):
+        record.table(["model", "AP@0.5", "DSB", *(f"AP@0.5 {g}" for g in GROUPS)],
+                     [[name, s["ap50"], s["dsb_score"], *(s.get(f"ap50 {g}") for g in GROUPS)]
+                      for name, s in results["scores"].items()], ["", ".3f", ".3f", *[".3f"] * len(GROUPS)],
+                     title=f"{results['n']} images picked from a pool of {results['pool']}, scored on "
+                           f"{results['test']} test images")
+    record.write()

@@ -1,20 +1,18 @@
 """What ONNX Runtime offers on this CPU: graph optimisation levels, thread layouts, int8 quantisation.
 
-    .venv/bin/python benchmarks/ort_options.py                       # the shipped model, 256x256 DSB images
-    .venv/bin/python benchmarks/ort_options.py --quantized-out runs/int8   # keep the int8 model directory
+    python -m benchmarks ort_options                       # the shipped model, 256x256 DSB images
+    python -m benchmarks ort_options --quantized-out runs/int8   # keep the int8 model directory
 
 Every figure is a ratio against the default layout measured in the same run (one session, all cores,
-ORT_ENABLE_ALL). Quantisation is kept only if it is faster and its DSB2018 score on the model's validation
-split is within 0.005 of float32.
+ORT_ENABLE_ALL), each configuration's best of interleaved rounds. Quantisation is kept only if it is faster and
+its DSB2018 score on the model's validation split is within 0.005 of float32.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing as mp
-import os
 import shutil
 import tempfile
 import time
@@ -23,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks import harness
 from nuclei.modeldir import default_model_path
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
+DEV = harness.DEV
+BASELINE = "1 session x all cores, ORT_ENABLE_ALL (default)"
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -37,9 +37,7 @@ LEVELS = {
 def load_images(limit: int) -> list[np.ndarray]:
     from nuclei.io.images import read_image
 
-    with open(DEV / "manifest.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if (r["height"], r["width"]) == ("256", "256")][:limit]
-    return [read_image(DEV / "images" / f"{r['id']}.png")[None] for r in rows]
+    return harness.dev_images(limit, read=lambda path: read_image(path)[None])
 
 
 def session(onnx_path: Path, threads: int, level: str = "all") -> ort.InferenceSession:
@@ -93,45 +91,42 @@ def dsb_score(model_dir: Path, int8: bool) -> float:
     return report.overall()["dsb_score"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks ort_options", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quantized-out", help="keep the int8 model directory here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record("ort_options", args)
     model_dir = Path(args.model)
     onnx_path = model_dir / "model.onnx"
-    cores = len(os.sched_getaffinity(0))
+    cores = harness.cores()
     images = load_images(args.limit)
-
-    # Interleaved rounds, best of each: a shared machine's noise hits every configuration alike.
-    timings: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        for level in LEVELS:
-            timings.setdefault(f"optimisation {level}", []).append(seconds_per_image(onnx_path, images, cores, level))
-        for processes, threads in ((1, cores), (cores, 1)):
-            timings.setdefault(f"{processes} process(es) x {threads} thread(s)", []).append(
-                processes_layout(onnx_path, args.limit, processes, threads))
-    best = {name: min(values) for name, values in timings.items()}
-    base = best["optimisation all"]
-    print(f"baseline: 1 session x {cores} threads, ORT_ENABLE_ALL: {1 / base:.1f} images/s "
-          f"(best of {args.rounds} interleaved rounds)")
-    for name, t in best.items():
-        print(f"  {name:32s} {1 / t:7.1f} images/s   x{base / t:.2f}")
-
     out = Path(args.quantized_out) if args.quantized_out else Path(tempfile.mkdtemp(prefix="nuclei-int8-"))
     quantize(model_dir, out, args.calibration)
-    t = min(seconds_per_image(out / "model.int8.onnx", images, cores) for _ in range(args.rounds))
+
+    # Interleaved rounds, best of each: a shared machine's noise hits every configuration alike.
+    variants = {BASELINE: lambda: seconds_per_image(onnx_path, images, cores, "all")}
+    for level in ("disable", "basic", "extended"):
+        variants[f"graph optimisation {level}"] = lambda level=level: seconds_per_image(onnx_path, images, cores,
+                                                                                        level)
+    for processes, threads in ((1, cores), (cores, 1)):
+        variants[f"{processes} process(es) x {threads} thread(s)"] = (
+            lambda p=processes, t=threads: processes_layout(onnx_path, args.limit, p, t))
+    int8 = f"int8 static QDQ (per-channel, {args.calibration} calibration images)"
+    variants[int8] = lambda: seconds_per_image(out / "model.int8.onnx", images, cores)
+    found = harness.interleave(variants, args.rounds, baseline=BASELINE)
     float_dsb, int8_dsb = dsb_score(out, int8=False), dsb_score(out, int8=True)
-    keep = t < base and abs(int8_dsb - float_dsb) <= 0.005
-    print(f"  int8 static QDQ (per-channel, {args.calibration} calibration images) {1 / t:7.1f} images/s   "
-          f"x{base / t:.2f}; validation DSB {int8_dsb:.4f} vs float32 {float_dsb:.4f} -> "
-          f"{'keep' if keep else 'do not keep'}")
+    keep = found.best(int8) < found.best(BASELINE) and abs(int8_dsb - float_dsb) <= 0.005
+    record.table(["configuration", "images/s", "vs default"],
+                 [[name, 1 / found.best(name), 1 / found.best_ratio(name)] for name in found.names],
+                 ["", ".1f", ".2f"], title=f"{len(images)} DSB2018 256x256 images, best of {args.rounds} "
+                 "interleaved rounds")
+    record.note(f"int8 validation DSB {int8_dsb:.4f} against float32 {float_dsb:.4f}: "
+                f"{'keep' if keep else 'do not keep'} (kept only if faster and within 0.005)")
     if not args.quantized_out:
         shutil.rmtree(out, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    record.write()

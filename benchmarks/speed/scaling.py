@@ -1,36 +1,25 @@
 """Scaling: the segment flow on 1 and 2 Dask workers over 100, 400 and 1,600 images.
 
-    .venv/bin/python benchmarks/scaling.py                 # 256x256 images of the DSB2018 development set
-    .venv/bin/python benchmarks/scaling.py --counts 100 400 --workers 1 2
+    python -m benchmarks scaling                 # 256x256 images of the DSB2018 development set
+    python -m benchmarks scaling --counts 100 400 --workers 1 2
 
 Time per image should stay flat as the count grows, and each worker's peak memory (its process's max RSS,
 read from the worker after the run) should not grow with the number of images. Each configuration gets a fresh
 LocalCluster (so peaks are its own) and a fresh store; the development set is repeated under new names to
-reach 1,600 images. Prints ratios against the 100-image run of the same worker count.
+reach 1,600 images. Records ratios against the first count's run of the same worker count.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import harness
 from nuclei.modeldir import default_model_path
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
-
-
-def images_256() -> list[Path]:
-    with open(DEV / "manifest.csv") as handle:
-        return [DEV / "images" / f"{r['id']}.png" for r in csv.DictReader(handle)
-                if (r["height"], r["width"]) == ("256", "256")]
 
 
 def input_folder(root: Path, sources: list[Path], n: int) -> Path:
@@ -39,10 +28,6 @@ def input_folder(root: Path, sources: list[Path], n: int) -> Path:
     for i in range(n):
         os.symlink(sources[i % len(sources)], folder / f"{i:05d}.png")
     return folder
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def run(folder: Path, store: Path, model: str, workers: int) -> tuple[float, list[float]]:
@@ -58,36 +43,36 @@ def run(folder: Path, store: Path, model: str, workers: int) -> tuple[float, lis
         summary = segment(inputs=[str(folder)], store=str(store), model=model, dask_address=cluster.scheduler_address)
         elapsed = time.perf_counter() - started
         assert summary["failed"] == 0, summary["failures"][:3]
-        peaks = sorted(client.run(peak_rss_mb).values())
+        peaks = sorted(client.run(harness.peak_rss_mb).values())
     return elapsed, peaks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks scaling", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 400, 1600])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args()
-    if not DEV.is_dir():
-        raise SystemExit(f"{DEV} is absent: this benchmark needs the DSB2018 development set")
-    sources = images_256()
+    args = parser.parse_args(argv)
+    record = harness.Record("scaling", args)
+    sources = harness.dev_paths("256x256")
     root = Path(tempfile.mkdtemp(prefix="nuclei-scaling-"))
+    rows = []
     try:
         folders = {n: input_folder(root, sources, n) for n in args.counts}
         run(folders[args.counts[0]], root / "warmup.zarr", args.model, 1)  # Prefect server, imports, page cache
-        print(f"{'workers':>7} {'images':>7} {'seconds':>8} {'ms/image':>9} {'vs first':>9} "
-              f"{'peak MB/worker':>15} {'vs first':>9}")
         for workers in args.workers:
             base: tuple[float, float] | None = None
             for n in args.counts:
                 elapsed, peaks = run(folders[n], root / f"w{workers}-{n}.zarr", args.model, workers)
                 per_image, peak = elapsed / n * 1000, max(peaks)
                 base = base or (per_image, peak)
-                print(f"{workers:>7} {n:>7} {elapsed:>8.1f} {per_image:>9.1f} {per_image / base[0]:>9.2f} "
-                      f"{peak:>15.0f} {peak / base[1]:>9.2f}", flush=True)
+                rows.append([workers, n, elapsed, per_image, per_image / base[0], peak, peak / base[1]])
+                print(rows[-1], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    first = f"vs {args.counts[0]} images"
+    record.table(["workers", "images", "seconds", "ms/image", first, "peak MB/worker", first], rows,
+                 ["d", ",d", ".1f", ".1f", ".2f", ".0f", ".2f"],
+                 title="a fresh LocalCluster and store per configuration; peak: each worker's max RSS")
+    record.write()

@@ -1,38 +1,25 @@
 """Throughput: the `segment` flow against a plain ONNX Runtime loop and a Keras `model.predict` loop.
 
-    .venv/bin/python benchmarks/throughput.py --model runs/dsb2018-stage1/dsb2018-unet   # a folder with model.keras
-    .venv/bin/python benchmarks/throughput.py                  # every 256x256 image, shipped model (no Keras)
-    .venv/bin/python benchmarks/throughput.py --size mixed --limit 200
-    .venv/bin/python benchmarks/throughput.py --providers CUDAExecutionProvider CPUExecutionProvider  # on a GPU
+    python -m benchmarks throughput --model runs/dsb2018-stage1/dsb2018-unet   # a folder with model.keras
+    python -m benchmarks throughput                  # every 256x256 image, shipped model (no Keras)
+    python -m benchmarks throughput --size mixed --limit 200
+    python -m benchmarks throughput --providers CUDAExecutionProvider CPUExecutionProvider  # on a GPU
 
-Prints images/s of each and the ratios, measured in the same run (machines here are shared and noisy).
+Records images/s of each and the ratios, measured in the same run (machines here are shared and noisy).
 The flow runs twice (a small and the full set) so its fixed start-up cost is shown apart from per-image cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import harness
 from nuclei.modeldir import default_model_path
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-dev"
-
-
-def pick_images(limit: int, size: str) -> list[Path]:
-    with open(DEV / "manifest.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    if size != "mixed":
-        rows = [r for r in rows if f"{r['height']}x{r['width']}" == size]
-    return [DEV / "images" / f"{r['id']}.png" for r in rows[:limit]]
 
 
 def time_ort_loop(model: str, images: list, providers: list[str]) -> float:
@@ -87,8 +74,9 @@ def time_flow(model: str, paths: list[Path], workdir: Path, providers: list[str]
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--limit", type=int, default=10_000, help="at most this many images")
     parser.add_argument("--size", default="256x256", help="HxW of the images to use, or 'mixed'")
@@ -96,12 +84,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="flow worker processes (default: one per core)")
     parser.add_argument("--float32", action="store_true", help="the flow runs float32 even if the model has int8")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
-    args = parser.parse_args()
-    if not DEV.is_dir():
-        raise SystemExit(f"{DEV} is absent: this benchmark needs the DSB2018 development set")
+    args = parser.parse_args(argv)
+    record = harness.Record("throughput", args)
     from nuclei.io.images import read_image
 
-    paths = pick_images(args.limit, args.size)
+    paths = harness.dev_paths(args.size, args.limit)
     images = [read_image(p) for p in paths]
     n = len(images)
     ort_s = time_ort_loop(args.model, images, args.providers)
@@ -118,17 +105,20 @@ def main() -> None:
     per_image = (flow_full - flow_small) / (n - small)
     startup = flow_full - per_image * n
     precision = "float32" if args.float32 or not (Path(args.model) / "model.int8.onnx").is_file() else "int8 on CPU"
-    print(f"{n} images ({args.size}), {len(os.sched_getaffinity(0))} cores, providers {args.providers}; "
-          f"flow model: {precision}; baselines: float32")
-    print(f"(b) plain ORT loop:      {n / ort_s:8.2f} images/s")
+    ort_per_image = ort_s / n
+    columns = ["set", "(b) ORT loop img/s", "(a) flow end to end img/s", "(a) flow per image img/s", "start-up s",
+               "a/b per image", "a/b end to end"]
+    row = [f"{n} images {args.size}, flow {precision}, {args.providers[0]}", n / ort_s, n / flow_full,
+           1 / per_image, startup, ort_per_image / per_image, ort_s / flow_full]
+    formats = ["", ".1f", ".1f", ".1f", ".1f", ".2f", ".2f"]
     if keras_s:
-        print(f"(c) Keras predict loop:  {n / keras_s:8.2f} images/s")
-    print(f"(a) segment flow:        {n / flow_full:8.2f} images/s end to end; per image {1 / per_image:.2f} images/s "
-          f"after a fixed start-up of {startup:.1f} s")
-    print(f"a/b per-image: {ort_s / n / per_image:.2f}   a/b end to end: {ort_s / flow_full:.2f}")
-    if keras_s:
-        print(f"a/c per-image: {keras_s / n / per_image:.2f}   a/c end to end: {keras_s / flow_full:.2f}")
-
-
-if __name__ == "__main__":
-    main()
+        columns[2:2] = ["(c) Keras img/s"]
+        row[2:2] = [n / keras_s]
+        formats[2:2] = [".1f"]
+        columns += ["a/c per image", "a/c end to end"]
+        row += [keras_s / n / per_image, keras_s / flow_full]
+        formats += [".2f", ".2f"]
+    record.figure("per_image_vs_ort", round(ort_per_image / per_image, 2))
+    record.table(columns, [row], formats, title=f"{harness.cores()} cores; baselines float32, one run each "
+                 "(the flow: a warm-up, 1/8 of the set, the whole set; start-up is the intercept)")
+    record.write()

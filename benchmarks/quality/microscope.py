@@ -1,7 +1,7 @@
 """What a microscope does to a field, and whether a model still finds the field's nuclei (issue 35): real fields
 from BBBC039 wells no model trained on (rows A-C), changed as labs' images are, for two models side by side.
 
-    .venv/bin/python benchmarks/microscope.py NEW_MODEL OLD_MODEL [--fields 12]
+    python -m benchmarks microscope NEW_MODEL OLD_MODEL [--fields 12]
 
 For each field:
 - glow: a smooth glow added (a ramp and a broad blob: the background rises about 3-4x across the field) and its
@@ -11,19 +11,18 @@ For each field:
 - mosaic: 9 fields in a 3 x 3 mosaic, at 1, 1/2 or 1/4 of their brightness (neighbours differ), segmented as
   one image (the same maps a slide's blocks get): AP@0.5 per field against its labels, beside the same fields
   alone at their brightness, and beside the mosaic at one brightness (what seams alone cost).
-Prints one table; the figures are medians / means over fields.
+Records one table; the figures are medians / means over fields.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks import harness
+
 CAMERA_TOP = 4095
 GAINS = [1.0, 0.25, 0.5, 0.25, 1.0, 0.5, 0.5, 1.0, 0.25]
 
@@ -70,18 +69,20 @@ def windows(image: np.ndarray, height: int, width: int) -> list[np.ndarray]:
     return [image[r * height : (r + 1) * height, c * width : (c + 1) * width] for r in range(3) for c in range(3)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from nuclei.core.metrics import average_precision, matching
     from nuclei.core.postprocess import instances
     from nuclei.inference.engine import Engine
     from nuclei.io.datasets import load_dataset, matches_group
     from nuclei.modeldir import load_model_dir
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks microscope", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model directories")
     parser.add_argument("--fields", type=int, default=18, help="held-out fields (a multiple of 9 for mosaics)")
-    args = parser.parse_args()
-    samples = [s for s in load_dataset(SHARED / "bbbc039", progress=False).samples
+    args = parser.parse_args(argv)
+    record = harness.Record("microscope", args)
+    samples = [s for s in load_dataset(harness.BBBC039, progress=False).samples
                if matches_group(s, "bbbc039:id=_[A-C]\\d\\d_")][: args.fields]
     rows = []
     for path in args.models:
@@ -108,13 +109,8 @@ def main() -> None:
                         zip(group, windows(segment(mosaic([s.raw for s in group])), height, width), strict=True)]
         rows.append((Path(path).name, np.mean(kept), np.min(kept), np.mean(specks), np.mean(alone),
                      np.mean(together), np.mean(uniform), np.max(np.array(alone) - np.array(together))))
-    print(f"{len(samples)} held-out BBBC039 fields")
-    print(f"{'model':<24} {'glow: kept':>10} {'worst':>6} {'specks->nuclei /40':>19} {'alone AP':>9} "
-          f"{'4x mosaic':>10} {'1x mosaic':>10} {'worst field drop':>17}")
-    for name, *figures in rows:
-        print(f"{name:<24} " + " ".join(f"{v:>{w}.3f}" for v, w in zip(figures, (10, 6, 19, 9, 10, 10, 17),
-                                                                          strict=True)))
-
-
-if __name__ == "__main__":
-    main()
+    record.table(["model", "glow: own nuclei kept", "worst", "specks -> nuclei / 40", "alone AP@0.5",
+                  "4x mosaic AP@0.5", "1x mosaic AP@0.5", "worst field drop"], [list(r) for r in rows],
+                 ["", ".3f", ".3f", ".1f", ".3f", ".3f", ".3f", ".3f"],
+                 title=f"{len(samples)} held-out BBBC039 fields")
+    record.write()

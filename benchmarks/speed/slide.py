@@ -1,9 +1,9 @@
 """A whole slide from real fields: time per megapixel against the small-image path, peak memory per process, and
 the slide's nuclei against the same fields segmented one by one.
 
-    .venv/bin/python benchmarks/slide.py                      # about 100 Mpx, --workers 2
-    .venv/bin/python benchmarks/slide.py --mpx 520 --workers 1 2   # the issue's >= 500 Mpx case (1 GB to build)
-    .venv/bin/python benchmarks/slide.py --pairs 3                 # fields and slide timed 3 times, alternating
+    python -m benchmarks slide                      # about 100 Mpx, --workers 2
+    python -m benchmarks slide --mpx 520 --workers 1 2   # the issue's >= 500 Mpx case (1 GB to build)
+    python -m benchmarks slide --pairs 3                 # fields and slide timed 3 times, alternating
 
 The slide is a grid of BBBC039 fields (520 x 696, 16-bit, as the microscope wrote them) with 32 px gaps of
 background between them, written as a tiled, zlib-compressed OME-TIFF (the layout slide scanners write). Both
@@ -27,14 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+import psutil  # the dev extra
 import tifffile
 
+from benchmarks import harness
 from nuclei.io.images import image_size
 
-REPO = Path(__file__).resolve().parent.parent
-FIELDS = REPO.parent / "shared" / "data" / "bbbc039" / "images"
-TRUTH = FIELDS.parent / "labels"
+FIELDS = harness.BBBC039 / "images"
+TRUTH = harness.BBBC039 / "labels"
+NUCLEI = [sys.executable, "-m", "nuclei.cli.main"]
 GAP = 32
 
 
@@ -71,7 +72,7 @@ def timed_cli(args: list[str], kill_after: float | None = None, summary: bool = 
     """Wall seconds, peak RSS (MB) per process (the CLI and each worker), and the --json summary. With
     ``kill_after`` the CLI and its workers are SIGKILLed after that many seconds (a crash, an OOM kill)."""
     started = time.perf_counter()
-    argv = [str(REPO / ".venv" / "bin" / "nuclei"), *args, *(["--json"] if summary else [])]
+    argv = [*NUCLEI, *args, *(["--json"] if summary else [])]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              start_new_session=True)
     peaks: dict[int, tuple[str, float]] = {}
@@ -104,8 +105,7 @@ def kill_and_rerun(work: Path, workers: int, share: float, report: dict, options
     after = share * report[f"slide_{workers}w"]["seconds"]
     timed_cli(command, kill_after=after)
     seconds, peaks, summary = timed_cli(command)
-    checked = subprocess.run([str(REPO / ".venv" / "bin" / "nuclei"), "check", str(store)], capture_output=True,
-                             text=True)
+    checked = subprocess.run([*NUCLEI, "check", str(store)], capture_output=True, text=True)
     return {"killed_after_s": round(after, 1), "rerun_seconds": round(seconds, 1), "rerun_peak_rss_mb": peaks,
             "nuclei": summary.get("nuclei"), "first_run_nuclei": report[f"slide_{workers}w"]["nuclei"],
             "check_exit": checked.returncode, "check": checked.stdout.strip().splitlines()[-1:]}
@@ -141,8 +141,9 @@ def _tp_fp_fn(reference: np.ndarray, labelled: np.ndarray) -> np.ndarray:
     return np.array([found.tp, found.fp, found.fn])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks slide", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mpx", type=float, default=100.0, help="slide size in megapixels")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="LocalCluster sizes to time the slide on")
     parser.add_argument("--slide-pixels", type=int, help="passed on (default: nuclei's, 64 Mpx)")
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument("--export", action="store_true", help="also: time `nuclei export --measurements` of the "
                         "slide's nuclei to CSV, with its peak RSS")
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record("slide", args)
     work = args.keep or Path(tempfile.mkdtemp(prefix="nuclei-slide-"))
     work.mkdir(parents=True, exist_ok=True)
     paths = fields()
@@ -211,11 +213,22 @@ def main() -> None:
                           "ratio": ratios[-1]}), flush=True)
     report["ratios"] = {"each_pair": ratios, "median": float(np.median(ratios))}
     report["quality"] = slide_ap(work / f"slide-{max(args.workers)}.zarr", work / "fields.zarr", layout)
-    print(json.dumps(report, indent=1))
+    for key, value in report.items():
+        record.figure(key, value)
+    record.table(["run", "s/Mpx", "ratio to the fields one by one", "peak RSS MB per process", "nuclei"],
+                 [[f"fields one by one ({fields_mpx:.1f} Mpx, baseline)", report["fields_s_per_mpx"], 1.0,
+                   _peaks(report["fields_peak_rss_mb"]), None],
+                  *([f"the slide ({slide_mpx:.1f} Mpx), --workers {w}", report[f"slide_{w}w"]["s_per_mpx"],
+                     report[f"slide_{w}w"]["ratio_to_fields"], _peaks(report[f"slide_{w}w"]["peak_rss_mb"]),
+                     report[f"slide_{w}w"]["nuclei"]] for w in args.workers)],
+                 ["", ".3f", ".2f", "", ",d"], title=f"whole `nuclei segment` processes; {args.pairs} pair(s), "
+                 f"each pair's ratio: {', '.join(map(str, ratios))} (median {report['ratios']['median']:.2f})")
+    record.table(["AP@0.5 summed over cells", "value"], [[k, v] for k, v in report["quality"].items()],
+                 ["", ".4f"])
     if not args.keep:
         shutil.rmtree(work)
+    record.write()
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    main()
+def _peaks(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{name} {mb:,.0f}" for name, mb in peaks.items())

@@ -1,12 +1,12 @@
 """Quality on images a model never saw: two models scored on the same validation and held-out images.
 
-    .venv/bin/python benchmarks/compare_models.py models/nuclei-generalist models/dsb2018-unet
-    .venv/bin/python benchmarks/compare_models.py NEW OLD --split-from NEW --out compare.json
-    .venv/bin/python benchmarks/compare_models.py default models/dsb2018-unet   # `nuclei segment`'s default
+    python -m benchmarks compare_models models/nuclei-generalist models/dsb2018-unet
+    python -m benchmarks compare_models NEW OLD --split-from NEW --out compare.json
+    python -m benchmarks compare_models default models/dsb2018-unet   # `nuclei segment`'s default
 
 The images are the first model's (or --split-from's) validation split and held-out groups, per data set, from
 its data.json; both models segment them with their own thresholds (int8 where they ship it, as on CPU by
-default). Prints DSB2018 score and AP@0.5 per data set, category and held-out group, side by side. `default`
+default). Records DSB2018 score and AP@0.5 per data set, category and held-out group, side by side. `default`
 is what `nuclei segment` runs with no --model: the shipped model, colour brightfield images by the shipped
 stained-tissue model.
 """
@@ -15,43 +15,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmarks import harness
+
 if TYPE_CHECKING:
     from nuclei.inference.engine import Engine
     from nuclei.io.datasets import Sample
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from nuclei.evaluation import Report, score_samples
     from nuclei.inference.engine import Engine
     from nuclei.io.datasets import load_dataset, matches_group
     from nuclei.modeldir import default_model_path, load_model_dir, resolve_stained_model
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks compare_models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model directories to compare")
     parser.add_argument("--split-from", help="model directory whose data.json names the images (default: first)")
     parser.add_argument("--float32", action="store_true", help="float32 even where a model ships int8")
     parser.add_argument("--tta", action="store_true", help="test-time flips (4 passes an image)")
     parser.add_argument("--stained-model", help="send colour brightfield images to this model directory in every "
                         "column ('default': the shipped stained-tissue model), as `nuclei segment` does")
-    parser.add_argument("--out", help="write the figures as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--out", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    record = harness.Record("compare_models", args)
 
     paths = [str(default_model_path()) if m == "default" else m for m in args.models]
     data = json.loads((Path(args.split_from or paths[0]) / "data.json").read_text())
     roots = [Path(r) for r in data.get("roots") or [data["root"]]]
     val, held = set(data["val_ids"]), data.get("held_out_ids", {})
-    samples = {root.name: load_dataset(root if root.is_dir() else SHARED / root.name, progress=False).samples
+    samples = {root.name: load_dataset(root if root.is_dir() else harness.SHARED / root.name, progress=False).samples
                for root in roots}
     groups = {f"validation/{name}": [s for s in found if s.id in val] for name, found in samples.items()}
     for rule in held:
@@ -70,9 +70,11 @@ def main() -> None:
         for group, images in groups.items():
             report: Report = score_samples(images, _segmenter(engine, images), progress=False)[0]
             results.setdefault(group, {})[f"{label} ({engine.precision})"] = report.as_dict()
-    print_table(results)
+    record.figure("results", results)
+    record.table(*table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+    record.write()
 
 
 def _segmenter(engine: Engine, images: list[Sample]) -> Callable[[int], np.ndarray]:
@@ -81,22 +83,18 @@ def _segmenter(engine: Engine, images: list[Sample]) -> Callable[[int], np.ndarr
     return lambda i: label_image(engine, images[i].raw)[0]
 
 
-def print_table(results: dict[str, dict[str, dict]]) -> None:
+def table(results: dict[str, dict[str, dict]]) -> tuple[list[str], list[list], list[str]]:
+    """Columns, rows and formats: DSB score, AP@0.5 and images per model, for each group and its categories."""
     models = list(next(iter(results.values())))
-    print(f"{'images':58}" + "".join(f"{m[:26]:>28}" for m in models))
-    print(f"{'':58}" + "".join(f"{'DSB   AP@0.5   n':>28}" for _ in models))
+    columns = ["images (never trained on)"] + [f"{m} {what}" for m in models for what in ("DSB", "AP@0.5", "n")]
+    rows = []
     for group, by_model in results.items():
-        rows = {"overall": {m: r["overall"] for m, r in by_model.items()}}
+        lines = {f"**{group}**": {m: r["overall"] for m, r in by_model.items()}}
         for m, r in by_model.items():
             for category, scores in r["by_category"].items():
-                rows.setdefault(f"  {category}", {})[m] = scores
-        for name, scores in rows.items():
-            label = group if name == "overall" else name
-            cells = "".join(
-                f"{scores[m]['dsb_score']:>12.3f}{scores[m]['ap50']:>9.3f}{int(scores[m]['n_images']):>7d}"
-                if m in scores else f"{'':>28}" for m in models)
-            print(f"{label[:58]:58}{cells}")
-
-
-if __name__ == "__main__":
-    main()
+                lines.setdefault(f"&nbsp;&nbsp;{category}", {})[m] = scores
+        for label, scores in lines.items():
+            rows.append([label, *[v for m in models for v in ((scores[m]["dsb_score"], scores[m]["ap50"],
+                                                               int(scores[m]["n_images"])) if m in scores
+                                                              else (None, None, None))]])
+    return columns, rows, ["", *[".3f", ".3f", "d"] * len(models)]

@@ -1,18 +1,18 @@
 """What a lab gets from `nuclei finetune`: the shipped model fine-tuned on N labelled images of an experiment it
 never trained on, scored against the default model on that experiment's other images.
 
-    .venv/bin/python benchmarks/finetune.py bbbc039-wells-a-c --n 10 --minutes 15
-    .venv/bin/python benchmarks/finetune.py he-tissue --n 5 --minutes 15
-    .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --precision float32
-    .venv/bin/python benchmarks/finetune.py bm-cytospins --n 5 --swap     # the other fold of the same draw
-    .venv/bin/python benchmarks/finetune.py he-tissue --n 5 --minutes 4 --as-lab 20x-pale   # another lab's scans
+    python -m benchmarks finetune bbbc039-wells-a-c --n 10 --minutes 15
+    python -m benchmarks finetune he-tissue --n 5 --minutes 15
+    python -m benchmarks finetune bm-cytospins --n 5 --precision float32
+    python -m benchmarks finetune bm-cytospins --n 5 --swap     # the other fold of the same draw
+    python -m benchmarks finetune he-tissue --n 5 --minutes 4 --as-lab 20x-pale   # another lab's scans
 
 Groups (../shared/data): `bbbc039-wells-a-c` (33 U2OS Hoechst fields held out of the generalist's training),
 `bm-cytospins` (S-BSST265's 10 bone-marrow cytospins, held out, nuclei ~100 px), `he-tissue` (DSB2018's 105
 colour-stained tissue tiles, which a default run sends to the stained-tissue model, and which a fine-tune starts
 from; only the tiles it never trained on are scored). The N images are a seeded draw; everything is trained on
 them (no hold-back), and both models segment the group's other images as `nuclei segment` does on this CPU (int8
-where kept; the default with its stained-tissue routing). Prints AP@0.5, DSB score and nucleus counts, the wall
+where kept; the default with its stained-tissue routing). Records AP@0.5, DSB score and nucleus counts, the wall
 time of the fine-tune, and the gain.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -28,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchmarks import harness
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GROUPS = {
     "bbbc039-wells-a-c": ("bbbc039", "bbbc039:id=_[A-C]\\d\\d_"),
     "bm-cytospins": ("s-bsst265", "s-bsst265:preparation=^BM cytospin$"),
@@ -39,7 +37,7 @@ GROUPS = {
 # The stained-tissue model trained on 80% of DSB2018's colour tiles: score only the tiles it validated on, so that
 # neither the default nor the fine-tuned model has seen an image it is scored on.
 SCORE_ONLY_UNSEEN_BY = {"he-tissue": "dsb2018-unet"}
-# Stained tiles as another lab would bring them (benchmarks/stained.py's changes, to every tile, trained on and
+# Stained tiles as another lab would bring them (benchmarks/quality/stained.py's changes, to every tile, trained on and
 # scored alike): (zoom, haematoxylin/eosin/DAB density gains). 20x-pale: a 20x scan with paler haematoxylin.
 LAB_CONDITIONS = {"20x-pale": (0.5, (0.65, 1.0, 1.0)), "20x": (0.5, (1.0, 1.0, 1.0))}
 
@@ -59,7 +57,7 @@ def _write(samples: list, folder: Path, changed: bool = False) -> None:  # type:
         cv2.imwrite(str(folder / "labels" / f"{s.image_path.stem}.png"), s.labels.astype(np.uint16))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from nuclei.core.postprocess import instances
     from nuclei.evaluation import score_samples
     from nuclei.inference.engine import Engine
@@ -67,7 +65,8 @@ def main() -> None:
     from nuclei.modeldir import load_model_dir, resolve_model, resolve_stained_model
     from nuclei.training import finetune as ft
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("group", choices=sorted(GROUPS))
     parser.add_argument("--n", type=int, default=10, help="labelled images to fine-tune on")
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -77,10 +76,11 @@ def main() -> None:
                         "with N half the group, the other fold of a two-fold cross-validation")
     parser.add_argument("--as-lab", choices=sorted(LAB_CONDITIONS), help="he-tissue: every tile as another lab "
                         "scans and stains it (trained on and scored alike)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    record = harness.Record(f"finetune-{args.group}" + (f"-{args.as_lab}" if args.as_lab else ""), args)
 
     folder, rule = GROUPS[args.group]
-    group = [s for s in load_dataset(SHARED / folder, progress=False).samples if matches_group(s, rule)]
+    group = [s for s in load_dataset(harness.SHARED / folder, progress=False).samples if matches_group(s, rule)]
     picks = set(np.random.default_rng(args.seed).permutation(len(group))[: args.n].tolist())
     train = [s for i, s in enumerate(group) if i in picks]
     rest = [s for i, s in enumerate(group) if i not in picks]
@@ -92,7 +92,7 @@ def main() -> None:
         data = json.loads((SHIPPED_MODELS / SCORE_ONLY_UNSEEN_BY[args.group] / "data.json").read_text())
         rest = [s for s in rest if s.id in set(data["val_ids"])]
     if args.as_lab:
-        from stained import restain, shrink  # this folder's benchmark: the same changes it scores models on
+        from benchmarks.quality.stained import restain, shrink  # the same changes it scores models on
 
         zoom, gains = LAB_CONDITIONS[args.as_lab]
         train, rest = ([restain(shrink(s, zoom), gains) for s in part] for part in (train, rest))
@@ -116,15 +116,12 @@ def main() -> None:
                                       progress=False)
             rows[name] = report.overall()
     group_name = f"{args.group} as {args.as_lab}" if args.as_lab else args.group
-    print(f"{group_name}: fine-tuned on {len(train)} images in {wall / 60:.1f} min ({precision}), "
-          f"scored on the other {len(rest)}")
-    print(f"{'model':<28} {'AP@0.5':>7} {'DSB':>7} {'found':>7} {'labelled':>8}")
-    for name, scores in rows.items():
-        print(f"{name:<28} {scores['ap50']:>7.3f} {scores['dsb_score']:>7.3f} "
-              f"{scores['n_pred'] * len(rest):>7.0f} {scores['n_true'] * len(rest):>8.0f}")
     gain = rows[result.model_dir.name]["ap50"] - rows["default"]["ap50"]
-    print(f"gain: {gain:+.3f} AP@0.5")
-
-
-if __name__ == "__main__":
-    main()
+    record.figure("gain_ap50", round(gain, 3))
+    record.figure("wall_minutes", round(wall / 60, 1))
+    record.table(["model", "AP@0.5", "DSB", "found", "labelled"],
+                 [[name, s["ap50"], s["dsb_score"], s["n_pred"] * len(rest), s["n_true"] * len(rest)]
+                  for name, s in rows.items()], ["", ".3f", ".3f", ".0f", ".0f"],
+                 title=f"{group_name}: fine-tuned on {len(train)} images in {wall / 60:.1f} min ({precision}), "
+                       f"scored on the other {len(rest)}; gain {gain:+.3f} AP@0.5")
+    record.write()
