@@ -41,8 +41,9 @@ RESULTS = Path(os.environ.get("NUCLEI_BENCHMARK_RESULTS", Path(__file__).resolve
 LIBRARIES = ("nuclei", "numpy", "onnxruntime-gpu", "onnxruntime", "opencv-python-headless", "scikit-image",
              "scipy", "edt", "zarr", "dask", "distributed", "prefect", "tensorflow", "keras", "onnx", "psutil")
 Measure = float | Mapping[str, float]
-# Set by ``python -m benchmarks`` for the run's record: the benchmark's kind and the operator's --note.
-CONTEXT: dict[str, str] = {"kind": "", "note": "", "command": ""}
+# Set by ``python -m benchmarks`` for the run's record: the benchmark's kind, the command, the operator's --note
+# and --save-as (another name for the result, so runs of one benchmark with other arguments sit side by side).
+CONTEXT: dict[str, str] = {"kind": "", "note": "", "command": "", "save_as": ""}
 
 
 def cores() -> int:
@@ -243,7 +244,7 @@ class Record:
     """One run's results: tables and named figures, written with its metadata as ``RESULTS/NAME.json``."""
 
     def __init__(self, name: str, params: object = None, kind: str | None = None) -> None:
-        self.name = name
+        self.name = CONTEXT["save_as"] or name
         self.kind = kind or CONTEXT["kind"]
         self.params = dict(vars(params)) if params is not None and hasattr(params, "__dict__") else params or {}
         self.tables: list[Table] = []

@@ -23,7 +23,8 @@ from benchmarks.harness import REPO, RESULTS, Table
 DOCUMENTS = (REPO / "BENCHMARKS.md", REPO / "README.md")
 SECTION = re.compile(r"(?P<open><!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                      r"(?P<close><!-- /results:(?P=name) -->)", re.S)
-FIGURE = re.compile(r"(?P<open><!-- figure:(?P<name>[\w-]+)\.(?P<key>[\w.-]+?)(?::(?P<spec>[^ ]*))? -->)(?P<body>.*?)"
+FIGURE = re.compile(r"(?P<open><!-- figure:(?P<name>[\w-]+)\.(?P<key>[\w.-]+?)(?::(?P<spec>[^ ]*))? -->)"
+                    r"(?P<body>(?:(?!<!--).)*?)"
                     r"(?P<close><!-- /figure -->)", re.S)
 
 

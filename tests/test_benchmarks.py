@@ -118,6 +118,19 @@ def test_report_rewrites_marked_sections_and_figures_and_keeps_the_rest(tmp_path
     assert report.main([str(doc), "--results", str(results), "--check"]) == 0  # generated: current
 
 
+def test_a_marker_quoted_in_prose_does_not_swallow_the_text_up_to_a_real_one(tmp_path: Path) -> None:
+    _result(tmp_path)
+    text = ("Markers look like `<!-- figure:NAME.KEY -->` in prose.\n\n"
+            "ratio <!-- figure:fake.ratio:.1f -->?<!-- /figure -->\n")
+    new, generated, _ = report.rewrite(text, report.load_results(tmp_path))
+    assert new == text.replace("-->?<!--", "-->1.5<!--") and generated == {"fake"}
+
+
+def test_save_as_names_the_result_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(harness.CONTEXT, "save_as", "fake-other")
+    assert harness.Record("fake").write(tmp_path).name == "fake-other.json"
+
+
 def test_the_repository_documents_are_current_with_their_results() -> None:
     """BENCHMARKS.md and README.md hold what `python -m benchmarks report` generates from results/*.json."""
     results = report.load_results(harness.RESULTS)

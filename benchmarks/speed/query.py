@@ -32,7 +32,8 @@ def build(path: Path, n: int) -> None:
         table = measure(labels, image.astype(np.float32) / 255)
         record = {"source": f"plate{i // 96}/img{i:05d}.png", "source_sha256": f"{i:064x}", "shape": [256, 256],
                   "n_nuclei": int(table.shape[0]), "covered_fraction": float(np.mean(labels > 0)),
-                  "mean_area": float(table[:, 1].mean()), "model": {"version": "bench@0"}, "status": "complete"}
+                  "mean_area": float(table[:, 1].mean()), "model": {"version": "bench@0"}, "thresholds": {},
+                  "status": "complete"}
         store.write_entry(f"plate{i // 96}/img{i:05d}", image, labels, table, record)
 
 
