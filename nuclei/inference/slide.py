@@ -18,7 +18,6 @@ Then the pyramid levels are built from chunks and the record is written last, as
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import math
 import threading
@@ -32,7 +31,6 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-import nuclei
 from nuclei.config import DEFAULT_TILE_SIZE, SegmentConfig
 from nuclei.core.background import cell_stats
 from nuclei.core.blocks import (
@@ -62,7 +60,7 @@ from nuclei.core.tiling import round_up
 from nuclei.errors import InputError, Interrupted
 from nuclei.inference.cluster import dask_client, local_cluster_size, task_resources
 from nuclei.inference.engine import AUTO, Engine, default_threads
-from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key
+from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key, made_by
 from nuclei.io.discovery import ImageItem
 from nuclei.io.lazy import (
     ZARR_SUFFIX,
@@ -78,7 +76,7 @@ from nuclei.io.lazy import (
 from nuclei.io.planes import PlaneChoice
 from nuclei.store import layout
 from nuclei.store.backend import Store, array_sha256
-from nuclei.store.record import is_current
+from nuclei.store.record import EntryRecord, is_current, record_for
 from nuclei.store.slide import SlideEntry, chunk_for
 
 log = logging.getLogger(__name__)
@@ -363,8 +361,7 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
     with _phase(item.id, "pyramid levels built"):
         levels_sha256 = entry.build_pyramids(stop=stop)
     used = job.engine()
-    recorded = _record(item, job, used, settings, plane_info, identity, table, key)
-    recorded["slide"]["blocks_sha256"] = sums
+    recorded = _record(item, job, engine, used, plane_info, identity, table, sums)
     entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero, levels_sha256)
     return n_nuclei, used
 
@@ -460,29 +457,17 @@ def _run_rounds(job: SlideJob, mapper: Mapper[Any], done: set[int], progress: bo
     return int(table.shape[0]), table, [sums for _, _, sums in measured]
 
 
-def _record(item: ImageItem, job: SlideJob, used: Engine, settings: SegmentConfig,
-            info: dict[str, Any], identity: tuple[str, str], table: np.ndarray, key: str) -> dict[str, Any]:
-    """The entry's record: the fields every entry has, and how the slide was cut."""
-    (digest, hashed), n, pixels = identity, int(table.shape[0]), job.height * job.width
-    covered = float(table[:, MEASUREMENT_COLUMNS.index(_AREA)].sum()) if n else 0.0
-    model = used.model
-    return {
-        "source": item.url, "source_sha256": digest, "source_size": item.size, "source_mtime": item.mtime,
-        "shape": [job.height, job.width], "dtype": str(info["dtype"]), "channels": info["channels"],
-        "n_nuclei": n, "covered_fraction": min(1.0, covered / pixels), "mean_area": covered / n if n else 0.0,
-        "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
-                  "precision": used.precision},
-        "thresholds": used.thresholds.as_dict(), "stained_brightfield": job.stained, "output_key": key,
-        **info["lab"], "pixel_size_um": info["pixel_size_um"], "diameter": None, "diameter_auto": False,
-        "zoom": used.zoom, "normalization": model.normalization.model_dump(), "providers": used.session_providers(),
-        "nuclei_version": nuclei.__version__, "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "status": "complete",
-        "slide": {"block_size": settings.block_size, "source_hash": hashed, "scaling": job.scaling.describe(),
-                  "blocks": [[b.core.y0, b.core.y1, b.core.x0, b.core.x1] for b in job.blocks]},
-    }
-
-
-_AREA = next(c for c in MEASUREMENT_COLUMNS if c.startswith("area"))
+def _record(item: ImageItem, job: SlideJob, engine: Engine, used: Engine, info: dict[str, Any],
+            identity: tuple[str, str], table: np.ndarray, blocks_sha256: list[dict[str, str]]) -> EntryRecord:
+    """The entry's record (`record_for`, as for any entry), and how the slide was cut and what its blocks hold."""
+    digest, hashed = identity
+    slide = {"block_size": job.settings.block_size, "source_hash": hashed, "scaling": job.scaling.describe(),
+             "blocks": [[b.core.y0, b.core.y1, b.core.x0, b.core.x1] for b in job.blocks],
+             "blocks_sha256": blocks_sha256}
+    made = made_by(engine, used, job.settings, used.session_providers(), job.stained)
+    return record_for(item, digest, shape=(job.height, job.width), dtype=info["dtype"], channels=info["channels"],
+                      plane={**info["lab"], "pixel_size_um": info["pixel_size_um"]}, table=table, made=made,
+                      slide=slide)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ splits nuclei, measures them, and writes each entry. One bad image is reported a
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import hashlib
 import logging
@@ -18,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-import nuclei
 from nuclei.config import SegmentConfig
 from nuclei.core.measure import measure
 from nuclei.errors import InputError, NucleiError
@@ -29,7 +27,7 @@ from nuclei.io.images import decode_image
 from nuclei.io.planes import LabImage, PlaneChoice
 from nuclei.modeldir import load_model_dir, resolve_stained_model
 from nuclei.store.backend import Store
-from nuclei.store.record import EntryRecord, is_current
+from nuclei.store.record import EntryRecord, MadeBy, ModelInfo, is_current, record_for
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,8 @@ def build_engine(settings: SegmentConfig) -> Engine:
     assert settings.model is not None, "the plan resolves the model before any task is sent"
     stained = resolve_stained_model(settings.stained_model, settings.model)
     return Engine(load_model_dir(settings.model), tuple(settings.providers), settings.threads, settings.tile_size,
-                  settings.batch_size, settings.int8, settings.diameter, settings.tta, stained)
+                  settings.batch_size, settings.int8, settings.diameter, settings.tta, stained,
+                  settings.min_diameter)
 
 
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Mapping[str, str] | None = None
@@ -207,36 +206,27 @@ def _failed(store: Store, item: ImageItem, reason: str, sha256: str | None = Non
 def _record(
     decoded: _Decoded, labels: np.ndarray, table: np.ndarray, engine: Engine, used: Engine, providers: list[str],
     settings: SegmentConfig,
-) -> dict[str, Any]:
-    """Provenance and a per-image summary, so listings never need to read arrays."""
-    n, model = int(table.shape[0]), used.model  # with a stained-tissue model: the model that ran
-    return {
-        "source": decoded.item.url,
-        "source_sha256": decoded.sha256,
-        "source_size": decoded.item.size,
-        "source_mtime": decoded.item.mtime,
-        "shape": [int(labels.shape[0]), int(labels.shape[1])],
-        "dtype": str(decoded.raw.dtype),
-        "channels": 1 if decoded.raw.ndim == 2 else int(decoded.raw.shape[2]),
-        "n_nuclei": n,
-        "covered_fraction": float(np.count_nonzero(labels)) / labels.size,
-        "mean_area": float(table[:, 1].mean()) if n else 0.0,
-        "model": {"version": model.version, "path": str(model.path), "onnx_sha256": model.onnx_sha256,
-                  "precision": used.precision},
-        "thresholds": used.thresholds.as_dict(),
-        "stained_brightfield": used.model is not engine.model,
-        "output_key": entry_key(engine, settings),
-        **decoded.lab.describe(),
-        "pixel_size_um": _pixel_size(decoded, settings)[0],
-        "diameter": used.diameter if used.diameter != AUTO else None,  # the measured one with auto, if it rescaled
-        "diameter_auto": engine.diameter == AUTO,
-        "zoom": used.zoom,
-        "normalization": model.normalization.model_dump(),
-        "providers": providers,
-        "nuclei_version": nuclei.__version__,
-        "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "status": "complete",
-    }
+) -> EntryRecord:
+    """Provenance and a per-image summary (`record_for`), so listings never need to read arrays."""
+    raw = decoded.raw
+    return record_for(decoded.item, decoded.sha256, shape=(int(labels.shape[0]), int(labels.shape[1])),
+                      dtype=raw.dtype, channels=1 if raw.ndim == 2 else int(raw.shape[2]),
+                      plane={**decoded.lab.describe(), "pixel_size_um": _pixel_size(decoded, settings)[0]},
+                      table=table, made=made_by(engine, used, settings, providers, used.model is not engine.model))
+
+
+def made_by(engine: Engine, used: Engine, settings: SegmentConfig, providers: list[str], stained: bool) -> MadeBy:
+    """What made an entry's labels: ``used`` ran (the stained-tissue model's engine, or one rescaled to a measured
+    diameter), under the run's ``engine`` and ``settings`` (the output key, whether the diameter was auto)."""
+    model = used.model
+    return MadeBy(
+        model=ModelInfo.model_validate({"version": model.version, "path": str(model.path),
+                                        "onnx_sha256": model.onnx_sha256, "precision": used.precision}),
+        thresholds=used.thresholds.as_dict(), output_key=entry_key(engine, settings), zoom=used.zoom,
+        normalization=model.normalization.model_dump(), providers=providers,
+        diameter=float(used.diameter) if isinstance(used.diameter, int | float) else None,  # auto: if it rescaled
+        diameter_auto=engine.diameter == AUTO, stained_brightfield=stained,
+    )
 
 
 def _pixel_size(decoded: _Decoded, settings: SegmentConfig) -> tuple[float | None, str]:

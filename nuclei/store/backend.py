@@ -25,7 +25,7 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +105,11 @@ def changed_arrays(array: Callable[[str], zarr.Array], sums: dict[str, str]) -> 
         if content_sha256(found, found.chunks) != digest:
             return "measurements" if path == layout.MEASUREMENTS_PATH else f"array {path}"
     return None
+
+
+def record_fields(record: EntryRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """A record's fields, from a typed record (`record.record_for`) or a plain mapping (validated again)."""
+    return record.model_dump() if isinstance(record, EntryRecord) else dict(record)
 
 
 def _parse_record(blob: bytes, path: str) -> EntryRecord | None:
@@ -445,7 +450,7 @@ class Store:
 
     def write_entry(
         self, image_id: str, image: np.ndarray, labels: np.ndarray, measurements: np.ndarray,
-        record: dict[str, Any],
+        record: EntryRecord | Mapping[str, Any],
     ) -> EntryRecord:
         """Write one image's arrays, then commit its (validated) record with a new commit token; returns the
         record. Call it inside `writing(image_id)`, where the caller compares the record there now with what it
@@ -455,7 +460,7 @@ class Store:
         key = id_to_key(image_id)
         label_dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
         labels = labels.astype(label_dtype, copy=False)
-        typed = EntryRecord(**{**record, "id": image_id, "key": key, "commit": uuid.uuid4().hex,
+        typed = EntryRecord(**{**record_fields(record), "id": image_id, "key": key, "commit": uuid.uuid4().hex,
                                "store_format_version": STORE_FORMAT_VERSION})
         table = in_micrometres(measurements, typed.pixel_size_um)  # um columns with the record's pixel size
         arrays = layout.entry_arrays(image, labels, table, len(COLUMN_NAMES))

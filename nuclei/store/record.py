@@ -6,12 +6,17 @@ Typed and validated on read: a record that does not parse makes that one entry i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+import nuclei
 from nuclei.config import STORE_FORMAT_VERSION
+from nuclei.core.measure import COLUMN_NAMES
 
 if TYPE_CHECKING:
     from nuclei.io.discovery import ImageItem
@@ -47,6 +52,7 @@ class EntryRecord(BaseModel):
     mean_area: float = Field(ge=0.0)
     model: ModelInfo
     thresholds: dict[str, float]
+    stained_brightfield: bool = False  # the stained-tissue model made the labels (`Engine.for_image`)
     arrays_sha256: dict[str, str] = Field(default_factory=dict)  # image and labels as stored: `nuclei check`
     output_key: str = ""  # Engine.output_key: model file, precision, thresholds, zoom, normalisation
     diameter: float | None = None  # with --diameter auto: the measured one, where the image was rescaled
@@ -82,6 +88,47 @@ def is_current(record: EntryRecord | None, item: ImageItem, output_key: str, sha
             return False
         sha256 = sha256()
     return record.source_sha256 == sha256
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """What made an entry's labels, as its record states it (the `EntryRecord` fields of the same names): the
+    model that ran, the settings that decide the labels, and where it ran."""
+
+    model: ModelInfo
+    thresholds: dict[str, float]
+    output_key: str
+    zoom: float
+    normalization: dict[str, Any]
+    providers: list[str]
+    diameter: float | None = None  # as given, or with --diameter auto the measured one where it rescaled
+    diameter_auto: bool = False
+    stained_brightfield: bool = False
+
+
+AREA_COLUMN = COLUMN_NAMES.index("area_px")
+
+
+def record_for(item: ImageItem, sha256: str, *, shape: tuple[int, int], dtype: np.dtype[Any] | str, channels: int,
+               plane: Mapping[str, Any], table: np.ndarray, made: MadeBy, **extra: Any) -> EntryRecord:
+    """The record of ``item``'s entry, for an image as for a slide: its source (``sha256``: its digest), the
+    plane segmented (``shape``, ``dtype``, ``channels``; ``plane``: `LabImage.describe`'s axes, channel, z and
+    the pixel size used), the summary of its measurements ``table`` (`core.measure.COLUMNS`: the nuclei
+    count, the share of pixels they cover and their mean area, from the ``area_px`` column), what made it, and
+    ``extra`` fields (a slide's ``slide``). The store adds the key, the arrays' hashes and the commit token."""
+    n = int(table.shape[0])
+    area = np.asarray(table, dtype=np.float64).reshape(n, -1)[:, AREA_COLUMN] if n else np.zeros(0)
+    covered = float(area.sum())
+    return EntryRecord(
+        id=item.id, source=item.url, source_sha256=sha256, source_size=item.size, source_mtime=item.mtime,
+        shape=(int(shape[0]), int(shape[1])), dtype=str(dtype), channels=channels, n_nuclei=n,
+        covered_fraction=min(1.0, covered / max(1, int(shape[0]) * int(shape[1]))),
+        mean_area=covered / n if n else 0.0, model=made.model, thresholds=made.thresholds,
+        stained_brightfield=made.stained_brightfield, output_key=made.output_key, **plane, zoom=made.zoom,
+        diameter=made.diameter, diameter_auto=made.diameter_auto, normalization=made.normalization,
+        providers=made.providers, nuclei_version=nuclei.__version__,
+        written=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **extra,
+    )
 
 
 def commit_token(record: EntryRecord | None) -> str:

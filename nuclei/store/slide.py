@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,6 +41,7 @@ from nuclei.store.backend import (
     combine_sha256,
     content_sha256,
     id_to_key,
+    record_fields,
     window_sha256,
 )
 from nuclei.store.durable import fsync_tree, write_atomically
@@ -210,7 +211,7 @@ class SlideEntry:
 
     # --- the commit ----------------------------------------------------------------------------------
 
-    def commit(self, record: dict[str, Any], measurements: np.ndarray, columns: Sequence[str],
+    def commit(self, record: EntryRecord | Mapping[str, Any], measurements: np.ndarray, columns: Sequence[str],
                omero: dict[str, Any], levels_sha256: dict[str, str] | None = None) -> EntryRecord:
         """Write the measurements and the OME metadata, then the record (the commit), then drop the blocks.
         The record's ``arrays_sha256`` holds the pyramid levels' hashes (`build_pyramids`) and the table's:
@@ -218,7 +219,7 @@ class SlideEntry:
         table = np.asarray(measurements, np.float64).reshape(-1, len(columns))
         chunks = (max(1, min(len(table), MEASUREMENT_CHUNK_ROWS)), max(1, len(columns)))
         sums = {**(levels_sha256 or {}), layout.MEASUREMENTS_PATH: content_sha256(table, chunks)}
-        typed = EntryRecord(**{**record, "id": self.image_id, "key": self.key, "arrays_sha256": sums,
+        typed = EntryRecord(**{**record_fields(record), "id": self.image_id, "key": self.key, "arrays_sha256": sums,
                                "commit": uuid.uuid4().hex, "store_format_version": STORE_FORMAT_VERSION})
         group = self.group()
         array = group.create_array(layout.MEASUREMENTS_PATH, shape=table.shape, dtype=np.float64, chunks=chunks,
