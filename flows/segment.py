@@ -45,6 +45,7 @@ def segment(
     providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
     int8: bool = True,
     diameter: float | Literal["auto"] | None = None,
+    min_diameter: float | None = None,
     tta: bool = False,
     channel: str | None = None,
     z: str | None = None,

@@ -156,6 +156,9 @@ class SegmentConfig(BaseModel):
     diameter: Annotated[float, Field(ge=2.0, le=1000.0)] | Literal["auto"] | None = Field(
         None, description="typical nucleus diameter in pixels: images are rescaled so nuclei match the model's "
         "training scale; 'auto': measured per image, rescaled when over 2.5x off (e.g. 63x images)")
+    min_diameter: float | None = Field(None, gt=0.0, le=1000.0, description="drop objects smaller than a disc this "
+                                       "many pixels across (debris, specks; e.g. a third of the smallest nuclei "
+                                       "here) (default: the model's minimum size)")
     tta: bool = Field(False, description="test-time flips: average the model over the image and its 3 mirror "
                       "images (about 4x the inference time)")
     channel: str | None = Field(None, description="the nuclear channel of multi-channel images, by index or name "
