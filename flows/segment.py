@@ -27,8 +27,9 @@ from nuclei.config import (
     DEFAULT_TILE_SIZE,
     SegmentConfig,
 )
+from nuclei.core.text import markdown_code, markdown_text
 from nuclei.inference import run as batch
-from nuclei.store.record import RunSummary
+from nuclei.store.record import Failure, RunSummary
 
 
 @flow(name="segment", log_prints=True)
@@ -72,10 +73,9 @@ def segment(
     results = task(name=f"segment {len(plan.items)} images in {len(plan.batches)} batches",
                    cache_policy=NO_CACHE)(batch.run)(plan, progress, _progress(bar))
     summary = batch.summarize(plan, results)
-    create_markdown_artifact(key="segment-summary", markdown=batch.summary_markdown(summary),
+    create_markdown_artifact(key="segment-summary", markdown=summary_markdown(summary),
                              description=f"segmentation into {store}")
-    logger.info(batch.summary_text(summary))
-    # Prefect hands callers the state's data (the summary).
+    # Prefect hands callers the state's data (the summary); the state's message counts it in the run's log.
     return final_state(summary)  # type: ignore[return-value]
 
 
@@ -84,6 +84,22 @@ def _progress(artifact_id: UUID) -> batch.OnBatch:
         update_progress_artifact(artifact_id, 100.0 * done / max(1, total))
 
     return update
+
+
+def summary_markdown(summary: RunSummary) -> str:
+    """The run summary as the flow's Markdown artifact: a table of counts, then each failed, skipped or noted
+    file with its reason, escaped (a backtick or raw HTML in a file name stays text)."""
+    rows = "\n".join(f"| {k} | {markdown_text(str(summary[k]))} |" for k in
+                     ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
+                      "images_per_second", "providers"))
+    sections: dict[str, list[Failure]] = {"Failures": summary["failures"],
+                                          "Skipped: failed before, unchanged since":
+                                              summary.get("skipped_failed_before", []),
+                                          "Notes": summary.get("notes", [])}
+    listed = [f"## {heading}\n\n" + ("\n".join(f"- {markdown_code(f['file'])}: {markdown_text(f['reason'])}"
+                                                 for f in files) or "none")
+              for heading, files in sections.items()]
+    return f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n" + "\n\n".join(listed) + "\n"
 
 
 def final_state(summary: RunSummary) -> State:

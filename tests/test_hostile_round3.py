@@ -249,7 +249,8 @@ def test_file_names_are_text_in_csv_cells_terminals_and_the_summary_artifact(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import csv
 
-    from nuclei.inference.run import summary_markdown, summary_text
+    from flows.segment import summary_markdown
+    from nuclei.cli.segment import summary_text
 
     names = ["=cmd|' -C calc'!A0", "=HYPERLINK(\"evil.example\",\"y\")", "esc\x1b[2J\x1b[31mred"]
     for seed, name in enumerate(names):

@@ -118,7 +118,7 @@ def test_a_training_run_whose_model_finds_nothing_is_flagged(tmp_path: Path, syn
 
 def test_local_runs_need_no_cluster_unless_one_is_asked_for() -> None:
     from nuclei.config import SegmentConfig
-    from nuclei.inference.run import uses_dask
+    from nuclei.inference.execution import uses_dask
 
     config = SegmentConfig(inputs=["x"], store="s")
     assert not uses_dask(config)

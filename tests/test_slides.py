@@ -215,6 +215,47 @@ def test_a_stop_request_interrupts_a_slide_and_keeps_its_finished_blocks(slide: 
     assert nuclei.open_store(tmp_path / "s.zarr").images() == []
 
 
+def test_a_slide_stopped_while_its_cluster_starts_ends_as_stopped_not_failed(
+        slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process hit by the Ctrl-C before it set its signals aside fails the cluster's start: once a stop
+    was asked for, that is the run stopping (exit 130), for slides as for batches; without one it is the error."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from nuclei.errors import Interrupted
+    from nuclei.inference import execution
+    from nuclei.inference.run import plan, run
+
+    stop = threading.Event()
+
+    @contextlib.contextmanager
+    def fails_to_start(*args: object) -> Iterator[object]:
+        raise OSError("a worker process died while the cluster started")
+        yield  # a context manager's shape
+
+    monkeypatch.setattr(execution, "dask_client", fails_to_start)
+    work = plan(SegmentConfig(inputs=[str(slide)], store=str(tmp_path / "s.zarr"), slide_pixels=1, block_size=400,
+                              n_workers=2))
+    assert work.slides and not work.batches
+    with pytest.raises(OSError, match="a worker process died"):  # no stop asked for: a failure, said as one
+        run(work, stop=stop)
+    stop.set()
+    with pytest.raises(Interrupted) as stopped:
+        run(work, stop=stop)
+    assert isinstance(stopped.value.__cause__, OSError)
+    assert nuclei.open_store(tmp_path / "s.zarr").images() == []
+
+
+@pytest.mark.slow
+def test_a_slide_on_a_local_cluster_equals_one_in_this_process(slide: Path, tmp_path: Path) -> None:
+    """Blocks as Dask tasks on worker processes (the executor's other backend) give the in-process labels."""
+    on_threads = nuclei.segment([str(slide)], store=tmp_path / "t.zarr", slide_pixels=1, block_size=400)
+    on_dask = nuclei.segment([str(slide)], store=tmp_path / "d.zarr", slide_pixels=1, block_size=400, n_workers=1)
+    assert on_threads["done"] == on_dask["done"] == 1, (on_threads, on_dask)
+    np.testing.assert_array_equal(nuclei.open_store(tmp_path / "d.zarr").labels("mosaic.ome"),
+                                  nuclei.open_store(tmp_path / "t.zarr").labels("mosaic.ome"))
+
+
 def _set_when(event: threading.Event, condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:

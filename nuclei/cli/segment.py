@@ -21,8 +21,9 @@ from collections.abc import Iterator
 
 from nuclei.cli.options import add_config_options, given, print_json
 from nuclei.config import SegmentConfig
+from nuclei.core.text import printable
 from nuclei.errors import Interrupted, NucleiError
-from nuclei.store.record import RunSummary
+from nuclei.store.record import Failure, RunSummary
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +53,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"nuclei: interrupted: the entries written to {config.store} are complete; run the same command "
               "again to finish", file=sys.stderr)
         return 130
-    from nuclei.inference.run import summary_text
-
     if args.json:
         print_json(summary)
     else:
         print(summary_text(summary))
     return 1 if summary["failed"] else 0
+
+
+def summary_text(summary: RunSummary) -> str:
+    """The run summary for a terminal: the counts on one line, then each failed, skipped or noted file with its
+    reason (file names as text, never as terminal commands)."""
+    lines = [
+        f"{summary['done']} segmented, {summary['skipped']} skipped (unchanged), {summary['failed']} failed "
+        f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
+        f"on {', '.join(summary['providers']) or '-'}; store {printable(summary['store'])}",
+    ]
+    if not summary["found"]:
+        lines.append("  no image files in the inputs (nuclei reads PNG, TIFF, JPEG and BMP)")
+    listed: dict[str, list[Failure]] = {
+        "failed": summary["failures"],
+        "skipped, failed before and unchanged": summary.get("skipped_failed_before", []),
+        "note": summary.get("notes", []),
+    }
+    for label, files in listed.items():
+        lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in files]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager

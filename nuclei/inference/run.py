@@ -1,12 +1,13 @@
-"""A segmentation run: plan the work, fan it out on Dask, and summarize what happened.
+"""A segmentation run: plan the work (what is new, what is current, how it is grouped), run it on the run's
+executor (`inference.execution`: threads here, or a Dask cluster) and summarize what happened.
 
-The `segment` flow wires these steps as Prefect tasks; `segment()` below runs the same steps without Prefect
-(the Python API), so a library call never starts a server.
+The `segment` flow wires these steps as Prefect tasks and the CLI calls them directly; `segment()` below runs
+them without Prefect (the Python API), so a library call never starts a server. Each shell renders the summary
+its own way (text for a terminal, Markdown for an artifact).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -17,7 +18,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any
@@ -27,16 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from nuclei.config import SegmentConfig
-from nuclei.core.text import markdown_code, markdown_text, printable
-from nuclei.errors import InputError, Interrupted, ModelError, StoreError
-from nuclei.inference.cluster import (
-    cluster_address,
-    dask_client,
-    local_cluster_size,
-    probe_scheduler,
-    task_resources,
-)
-from nuclei.inference.engine import Engine, default_threads
+from nuclei.errors import InputError, ModelError, StoreError
+from nuclei.inference.cluster import cluster_address, probe_scheduler
+from nuclei.inference.engine import Engine
+from nuclei.inference.execution import Executor, executor, expected_workers
 from nuclei.inference.preflight import preflight
 from nuclei.inference.slide import is_slide, segment_slides
 from nuclei.inference.worker import ImageResult, build_engine, entry_key, segment_batch
@@ -148,21 +142,22 @@ def open_for_writing(url: str) -> Store:
     return store
 
 
-JOIN_ATTEMPTS = 4  # two runs creating one new store at once: the later one opens what the first created
+JOIN_PAUSES_S = (0.05, 0.1, 0.15)  # runs creating one new store at once: the later ones open what one created
 
 
 def _open_or_join(url: str) -> Store:
-    """The store, created if new. Runs started together on a new store race to create it (Zarr's
-    ContainsGroupError, or a half-made root taken for a foreign folder: 32 of 160 opens in a stress test); the
-    one that loses opens the store the other made, once its root exists."""
-    for attempt in range(JOIN_ATTEMPTS):
+    """The store, created if new. Runs started together on a new store race to create it: one that finds the
+    store half-made (refused as a foreign folder or an unreadable root: 32 of 160 opens in a stress test, before
+    the root was written atomically) opens it again, after a pause, once a root exists. A refusal with no root
+    there (a file, another tool's folder) is the answer at once, as is the last attempt's."""
+    for pause in JOIN_PAUSES_S:
         try:
             return Store(url, mode="a")
-        except Exception:
-            if attempt == JOIN_ATTEMPTS - 1 or not _has_root(url):
+        except StoreError:
+            if not _has_root(url):
                 raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+        time.sleep(pause)
+    return Store(url, mode="a")
 
 
 def _has_root(url: str) -> bool:
@@ -221,35 +216,20 @@ def _same_file(item: ImageItem, failure: dict[str, Any]) -> bool:
 OnBatch = Callable[[float, int], None]
 
 
-def expected_workers(config: SegmentConfig) -> int:
-    """Batches the run works on at once: a thread per core in-process, a LocalCluster's size, else 1 (an
-    external cluster's size is not known yet)."""
-    if not uses_dask(config):
-        return local_cluster_size()[0]
-    return 1 if cluster_address(config.dask_address) else local_cluster_size(config.n_workers)[0]
-
-
-def uses_dask(config: SegmentConfig) -> bool:
-    """A Dask cluster runs the batches when one is named (``dask_address`` or $NUCLEI_DASK_ADDRESS) or a
-    LocalCluster of ``n_workers`` processes is asked for. Otherwise the run stays in this process, a thread
-    per core: ONNX Runtime, OpenCV, the watershed and the Zstd codec release the GIL, so threads keep the cores
-    as busy as worker processes would, without their start-up (about 5 s on 2 cores, 1.6x the network's own
-    time on 334 small images; see BENCHMARKS.md)."""
-    return cluster_address(config.dask_address) is not None or config.n_workers is not None
-
-
 def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
         stop: threading.Event | None = None) -> list[ImageResult]:
-    """Run the planned batches, in this process (a thread per core) unless a Dask cluster is named or a
-    LocalCluster asked for (`uses_dask`); a batch that fails as a whole marks its images failed with the reason.
+    """Run the planned batches, then the slides' blocks, on one executor: threads in this process unless a
+    Dask cluster is named or a LocalCluster asked for (`execution.uses_dask`); a batch that fails as a whole
+    marks its images failed with the reason.
 
-    ``stop``: once set (a signal handler sets it), queued batches are cancelled, the cluster is closed in order
+    ``stop``: once set (a signal handler sets it), queued tasks are cancelled, the cluster is closed in order
     and `Interrupted` is raised; every entry already written is whole."""
     if not plan.batches and not plan.slides:
         return []
     total, results = len(plan.items) + len(plan.slides), []
-    with tqdm(total=total, unit="img", desc="segmenting", disable=not progress) as bar:
-        for batch, found in _batches(plan, stop) if plan.batches else ():
+    with (tqdm(total=total, unit="img", desc="segmenting", disable=not progress) as bar,
+          executor(plan.settings, stop) as tasks):
+        for batch, found in _batches(plan, tasks):
             results += found
             bar.update(len(batch))
             if on_batch:
@@ -259,7 +239,7 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
             if on_batch:
                 on_batch(len(results) + done / max(1, blocks), total)
 
-        for found_slide in segment_slides(plan.slides, plan.settings, progress, stop, on_block):  # blocks as tasks
+        for found_slide in segment_slides(plan.slides, plan.settings, tasks, progress, on_block):  # blocks as tasks
             results.append(found_slide)
             bar.update(1)
             if on_batch:
@@ -267,107 +247,18 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
     return results
 
 
-def _batches(plan: Plan, stop: threading.Event | None = None
-             ) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
-    """(batch, its results) as each batch finishes."""
-    config = plan.settings
-    if not uses_dask(config):
-        yield from _in_process(plan, stop)
+def _batches(plan: Plan, tasks: Executor) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
+    """(batch, its results) as each batch finishes. In this process the batches share the cores (a single
+    batch gets them all in its session); each call of the shared ONNX session is on one thread."""
+    if not plan.batches:
         return
-    from distributed import as_completed as finished
-
-    with _stopping_is_not_failing(stop), dask_client(config.dask_address, config.n_workers) as client:
-        _stop_if_asked(stop)  # a Ctrl-C while the cluster started
-        resources = task_resources(client)
-        if resources:
-            log.info("inference tasks request %s per task", resources)
-        seen = [plan.seen_of(batch) for batch in plan.batches]
-        futures = client.map(segment_batch, plan.batches, [config] * len(plan.batches), seen, pure=False,
-                             resources=resources)
-        batch_of = {f.key: b for f, b in zip(futures, plan.batches, strict=True)}
-        done = finished(futures)
-        try:
-            while not done.is_empty():
-                for future in _next_finished(done, stop):
-                    yield batch_of[future.key], _collect(future, batch_of[future.key])
-        finally:  # stopped: nothing queued starts, running batches end their entries, then all closes in order
-            client.cancel([f for f in futures if not f.done()])
-            if stop is not None and stop.is_set():
-                _let_running_batches_end(client)
-
-
-POLL_S = 0.2  # how often a wait for the next batch looks at the stop event
-DRAIN_S = 5.0  # after a stop, how long running batches may take to end their entries before the cluster closes
-
-
-def _next_finished(done: Any, stop: threading.Event | None) -> list[Any]:
-    """The futures that finished next (a distributed.as_completed), looking at ``stop`` while waiting."""
-    while stop is not None and not done.has_ready():
-        _stop_if_asked(stop, timeout=POLL_S)
-    _stop_if_asked(stop)
-    return list(done.next_batch(block=True))
-
-
-def _stop_if_asked(stop: threading.Event | None, timeout: float = 0.0) -> None:
-    if stop is not None and (stop.wait(timeout) if timeout else stop.is_set()):
-        raise Interrupted("stopped on request")
-
-
-@contextlib.contextmanager
-def _stopping_is_not_failing(stop: threading.Event | None) -> Iterator[None]:
-    """Once a stop was asked for, a cluster that fails to start or close (a worker process hit by the Ctrl-C
-    before it could set its signals aside) is part of stopping, not an error of its own."""
-    try:
-        yield
-    except Exception as exc:
-        if stop is not None and stop.is_set():
-            raise Interrupted("stopped on request") from exc
-        raise
-
-
-def _let_running_batches_end(client: Any, timeout: float = DRAIN_S) -> None:
-    """Wait (a little) until no worker executes a batch: a worker closed mid-task warns of the task it cancels."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not any(client.run(_executing).values()):
-                return
-        except Exception:  # noqa: BLE001 - a worker already gone: nothing left to wait for
-            return
-        time.sleep(POLL_S / 2)
-
-
-def _executing(dask_worker: Any) -> int:
-    """Tasks this worker is executing now (run on each worker by `client.run`)."""
-    return len(dask_worker.state.executing)
-
-
-def _in_process(plan: Plan, stop: threading.Event | None = None
-                ) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:
-    """The batches on a thread per core (at most one per batch) sharing one ONNX session, each call of it on
-    one thread; a single batch runs here with all the cores in its session."""
-    config = plan.settings
-    workers = min(local_cluster_size()[0], len(plan.batches))
-    log.info("%d images: segmenting in this process, %d thread(s)", len(plan.items), workers)
-    if workers == 1:
-        for batch in plan.batches:
-            _stop_if_asked(stop)
-            yield batch, segment_batch(batch, config, plan.seen_of(batch))
-        return
-    per_thread = config.model_copy(update={"threads": max(1, (config.threads or default_threads()) // workers)})
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="nuclei-batch")
-    try:
-        futures = {pool.submit(segment_batch, batch, per_thread, plan.seen_of(batch)): batch
-                   for batch in plan.batches}
-        pending: set[Future[list[ImageResult]]] = set(futures)
-        while pending:
-            _stop_if_asked(stop)
-            finished, pending = wait(pending, timeout=POLL_S if stop is not None else None,
-                                     return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield futures[future], _collect(future, futures[future])
-    finally:  # an interrupt: queued batches never start; running ones finish their entry and stop at batch end
-        pool.shutdown(wait=False, cancel_futures=True)
+    if tasks.in_process:
+        log.info("%d images: segmenting in this process, %d thread(s)", len(plan.items),
+                 tasks.at_once(len(plan.batches)))
+    settings = tasks.task_settings(plan.settings, len(plan.batches))
+    args = [(batch, settings, plan.seen_of(batch)) for batch in plan.batches]
+    for index, future in tasks.finished(segment_batch, args):
+        yield plan.batches[index], _collect(future, plan.batches[index])
 
 
 def balanced(items: list[ImageItem], images_per_task: int, n_workers: int) -> list[list[ImageItem]]:
@@ -407,39 +298,6 @@ def summarize(plan: Plan, results: Sequence[ImageResult]) -> RunSummary:
         "images_per_second": round(done / seconds, 3) if seconds > 0 else 0.0,
         "providers": sorted({p for r in results for p in r.providers}),
     }
-
-
-def summary_text(summary: RunSummary) -> str:
-    lines = [
-        f"{summary['done']} segmented, {summary['skipped']} skipped (unchanged), {summary['failed']} failed "
-        f"of {summary['found']} found; {summary['nuclei']} nuclei; {summary['images_per_second']} images/s "
-        f"on {', '.join(summary['providers']) or '-'}; store {printable(summary['store'])}",
-    ]
-    if not summary["found"]:
-        lines.append("  no image files in the inputs (nuclei reads PNG, TIFF, JPEG and BMP)")
-    for label, listed in _file_lists(summary).items():  # file names as text, never as terminal commands
-        lines += [f"  {label}: {printable(f['file'])}: {printable(f['reason'])}" for f in listed]
-    return "\n".join(lines)
-
-
-def _file_lists(summary: RunSummary) -> dict[str, list[Failure]]:
-    return {"failed": summary["failures"],
-            "skipped, failed before and unchanged": summary.get("skipped_failed_before", []),
-            "note": summary.get("notes", [])}
-
-
-def summary_markdown(summary: RunSummary) -> str:
-    """The run summary as a Prefect artifact: file names and reasons are escaped (a backtick or raw HTML in a
-    file name stays text)."""
-    rows = "\n".join(f"| {k} | {markdown_text(str(summary[k]))} |" for k in
-                     ("store", "model", "found", "done", "skipped", "failed", "nuclei", "seconds",
-                      "images_per_second", "providers"))
-
-    lists = {label: "\n".join(f"- {markdown_code(f['file'])}: {markdown_text(f['reason'])}" for f in found)
-             or "none" for label, found in _file_lists(summary).items()}
-    return (f"# Segmentation run\n\n| | |\n|---|---|\n{rows}\n\n## Failures\n\n{lists['failed']}\n\n"
-            f"## Skipped: failed before, unchanged since\n\n{lists['skipped, failed before and unchanged']}\n\n"
-            f"## Notes\n\n{lists['note']}\n")
 
 
 def segment(inputs: Sequence[str | PathLike[str]] | str | PathLike[str], store: str | PathLike[str],

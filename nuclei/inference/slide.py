@@ -1,4 +1,4 @@
-"""Whole slides: one image bigger than memory, segmented as blocks across the threads or the Dask cluster.
+"""Whole slides: one image bigger than memory, segmented as blocks on the run's executor (threads or Dask).
 
     nuclei segment slide.ome.tif --store s.zarr --workers 2
 
@@ -23,8 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -58,8 +57,8 @@ from nuclei.core.normalize import (
 from nuclei.core.postprocess import instances
 from nuclei.core.tiling import round_up
 from nuclei.errors import InputError, Interrupted
-from nuclei.inference.cluster import dask_client, local_cluster_size, task_resources
-from nuclei.inference.engine import AUTO, Engine, default_threads
+from nuclei.inference.engine import AUTO, Engine
+from nuclei.inference.execution import Executor
 from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key, made_by
 from nuclei.io.discovery import ImageItem
 from nuclei.io.lazy import (
@@ -81,7 +80,6 @@ from nuclei.store.slide import SlideEntry, chunk_for
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2  # how often a wait for blocks looks at the stop event
 T = TypeVar("T")
 Mapper = Callable[[Callable[..., T], Sequence[Any]], Iterator[T]]  # fn(job, arg) over args, as they finish
 
@@ -275,21 +273,23 @@ def _pixel_size(settings: SegmentConfig, plane: LazyPlane) -> float | None:
 OnBlock = Callable[[int, int], None]  # (blocks labelled, blocks of the slide), e.g. for a Prefect progress artifact
 
 
-def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, progress: bool = False,
-                   stop: threading.Event | None = None, on_block: OnBlock | None = None) -> Iterator[ImageResult]:
-    """Segment each slide in turn, its blocks spread over the run's threads or Dask cluster. Once ``stop`` is
-    set, queued blocks are cancelled and `Interrupted` raised: the finished blocks stay for the next run."""
+def segment_slides(items: Sequence[ImageItem], settings: SegmentConfig, tasks: Executor, progress: bool = False,
+                   on_block: OnBlock | None = None) -> Iterator[ImageResult]:
+    """Segment each slide in turn, its blocks spread over the run's executor. Once a stop is asked for, queued
+    blocks are cancelled, running ones end their model run, and `Interrupted` is raised: the finished blocks
+    stay for the next run."""
     if not items:
         return
-    with _mapper(settings, stop) as mapper:
-        for item in items:
-            yield segment_slide(item, settings, mapper, progress, on_block, stop)
+    _RUNS.start()  # a stop of an earlier run in this process is over
+    for item in items:
+        yield segment_slide(item, settings, tasks, progress, on_block)
 
 
-def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any], progress: bool = False,
-                  on_block: OnBlock | None = None, stop: threading.Event | None = None) -> ImageResult:
-    """One slide, block by block, into its entry; any failure is the slide's result. ``stop``: looked at
-    between the steps the driver runs itself (the sample, the statistics, the pyramid)."""
+def segment_slide(item: ImageItem, settings: SegmentConfig, tasks: Executor, progress: bool = False,
+                  on_block: OnBlock | None = None) -> ImageResult:
+    """One slide, block by block, into its entry; any failure is the slide's result. A stop request is also
+    looked at between the steps the driver runs itself (the sample, the statistics, the pyramid)."""
+    mapper, stop = _mapper(tasks), tasks.stop_if_asked
     started = time.perf_counter()
     store = Store(settings.store, mode="a")
     engine = build_engine(settings)
@@ -303,7 +303,7 @@ def segment_slide(item: ImageItem, settings: SegmentConfig, mapper: Mapper[Any],
             if not settings.overwrite and is_current(store.record(item.id), item, key, digest):
                 return ImageResult(item.id, item.url, "skipped", "written meanwhile by a concurrent run")
             n_nuclei, used = _segment_into(store, item, settings, engine, mapper, (progress, on_block),
-                                           (digest, hashed), key, lambda: _stop_if_asked(stop))
+                                           (digest, hashed), key, stop)
         return ImageResult(item.id, item.url, "done", n_nuclei=n_nuclei, seconds=time.perf_counter() - started,
                            providers=used.session_providers())
     except (KeyboardInterrupt, Interrupted):
@@ -480,69 +480,16 @@ def _phase(image_id: str, what: str) -> Iterator[None]:
 
 # --- where the tasks run ------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _mapper(settings: SegmentConfig, stop: threading.Event | None) -> Iterator[Mapper[Any]]:
-    """Threads in this process, or the run's Dask cluster (as `run.uses_dask` decides for batches)."""
-    from nuclei.inference.run import uses_dask
+def _mapper(tasks: Executor) -> Mapper[Any]:
+    """fn(job, arg) over args on the run's executor, results as they finish (a task's error raised here). Each
+    job carries its task's settings (in this process, its share of the ONNX Runtime threads), and a stop request
+    also ends the blocks' model runs in this process (`_RUNS`)."""
 
-    _RUNS.start()  # a stop of an earlier run in this process is over
-    if not uses_dask(settings):
-        workers = local_cluster_size()[0]
-        per_thread = max(1, (settings.threads or default_threads()) // workers)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="nuclei-block")
-        try:
-            yield lambda fn, args: _threads(pool, fn, args, per_thread, stop)
-        finally:  # a stop or a failure: queued blocks never start; running ones end their block
-            pool.shutdown(wait=False, cancel_futures=True)
-        return
-    with dask_client(settings.dask_address, settings.n_workers) as client:
-        resources = task_resources(client)
-        yield lambda fn, args: _dask(client, fn, args, resources, stop)
-
-
-def _threads(pool: ThreadPoolExecutor, fn: Callable[..., T], args: Sequence[Any], threads: int,
-             stop: threading.Event | None) -> Iterator[T]:
-    futures = [pool.submit(fn, _with_threads(job, threads), arg) for job, arg in args]
-    pending = set(futures)
-    try:
-        while pending:
-            if stop is not None and stop.is_set():
-                _RUNS.stop()  # running blocks end their model run now: none waits for the process to exit
-            _stop_if_asked(stop)
-            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-            for future in done:
+    def mapper(fn: Callable[..., T], args: Sequence[Any]) -> Iterator[T]:
+        work = [(replace(job, settings=tasks.task_settings(job.settings)), arg) for job, arg in args]
+        finished = tasks.finished(fn, work, on_stop=_RUNS.stop)
+        with contextlib.closing(finished):  # a failed block cancels the slide's queued ones now, not when collected
+            for _, future in finished:
                 yield future.result()
-    finally:  # an interrupt or a failure: queued blocks never start
-        for future in futures:
-            future.cancel()
 
-
-def _stop_if_asked(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise Interrupted("stopped on request")
-
-
-def _with_threads(job: SlideJob, threads: int) -> SlideJob:
-    from dataclasses import replace
-
-    return replace(job, settings=job.settings.model_copy(update={"threads": threads}))
-
-
-def _dask(client: Any, fn: Callable[..., T], args: Sequence[Any], resources: dict[str, float] | None,
-          stop: threading.Event | None) -> Iterator[T]:
-    from distributed import as_completed as finished
-
-    futures = [client.submit(fn, job, arg, pure=False, resources=resources) for job, arg in args]
-    done = finished(futures)
-    try:
-        while not done.is_empty():
-            _stop_if_asked(stop)
-            ready = done.next_batch(block=False) if done.has_ready() else []
-            for future in ready:
-                yield future.result()
-            if not ready and stop is not None:
-                stop.wait(POLL_S)
-            elif not ready:
-                time.sleep(POLL_S)
-    finally:
-        client.cancel(futures)
+    return mapper
