@@ -6,10 +6,11 @@
 A lab's folder, made of the images the shipped model never trained on (../shared/data: BBBC039 wells A-C, the
 DSB2018 360x360 fields, S-BSST265's bone-marrow cytospins; the H&E tiles are left out, they go to another model),
 is split in two halves by a seeded draw: the pool a lab would label from, and the test half it is scored on. From
-the pool, N images are chosen twice: the N the default model is least sure of (flip disagreement,
-`nuclei.inference.suggest`) and N drawn at random. Each set is fine-tuned for the same minutes (as `nuclei
-finetune` does, nothing held back), and both models and the default segment the test half. Records AP@0.5 and DSB
-score of each, the categories each selection drew, and the difference.
+the pool, N images are chosen three times: the N the default model is least sure of (flip disagreement,
+`nuclei.inference.suggest.rank`), N spread over the pool's kinds of image (the least sure of each of N clusters,
+`suggest.pick`, what `nuclei suggest` lists first) and N drawn at random. Each set is fine-tuned for the same
+minutes (as `nuclei finetune` does, nothing held back), and the models and the default segment the test half.
+Records AP@0.5 and DSB score of each, the categories each selection drew, and the differences.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _score(engine: Any, samples: list[Any]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     from nuclei.inference.engine import Engine
-    from nuclei.inference.suggest import rank
+    from nuclei.inference.suggest import pick, rank
     from nuclei.io.datasets import load_dataset, matches_group
     from nuclei.modeldir import load_model_dir, resolve_model, resolve_stained_model
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ranked {len(pool)} pool images in {time.perf_counter() - started:.0f} s; test half: {len(test)} images")
     picks = {
         "top-ranked": [by_id[c.id] for c in ranked[: args.n]],
+        "spread": [by_id[c.id] for c in pick(ranked, args.n, seed=args.seed)[: args.n]],
         "random": [pool[i] for i in np.random.default_rng(args.seed + 1).permutation(len(pool))[: args.n]],
     }
     for name, chosen in picks.items():
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
                              held_back=0.0, seed=args.seed)
             print(f"{name}: fine-tuned in {(time.perf_counter() - began) / 60:.1f} min")
             rows[name] = _score(Engine(load_model_dir(tuned.model_dir), providers=("CPUExecutionProvider",)), test)
-    record.note(f"top-ranked - random: {rows['top-ranked']['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on "
-                f"{len(test)} test images")
+    for name in ("top-ranked", "spread"):
+        record.note(f"{name} - random: {rows[name]['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on "
+                    f"{len(test)} test images")
     results["scores"] = rows
     _finish(results, args.json, record)
 

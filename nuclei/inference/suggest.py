@@ -8,6 +8,12 @@ each probability map is flipped back, and where the four disagree the model is u
 1 - IoU of the four foreground masks (at the model's own threshold): 0 when every flip finds the same nuclei,
 towards 1 when they find different ones. ``confidence`` (mean foreground probability inside the nuclei found)
 is reported beside it.
+
+A batch to label is more than the top of that ranking: the least sure images are often of one kind (a handful of
+63x cytospins in a folder of 20x fields), and correcting five of one kind teaches the model that kind only.
+`pick` spreads a batch over the folder (Zhdanov 2019, Citovsky et al. 2021: uncertainty within clusters): the
+images are grouped into N clusters of look-alikes (by the size and number of the nuclei found and the image's
+size), and the least sure image of each cluster is taken.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nuclei.core.measure import median_diameter
 from nuclei.core.postprocess import instances
 from nuclei.errors import InputError
 from nuclei.inference.engine import Engine
@@ -38,6 +45,8 @@ class Candidate:
     flip_disagreement: float  # 1 - IoU of the four flips' foreground masks: the ranking signal
     confidence: float  # mean foreground probability inside the nuclei found (1: sure)
     n_nuclei: int
+    diameter: float = 0.0  # median equivalent diameter of the nuclei found, px (0: none found)
+    pixels: int = 0  # height x width
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +82,8 @@ def uncertainty(engine: Engine, raw: np.ndarray, image_id: str, source: str) -> 
         id=image_id, source=source,
         flip_disagreement=round(1.0 - agreed / union, 6) if union else 0.0,
         confidence=round(float(mean[..., 0][inside].mean()), 6) if inside.any() else 0.0,
-        n_nuclei=int(np.unique(labels[inside]).size),
+        n_nuclei=int(np.unique(labels[inside]).size), diameter=round(median_diameter([labels]), 3),
+        pixels=int(raw.shape[0] * raw.shape[1]),
     )
 
 
@@ -87,6 +97,29 @@ def rank(engine: Engine, images: Iterable[Source], on_image: Callable[[int], Non
         if on_image is not None:
             on_image(i + 1)
     return sorted(found, key=lambda c: (-c.flip_disagreement, c.confidence, c.id))
+
+
+def pick(ranked: list[Candidate], n: int, seed: int = 0) -> list[Candidate]:
+    """A batch of ``n`` images to label from ``ranked`` (`rank`'s order), spread over the kinds of image it holds:
+    k-means (k = n) on each image's log nucleus diameter, log nucleus count and log size, then the least sure of
+    each cluster, those most unsure first; clusters that came out empty leave their places to the next in rank.
+    The rest follow in rank order, so the list is still every image."""
+    if n <= 1 or n >= len(ranked):
+        return list(ranked)
+    from scipy.cluster.vq import kmeans2
+
+    features = np.log1p(np.array([[c.diameter, c.n_nuclei, c.pixels] for c in ranked], np.float64))
+    spread = features.std(axis=0)
+    features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    _, cluster = kmeans2(features, n, minit="++", seed=seed)
+    chosen: list[int] = []
+    for k in range(n):  # ranked is least sure first, so a cluster's first member is its least sure
+        members = np.flatnonzero(cluster == k)
+        if members.size:
+            chosen.append(int(members[0]))
+    chosen += [i for i in range(len(ranked)) if i not in chosen][: n - len(chosen)]
+    first = sorted(chosen)
+    return [ranked[i] for i in first] + [c for i, c in enumerate(ranked) if i not in set(first)]
 
 
 def images_of(source: str | Path) -> list[Source]:
