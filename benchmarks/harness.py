@@ -44,6 +44,8 @@ Measure = float | Mapping[str, float]
 # Set by ``python -m benchmarks`` for the run's record: the benchmark's kind, the command, the operator's --note
 # and --save-as (another name for the result, so runs of one benchmark with other arguments sit side by side).
 CONTEXT: dict[str, str] = {"kind": "", "note": "", "command": "", "save_as": ""}
+# Every comparison measured in this process, in order: a Record keeps the raw rounds of those made after it began.
+MEASURED: list[Comparison] = []
 
 
 def cores() -> int:
@@ -75,9 +77,10 @@ def dev_paths(size: str = "256x256", limit: int | None = None) -> list[Path]:
 def dev_images(limit: int | None = None, size: str = "256x256",
                read: Callable[[Path], Any] | None = None) -> list[Any]:
     """The DSB2018 development images of :func:`dev_ids`, read as files are (``read_raw``) unless ``read``."""
-    if read is None:
-        from nuclei.io.images import read_raw as read
-    return [read(p) for p in dev_paths(size, limit)]
+    from nuclei.io.images import read_raw
+
+    reader = read or read_raw
+    return [reader(p) for p in dev_paths(size, limit)]
 
 
 def training_batch(crop: int, n: int = 16) -> tuple[Any, Any]:
@@ -141,6 +144,11 @@ class Comparison:
         """The median of the paired ratios: below 1, ``name`` took less than the baseline."""
         return statistics.median(self.paired_ratios(name, key, against))
 
+    def spread(self, name: str, key: str = "seconds") -> str:
+        """The lowest and highest paired ratio, to show how noisy the rounds were ("0.95-1.10")."""
+        ratios = self.paired_ratios(name, key)
+        return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
     def best_ratio(self, name: str, key: str = "seconds") -> float:
         """Best round over the baseline's best round (for "best of N" benchmarks)."""
         return self.best(name, key) / self.best(self.baseline, key)
@@ -164,7 +172,8 @@ def interleave(variants: Mapping[str, Callable[[], Measure]], rounds: int, basel
     for round_ in range(rounds):
         for name in order if round_ % 2 == 0 else reversed(order):
             samples[name].append(_as_dict(variants[name]()))
-    return Comparison(baseline, samples)
+    MEASURED.append(Comparison(baseline, samples))
+    return MEASURED[-1]
 
 
 @dataclass
@@ -253,6 +262,7 @@ class Record:
         self.started = _now()
         self._clock = time.perf_counter()
         self._load = os.getloadavg()
+        self._measured_from = len(MEASURED)
 
     def table(self, columns: list[str], rows: Iterable[list[Any]], formats: list[str] | None = None,
               title: str = "") -> Table:
@@ -279,6 +289,7 @@ class Record:
             "note": CONTEXT["note"], "notes": self.notes,
             "machine": machine(), "commit": commit(), "libraries": libraries(),
             "tables": [asdict(t) for t in self.tables], "figures": _jsonable(self.figures),
+            "measurements": [asdict(c) for c in MEASURED[self._measured_from:]],  # every round, as measured
         }
 
     def write(self, results: Path | None = None) -> Path:

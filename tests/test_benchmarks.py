@@ -61,6 +61,7 @@ def test_interleave_pairs_rounds_in_alternating_order_and_takes_medians_of_paire
     assert found.paired_ratios("new") == [0.5, 3.0 / 9.0, 0.5, 1.5 / 4.5, 0.02]
     assert found.ratio("new") == pytest.approx(1 / 3) and found.ratio("base") == 1.0
     assert found.best_ratio("new") == 1.5 / 4.0
+    assert found.spread("new") == "0.02-0.50"
 
 
 def test_interleave_keeps_several_measures_and_a_named_baseline() -> None:
@@ -98,6 +99,8 @@ def test_record_writes_figures_with_commit_machine_and_versions(tmp_path: Path) 
     assert result["tables"][0]["rows"] == [["loop", 2.0, 1.0], ["ours", 3.0, 1.5]]
     assert result["machine"]["cores"] >= 1 and "numpy" in result["libraries"]
     assert len(result["commit"]["sha"]) == 40 and len(result["load"]["before"]) == 3
+    assert result["measurements"] == [{"baseline": "loop", "samples": {"loop": [{"seconds": 2.0}] * 3,
+                                                                       "ours": [{"seconds": 3.0}] * 3}}]
 
 
 def test_report_rewrites_marked_sections_and_figures_and_keeps_the_rest(tmp_path: Path) -> None:

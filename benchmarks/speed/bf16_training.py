@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     found = harness.interleave({p: harness.timed(lambda m=m: m.train_on_batch(images, targets))
                                 for p, m in models.items()}, args.batches, baseline="float32", warmup=True)
     record.figure("bf16_ratio", round(found.ratio("mixed_bfloat16"), 2))
-    record.table(["policy", "s / batch", "ratio"], [[p, found.median(p), found.ratio(p)] for p in found.names],
-                 ["", ".2f", ".2f"], title=f"one batch of 16 {args.crop}x{args.crop} crops, {args.batches} interleaved "
+    record.table(["policy", "s / batch", "ratio", "batches' ratios"],
+                 [[p, found.median(p), found.ratio(p), found.spread(p)] for p in found.names], ["", ".2f", ".2f", ""],
+                 title=f"one batch of 16 {args.crop}x{args.crop} crops, {args.batches} interleaved "
                  "batches each after one to build the graph")
     record.write()
 

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         engine.predict(images[0])  # session built and warmed outside the timing
     found = harness.interleave({k: lambda e=e: seconds_per_image(e, images) for k, e in engines.items()},
                                args.rounds, baseline=BASELINE)
-    record.table(["model", "precision", "ms / image", f"ratio to {BASELINE}"],
-                 [[*key.split(), found.median(key) * 1000, found.ratio(key)] for key in found.names],
-                 ["", "", ".1f", ".2f"],
+    record.table(["model", "precision", "ms / image", f"ratio to {BASELINE}", "rounds' ratios"],
+                 [[*key.split(), found.median(key) * 1000, found.ratio(key), found.spread(key)]
+                  for key in found.names], ["", "", ".1f", ".2f", ""],
                  title=f"{len(images)} DSB2018 256x256 images, {args.rounds} interleaved rounds, medians")
     record.write()

@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         BEFORE: lambda: seconds_per_image(probs, replace(shipped, confidence=0.0), 0.0),
         "shipped rules": lambda: seconds_per_image(probs, shipped, postprocess.MIN_CORE_FRACTION),
     }, args.rounds, baseline=BEFORE)
-    record.table(["labelling", "ms / image", "ratio", "of inference"],
-                 [[name, found.median(name) * 1000, found.ratio(name), found.median(name) / inference]
-                  for name in found.names], ["", ".2f", ".2f", ".3f"],
+    record.table(["labelling", "ms / image", "ratio", "rounds' ratios", "of inference"],
+                 [[name, found.median(name) * 1000, found.ratio(name), found.spread(name),
+                   found.median(name) / inference] for name in found.names], ["", ".2f", ".2f", "", ".3f"],
                  title=f"{len(probs)} DSB2018 256x256 images, {args.rounds} interleaved rounds; {engine.precision} "
                        f"inference {inference * 1000:.1f} ms / image (once)")
     record.write()
