@@ -237,6 +237,36 @@ def score_samples(
     return report, preds
 
 
+def _in_split(samples: list[Sample], model_path: Path, split: Split) -> list[Sample]:
+    """The samples of a model's validation, training or held-out images (its data.json)."""
+    data = json.loads((model_path / "data.json").read_text())
+    if split == "held_out":
+        keep = {i for ids in data.get("held_out_ids", {}).values() for i in ids}
+    else:
+        keep = set(data["val_ids" if split == "validation" else "train_ids"])
+    return [s for s in samples if s.id in keep]
+
+
+def _stored_labels(samples: list[Sample], store: str | Path) -> Callable[[int], np.ndarray]:
+    """Sample i's labels as a store holds them (none found where the store lacks the image)."""
+    from nuclei.store.backend import Store
+
+    results = Store(store)
+    matched = match_entries(samples, results.records(), str(store))
+    missing = [s.id for s in samples if s.id not in matched]
+    if missing:
+        log.warning("%d of %d images are not in %s and count as empty: %s", len(missing), len(samples),
+                    store, ", ".join(missing[:5]))
+
+    def predicted(i: int) -> np.ndarray:
+        sample = samples[i]
+        if sample.id not in matched:
+            return np.zeros(sample.labels.shape, np.uint32)
+        return results.read_labels(matched[sample.id])
+
+    return predicted
+
+
 def evaluate_against(
     truth_dir: str | Path,
     out_dir: str | Path,
@@ -262,34 +292,16 @@ def evaluate_against(
     from nuclei.inference.sizing import label_image
     from nuclei.io.datasets import load_dataset
     from nuclei.modeldir import resolve_model, resolve_stained_model
-    from nuclei.store.backend import Store
 
     samples = load_dataset(truth_dir, progress=progress).samples
     model_dir = resolve_model(model) if (store is None or split != "all") else None
     if split != "all":
         assert model_dir is not None
-        data = json.loads((model_dir.path / "data.json").read_text())
-        if split == "held_out":
-            keep = {i for ids in data.get("held_out_ids", {}).values() for i in ids}
-        else:
-            keep = set(data["val_ids" if split == "validation" else "train_ids"])
-        samples = [s for s in samples if s.id in keep]
+        samples = _in_split(samples, model_dir.path, split)
     if not samples:
         raise InputError(Path(truth_dir), f"no labelled images to score (split {split!r})")
-
     if store is not None:
-        results = Store(store)
-        matched = match_entries(samples, results.records(), str(store))
-        missing = [s.id for s in samples if s.id not in matched]
-        if missing:
-            log.warning("%d of %d images are not in %s and count as empty: %s", len(missing), len(samples),
-                        store, ", ".join(missing[:5]))
-
-        def predicted(i: int) -> np.ndarray:
-            sample = samples[i]
-            if sample.id not in matched:
-                return np.zeros(sample.labels.shape, np.uint32)
-            return results.read_labels(matched[sample.id])
+        predicted = _stored_labels(samples, store)
     else:
         assert model_dir is not None
         engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta,
