@@ -12,10 +12,11 @@ last one as NAME.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
@@ -23,6 +24,8 @@ from nuclei.config import TrainConfig
 from nuclei.core.normalize import Normalization
 from nuclei.evaluation import format_table
 from nuclei.training import steps
+from nuclei.training.fit import OnEpoch
+from nuclei.training.progress import Epochs
 from nuclei.training.run import make_config, plan_stages
 
 # Arrays stay in this process: no caching, no result persistence of big inputs.
@@ -91,7 +94,10 @@ def train(
     logger.info("%d training / %d validation images (%s layout)", len(data.train), len(data.val), dataset.layout)
     staging = steps.staging_dir(config)
     describe(config, dataset, data, staging)
-    model = fit(config, data, staging)
+    fitted = Epochs()
+    model = fit(config, data, staging, on_epoch=_fitting_artifacts(config, fitted))
+    create_markdown_artifact(key="train-epochs", markdown=f"# Fitting `{config.name}`\n\n{fitted.markdown()}\n",
+                             description=f"each epoch's losses while fitting {config.name}")
     max_diff = export(model, config, staging)
     thresholds, report, held_out_reports = evaluate(staging, data)
     if config.quantize_int8:
@@ -110,6 +116,19 @@ def train(
         logger.error("%s: %s", model_dir, problem)
         return Failed(message=f"{model_dir}: {problem}", data=str(model_dir))  # type: ignore[return-value]
     return str(model_dir)
+
+
+def _fitting_artifacts(config: TrainConfig, seen: Epochs) -> OnEpoch:
+    """A progress artifact that follows fitting (epochs, or the time budget) and describes the last epoch (val
+    loss, best so far), as the terminal's bar does; ``seen`` keeps the epochs for the table after."""
+    artifact = create_progress_artifact(0.0, key="train-fitting", description=f"fitting {config.name}: starting")
+
+    def on_epoch(epochs: Epochs) -> None:
+        seen.total, seen.budget_s, seen.figures = epochs.total, epochs.budget_s, list(epochs.figures)
+        update_progress_artifact(cast(UUID, artifact), 100 * epochs.fraction(),
+                                 description=f"fitting {config.name}: {epochs.line()}")
+
+    return on_epoch
 
 
 def _staged(params: dict[str, Any], then: list[dict[str, Any]]) -> str:

@@ -4,7 +4,9 @@ samples within a small time budget, published as a complete model directory and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,22 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_fine_tune_within_its_budget_gives_a_model_that_segment_takes(tmp_path: Path) -> None:
+    """`nuclei finetune` as a lab runs it: its fitting bar (no total: the time budget ends fitting first) with
+    the validation figures, no TensorFlow start-up lines, no Keras line per epoch."""
     from nuclei.cli.main import main
+    from tests.test_training_output import KERAS_EPOCH_LINES, LIBRARY_LINES, NUCLEI
 
     data = tmp_path / "labelled"
     shutil.copytree(SAMPLES, data)
     out = tmp_path / "models"
-    assert main(["finetune", str(data), "--name", "lab", "--out", str(out), "--minutes", "0.5"]) == 0
+    done = subprocess.run([*NUCLEI, "finetune", str(data), "--name", "lab", "--out", str(out), "--minutes", "0.5"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not LIBRARY_LINES.search(done.stderr) and not KERAS_EPOCH_LINES.search(done.stdout + done.stderr), \
+        done.stdout + done.stderr
+    bar = [part for part in re.split(r"[\r\n]", done.stderr) if part.startswith("fitting lab:")]
+    assert bar and re.search(r"\d+epoch .*val loss \d\.\d{4}, best", bar[-1]), done.stderr[-3000:]
+    assert "fine-tuned from nuclei-generalist" in done.stdout
     model = out / "lab"
     for name in ("model.onnx", "model.keras", "config.json", "thresholds.json", "metrics.json", "MODEL_CARD.md",
                  "finetune/comparison.md", "finetune/comparison.png", "finetune/comparison.json"):

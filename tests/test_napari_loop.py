@@ -207,7 +207,10 @@ def test_segment_correct_keep_finetune_and_segment_again(viewer: Any, qtbot: Any
     assert tune.error is None, tune.error
     model = tmp_path / "models" / "lab"
     assert tune.result is not None and tune.result.model_dir == model and (model / "model.onnx").is_file()
-    assert [int(e["epoch"]) for e in tune.fitting.epochs] == [1, 2] and "val_loss" in tune.fitting.epochs[-1]
+    epochs = tune.fitting.epochs
+    seen = [int(e["epoch"]) for e in epochs.figures]  # 2 asked; a 30 s budget may stop at 1 on a busy CPU
+    assert seen in ([1], [1, 2]) and "val_loss" in epochs.last
+    assert "val loss" in epochs.line() and "best" in epochs.line()  # what the status line showed while fitting
     verdict = json.loads((model / "finetune" / "comparison.json").read_text())["verdict"]
     assert verdict in tune.comparison.value and "| nuclei-generalist |" in tune.comparison.value
     assert "comparison: lab" in viewer.layers
@@ -230,7 +233,7 @@ def test_cancelling_a_finetune_leaves_no_model_folder(viewer: Any, qtbot: Any, t
     tune.folder.value, tune.out.value, tune.model_name.value = folder, tmp_path / "models", "lab"
     tune.minutes.value, tune.recipe = 5.0, {**SHORT, "epochs": 1000}  # only the cancel ends it early
     tune.start()
-    qtbot.waitUntil(lambda: tune.fitting is not None and len(tune.fitting.epochs) >= 1, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: tune.fitting is not None and len(tune.fitting.epochs.figures) >= 1, timeout=WAIT_MS)
     tune.cancel_button.changed.emit(True)  # the button's click
     _wait(qtbot, tune)
     assert tune.status.value == "cancelled: nothing written" and tune.result is None

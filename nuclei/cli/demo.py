@@ -16,9 +16,14 @@ from nuclei.modeldir import default_model_path
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "sample"  # package data: works after pip install
 
 
-def run_demo(out: Path, epochs: int = 30) -> dict[str, object]:
-    """Train, export, segment and query as one Prefect flow run (train and segment are its sub-flows)."""
+def run_demo(out: Path, epochs: int = 30, verbose: bool = False) -> dict[str, object]:
+    """Train, export, segment and query as one Prefect flow run (train and segment are its sub-flows);
+    TensorFlow's start-up lines only with ``verbose``."""
     from prefect import flow
+
+    from nuclei.training.startup import start_tensorflow
+
+    start_tensorflow(verbose)
 
     return flow(name="demo")(_demo)(out, epochs)
 
@@ -48,7 +53,7 @@ def _demo(out: Path, epochs: int) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_demo(Path(args.out), epochs=args.epochs)
+    summary = run_demo(Path(args.out), epochs=args.epochs, verbose=args.verbose)
     return 1 if summary["failed"] else 0
 
 

@@ -4,7 +4,6 @@ time budget, compared with the model it started from on images held back (needs 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from nuclei.cli.train import interrupted, stopped_by_signals
@@ -29,9 +28,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nuclei.inference.preflight import environment_threads
+    from nuclei.training.startup import start_tensorflow
+
+    start_tensorflow(args.verbose)  # before the first import of it: its start-up lines only with -v
     from nuclei.training.finetune import check_request, finetune
 
-    logging.getLogger("nuclei.training").setLevel(logging.INFO)
     data = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
     check_request(args.name, args.out, args.minutes, args.hold_back)  # one line before any image is read
     environment_threads()  # as evaluation and the comparison will read them

@@ -36,8 +36,10 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nuclei.inference.preflight import environment_threads
+    from nuclei.training.startup import start_tensorflow
 
     environment_threads()  # NUCLEI_THREADS / OMP_NUM_THREADS as evaluation will read them, checked before training
+    start_tensorflow(args.verbose)  # before the first import of it: its start-up lines only with -v
     params = given(args, TrainConfig)
     data_dir = args.data_dir[0] if len(args.data_dir) == 1 else args.data_dir
     params = {**params, "data_dir": data_dir}

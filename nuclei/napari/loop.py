@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -34,6 +34,7 @@ from nuclei.inference.suggest import Candidate, Source, rank
 from nuclei.io.images import IMAGE_SUFFIXES
 from nuclei.modeldir import DEFAULT_MODEL_NAME, SHIPPED_MODELS, is_model_dir, load_model_dir, resolve_stained_model
 from nuclei.store.durable import fsync_path
+from nuclei.training.progress import Epochs
 
 if TYPE_CHECKING:
     from nuclei.training.finetune import Progress
@@ -256,11 +257,14 @@ def run_finetune(folder: str | Path, name: str, out: str | Path, minutes: float,
 def _finetune_apart(messages: Any, stop: Any, folder: str, name: str, out: str, minutes: float, base: str | None,
                     recipe: dict[str, Any]) -> None:
     """The fine-tune process: `finetune` with its progress, result or failure sent back through ``messages``."""
+    from nuclei.training.startup import start_tensorflow
+
+    start_tensorflow()  # its start-up lines stay off the terminal napari was started from
     from nuclei.training import finetune
 
     finetune.FINETUNE_CHANGES.update(recipe)
-    try:
-        result = finetune.finetune(folder, name, out=out, minutes=minutes, base=base, stop=stop,
+    try:  # the progress shows in the widget: no bar on the terminal
+        result = finetune.finetune(folder, name, out=out, minutes=minutes, base=base, stop=stop, bar=False,
                                    progress=lambda stage, figures: messages.put(("progress", (stage, figures))))
     except Interrupted as exc:
         messages.put(("interrupted", str(exc)))
@@ -281,23 +285,32 @@ def comparison_text(model_dir: Path) -> str:
 
 @dataclass
 class Fitting:
-    """What the fine-tune has said so far: the stage and the last epoch's figures (for a progress line)."""
+    """What the fine-tune has said so far: the stage and the epochs (`Epochs`: the terminal's bar and the Prefect
+    artifact read the same), for the progress line and bar."""
 
     minutes: float
     stage: str = "loading"
-    epochs: list[dict[str, float]] = field(default_factory=list)
+    epochs: Epochs = field(default_factory=Epochs)
+
+    # How far the fine-tune is when each stage begins; fitting moves from its start to "exporting" by time.
+    SHARES: ClassVar[dict[str, float]] = {"loading": 0.02, "fitting": 0.02, "exporting": 0.75, "comparing": 0.9,
+                                          "publishing": 0.98}
 
     def update(self, stage: str, figures: dict[str, float]) -> None:
         self.stage = stage
-        if "epoch" in figures:
-            self.epochs.append(figures)
+        self.epochs.take(figures)
 
     def line(self) -> str:
-        if self.stage != "fitting" or not self.epochs:
+        """'fitting: epoch 12: val loss 0.4123, best 0.4100 (epoch 10)', or the stage."""
+        if self.stage != "fitting" or not self.epochs.figures:
             return f"{self.stage}..."
-        last = self.epochs[-1]
-        loss = f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else ""
-        return f"fitting: epoch {int(last['epoch'])}{loss}"
+        return f"fitting: {self.epochs.line()}"
+
+    def fraction(self) -> float:
+        start = self.SHARES.get(self.stage, 0.0)
+        if self.stage != "fitting":
+            return start
+        return start + (self.SHARES["exporting"] - start) * self.epochs.fraction()
 
 
 # -- what to label next ----------------------------------------------------------------------------------------

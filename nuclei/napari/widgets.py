@@ -8,7 +8,6 @@ stays responsive) with a progress bar and a cancel button; the work itself is `n
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -308,18 +307,13 @@ class FinetuneWidget(_Task):
         fitting = self.fitting = loop.Fitting(minutes)
         stop = self.stop
         self.status.value = f"fine-tuning on {loop.count_pairs(folder)} pair(s)..."
-        budget = 60.0 * minutes
 
         def progress(stage: str, figures: dict[str, float]) -> None:
             fitting.update(stage, figures)
-            shares = {"loading": 0.02, "fitting": None, "exporting": 0.75, "comparing": 0.9, "publishing": 0.98}
-            share = shares.get(stage)
-            if share is None and fitting.epochs:
-                share = min(0.7, 0.7 * fitting.epochs[-1].get("seconds", 0.0) / budget)
-            self.report(fitting.line(), share)
+            self.report(fitting.line(), fitting.fraction())
 
-        timed, recipe = _timed(progress), dict(self.recipe)
-        return lambda: loop.run_finetune(folder, name, out, minutes, base, stop, timed, recipe)
+        recipe = dict(self.recipe)
+        return lambda: loop.run_finetune(folder, name, out, minutes, base, stop, progress, recipe)
 
     def done(self, result: Any) -> None:
         self.result = result
@@ -333,20 +327,6 @@ class FinetuneWidget(_Task):
                 self.viewer.layers.selection.active = working  # and stays the one Segment takes
         self.models.add(result.model_dir)
         self.status.value = f"{result.model_dir} ({result.seconds / 60:.1f} min): selectable in Segment"
-
-
-def _timed(progress: Any) -> Any:
-    """``progress`` with each epoch's figures carrying the seconds since fitting began (for the progress bar)."""
-    began: list[float] = []
-
-    def timed(stage: str, figures: dict[str, float]) -> None:
-        if stage == "fitting" and not began:
-            began.append(time.monotonic())
-        if "epoch" in figures:
-            figures = {**figures, "seconds": time.monotonic() - began[0]}
-        progress(stage, figures)
-
-    return timed
 
 
 class SuggestWidget(_Task):

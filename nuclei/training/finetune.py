@@ -92,28 +92,26 @@ class Comparison:
         return "\n".join(lines)
 
 
-# What a caller (the napari plugin) is told as fine-tuning goes: the stage ("fitting", "exporting", "comparing",
-# "publishing") and, while fitting, each epoch's figures (`epoch`, `loss`, `val_loss`, ...).
+# What a caller (the napari plugin, the Prefect flow) is told as fine-tuning goes: the stage ("fitting",
+# "exporting", "comparing", "publishing") and, while fitting, each epoch's figures (`epoch`, `loss`, `val_loss`,
+# `seconds` since fitting began, ...), after a first one with the fitting budget (`budget_s`): what
+# `nuclei.training.progress.Epochs.take` reads.
 Progress = Callable[[str, dict[str, float]], None]
 
 
 class Watch(keras.callbacks.Callback):
-    """Fitting as the caller sees it: each epoch's figures to ``progress``, and ``stop`` acted on after the batch
-    in hand (Interrupted: the partial directory goes), not only once the time budget has run out."""
+    """``stop`` acted on after the batch in hand (Interrupted: the partial directory goes), not only once the time
+    budget has run out."""
 
-    def __init__(self, stop: threading.Event | None, progress: Progress | None) -> None:
+    def __init__(self, stop: threading.Event | None) -> None:
         super().__init__()
-        self.stop, self.progress = stop, progress
+        self.stop = stop
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         steps.stop_requested(self.stop)
 
     def on_test_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         steps.stop_requested(self.stop)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if self.progress is not None:
-            self.progress("fitting", {"epoch": float(epoch + 1), **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 @dataclass(frozen=True)
@@ -160,6 +158,11 @@ def training_precision() -> str:
     return "mixed_bfloat16" if any(flag in flags.split() for flag in BF16_FLAGS) else "float32"
 
 
+def fitting_minutes(minutes: float) -> float:
+    """Of a fine-tune's budget, the minutes fitting may take (FIT_SHARE, at least half a minute)."""
+    return max(0.5, FIT_SHARE * minutes)
+
+
 def finetune_config(base: Path, data: list[str], name: str, out: str, minutes: float, seed: int) -> TrainConfig:
     """The starting model's own recipe (architecture, normalisation, augmentation), changed for a short
     fine-tune within ``minutes`` from its weights."""
@@ -168,7 +171,7 @@ def finetune_config(base: Path, data: list[str], name: str, out: str, minutes: f
     recipe.setdefault("normalization", {"kind": "dtype_range"})
     recipe.setdefault("nucleus_brightness", 0.0)
     changes = {"data_dir": data, "name": name, "out_dir": out, "init_from": str(base), "seed": seed,
-               "minutes": max(0.5, FIT_SHARE * minutes), "precision": training_precision()}
+               "minutes": fitting_minutes(minutes), "precision": training_precision()}
     return TrainConfig(**{**recipe, **changes, **FINETUNE_CHANGES})
 
 
@@ -200,11 +203,13 @@ def finetune(
     seed: int = 12345,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
+    bar: bool = True,
 ) -> FinetuneResult:
     """Fine-tune ``base`` (default: the shipped model for these images) on labelled folders; returns the
     published model directory and, when images were held back, the comparison on them. With ``stop`` set (by
     the caller's signal handler, or a viewer's cancel button from another thread; looked at after every batch)
-    it raises Interrupted: nothing published, the partial directory removed. ``progress``: see `Progress`."""
+    it raises Interrupted: nothing published, the partial directory removed. ``progress``: see `Progress`; ``bar``:
+    the fitting bar on stderr (off where the caller shows the progress itself)."""
     say = progress or (lambda stage, figures: None)
     started = time.perf_counter()
     check_request(name, out, minutes, held_back)
@@ -222,8 +227,9 @@ def finetune(
     staging = steps.staging_dir(config)
     with steps.removed_on_failure(staging):
         steps.describe(config, _as_dataset(dataset, samples), split, staging)
-        say("fitting", {})
-        model = steps.train_model(config, split, staging, [Watch(stop, progress)])
+        say("fitting", {"budget_s": 60.0 * fitting_minutes(minutes)})
+        model = steps.train_model(config, split, staging, [Watch(stop)], bar,
+                                  on_epoch=lambda epochs: say("fitting", epochs.last))
         steps.stop_requested(stop)
         say("exporting", {})
         steps.export(model, config, staging)

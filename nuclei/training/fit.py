@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import ops
+from tqdm import tqdm
 
 from nuclei.config import TrainConfig
 from nuclei.core.normalize import normalized
@@ -21,8 +21,12 @@ from nuclei.core.tiling import pad_to_multiple
 from nuclei.io.datasets import Sample
 from nuclei.training.augment import augmented_crop, random_zoom
 from nuclei.training.microscope import MARGIN, microscope, nucleus_diameter, raw_window
+from nuclei.training.progress import Epochs
 
 log = logging.getLogger(__name__)
+
+# Told after every epoch, with the stage's epochs so far.
+OnEpoch = Callable[[Epochs], None]
 
 
 def make_targets(labels: np.ndarray, channels: list[str], contact_weight: float = 0.0) -> np.ndarray:
@@ -177,16 +181,39 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch, so progress shows in Prefect's logs and in non-interactive terminals."""
+class FittingProgress(keras.callbacks.Callback):
+    """Each epoch's figures as every shell shows them (`nuclei.training.progress.Epochs`): a bar on stderr (the
+    epoch, its validation loss, the best so far) unless ``bar`` is False, a log line (Prefect's logs, `-v`), and
+    ``on_epoch`` (the napari plugin, a Prefect artifact) with the epochs so far."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, config: TrainConfig, bar: bool = True, on_epoch: OnEpoch | None = None) -> None:
         super().__init__()
-        self.epochs = epochs
+        self.epochs = Epochs(total=config.epochs, budget_s=60.0 * config.minutes if config.minutes else None)
+        self.name, self.show_bar, self.on_epoch = config.name, bar, on_epoch
+        self.bar: tqdm | None = None
+        self.started = 0.0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.started = time.monotonic()
+        total = None if self.epochs.budget_s else self.epochs.total  # a budget ends fitting first: no total
+        self.bar = tqdm(total=total, unit="epoch", desc=f"fitting {self.name}", disable=not self.show_bar,
+                        dynamic_ncols=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
-        log.info("epoch %d/%d: %s", epoch + 1, self.epochs, shown)
+        figures = {k: float(v) for k, v in (logs or {}).items()}
+        self.epochs.add({"epoch": float(epoch + 1), **figures, "seconds": time.monotonic() - self.started})
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.epochs.line(epoch=False), refresh=False)
+            self.bar.update(1)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items()) if k != "learning_rate")
+        log.info("%s epoch %d: %s", self.name, epoch + 1, shown)
+        if self.on_epoch is not None:
+            self.on_epoch(self.epochs)
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def compile_model(model: keras.Model, config: TrainConfig) -> None:
@@ -199,10 +226,11 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
 
 def fit(
     model: keras.Model, train: list[Sample], val: list[Sample], config: TrainConfig, model_dir: Path,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (), bar: bool = True, on_epoch: OnEpoch | None = None,
 ) -> dict[str, list[float]]:
     """Train with early stopping on val_loss (best weights restored), a checkpoint and a CSV history;
-    ``callbacks`` are the caller's (progress, a stop request)."""
+    ``callbacks`` are the caller's (a stop request); the progress is `FittingProgress`'s (Keras prints
+    nothing)."""
     keras.utils.set_random_seed(config.seed)
     compile_model(model, config)
     every = [
@@ -210,7 +238,7 @@ def fit(
         keras.callbacks.ModelCheckpoint(model_dir / "checkpoint.keras", "val_loss", save_best_only=True),
         keras.callbacks.CSVLogger(str(model_dir / "history.csv")),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(2, config.patience // 2)),
-        EpochLog(config.epochs),
+        FittingProgress(config, bar, on_epoch),
         *([TimeBudget(config.minutes)] if config.minutes else []),
         *callbacks,
     ]
@@ -219,7 +247,7 @@ def fit(
         validation_data=CropBatches(val, config, train=False),
         epochs=config.epochs,
         callbacks=every,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=0,
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 

@@ -33,7 +33,7 @@ from nuclei.io.datasets import Dataset, Sample, load_datasets, matches_group, sp
 from nuclei.modeldir import load_model_dir, model_destination, write_json
 from nuclei.plots import read_history, training_curves
 from nuclei.training.export import export_onnx, parity_check
-from nuclei.training.fit import fit
+from nuclei.training.fit import OnEpoch, fit
 from nuclei.training.model import as_float32, build_model, receptive_field
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,13 @@ def _versions() -> dict[str, str]:
 
 
 def train_model(config: TrainConfig, data: Split, model_dir: Path,
-                callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.Model:
-    """Build and fit (``callbacks``: the caller's, see `fit.fit`); writes history.csv, curves.png,
+                callbacks: Sequence[keras.callbacks.Callback] = (), bar: bool = True,
+                on_epoch: OnEpoch | None = None) -> keras.Model:
+    """Build and fit (``callbacks``, ``bar`` and ``on_epoch``: see `fit.fit`); writes history.csv, curves.png,
     checkpoint.keras and model.keras."""
     model = build_model(config)
     started = time.perf_counter()
-    fit(model, data.train, data.val, config, model_dir, callbacks)
+    fit(model, data.train, data.val, config, model_dir, callbacks, bar, on_epoch)
     log.info("training took %.0f s (%s)", time.perf_counter() - started, config.precision)
     model = as_float32(model, config)
     if config.init_from:
