@@ -51,3 +51,36 @@ def test_existing_cluster_by_address_and_gpu_resource(
         assert workers == declared and len(declared) == 1  # every inference task ran on the GPU worker
     else:
         assert len(stream) == 6  # no GPU anywhere: tasks are unrestricted
+
+
+def _worker_state() -> tuple[str, str, int, bool]:
+    """In a worker: SIGINT's and SIGTERM's handlers, OpenCV's log level, whether SIGINT is still blocked."""
+    import signal
+
+    import cv2
+
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return (repr(signal.getsignal(signal.SIGINT)), repr(signal.getsignal(signal.SIGTERM)),
+            cv2.utils.logging.getLogLevel(), blocked)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_local_workers_leave_signals_to_the_parent_and_are_as_quiet_as_told(quiet: bool) -> None:
+    """Issue 37: nothing is set on import any more. The LocalCluster `dask_client` starts has its workers ignore
+    SIGINT and SIGTERM (a worker plugin, after they started with both blocked) and, told ``quiet``, silence
+    OpenCV; the parent's own handlers and signal mask are as they were."""
+    import signal
+
+    import cv2
+
+    from nuclei.inference.cluster import dask_client, quiet_workers
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with quiet_workers(quiet), dask_client(n_workers=1) as client:
+        found = list(client.run(_worker_state).values())
+    (sigint, sigterm, opencv, blocked), = found
+    assert sigint == sigterm == repr(signal.SIG_IGN) and not blocked  # unblocked once ignored
+    assert (opencv == cv2.utils.logging.LOG_LEVEL_SILENT) is quiet
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask

@@ -1,5 +1,2 @@
-"""The `nuclei` command (a shell, like flows/): one module per command, wired in `nuclei.cli.main`."""
-
-from nuclei.inference.signals import leave_signals_to_the_parent
-
-leave_signals_to_the_parent()  # first: in a LocalCluster worker this command started, Ctrl-C is the parent's
+"""The `nuclei` command (a shell, like flows/): one module per command, wired in `nuclei.cli.main`. Importing it
+changes nothing in the process; `nuclei.cli.main.main` sets up what the command line needs (`prepare_process`)."""

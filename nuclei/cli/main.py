@@ -22,6 +22,8 @@ import nuclei
 from nuclei.cli import check, demo, evaluate, export_model, finetune, query, segment, suggest, train, view
 from nuclei.core.text import printable
 from nuclei.errors import NucleiError
+from nuclei.inference.cluster import quiet_workers
+from nuclei.io.images import quiet_opencv
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     train.add, finetune.add, segment.add, evaluate.add, demo.add, query.add_query, check.add, export_model.add,
@@ -29,16 +31,32 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-def _quiet_environment(verbose: bool) -> None:
-    """Defaults for an offline, one-machine run, set before Prefect is imported: no telemetry, TensorFlow's
-    CUDA chatter off, Prefect's console at WARNING unless -v (the UI still gets every log line), and a
-    temporary server that may take 90 s to start on a busy machine instead of failing the run at 20 s."""
+def prefect_defaults(verbose: bool) -> None:
+    """Prefect's settings for an offline, one-machine run, set before Prefect is imported (the one place they
+    are set; an explicit setting in the environment wins): no telemetry, a temporary server that may take 90 s
+    to start on a busy machine instead of failing the run at 20 s, and Prefect's console at WARNING unless -v
+    (the UI still gets every log line)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+
+
+def prepare_process(verbose: bool) -> None:
+    """What the command line changes in its own process, once, before a command runs (a library user's process
+    is left as it is): Prefect's defaults, the terminal's logging (warnings and errors; -v: info and the
+    libraries' own lines), OpenCV's own log lines off unless -v. TensorFlow is started by the commands that
+    train (`nuclei.training.startup`), and a LocalCluster's workers are told by `quiet_workers` in `main`."""
+    prefect_defaults(verbose)
+    console = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=console, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:  # the terminal shows warnings and errors whatever level a library
+        handler.setLevel(console)          # gives its own loggers (distributed sets its own to INFO on import)
+    for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        quiet_opencv()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_environment(args.verbose)
-    console = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=console, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.root.handlers:  # the terminal shows warnings and errors whatever level a library
-        handler.setLevel(console)          # gives its own loggers (distributed sets its own to INFO on import)
-    for noisy in ("distributed", "httpx", "prefect.task_runs"):  # a cluster's chatter hides the summary
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    prepare_process(args.verbose)
     try:
-        code = int(args.handler(args))
+        with quiet_workers(not args.verbose):
+            code = int(args.handler(args))
         sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not in the interpreter's last flush
         return code
     except BrokenPipeError as exc:

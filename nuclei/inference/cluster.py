@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from nuclei.errors import ClusterError
-from nuclei.inference.signals import WORKER_MARK
 
 if TYPE_CHECKING:  # distributed costs about a second to import: small in-process runs never need it
     from distributed import Client
@@ -50,21 +50,18 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get(DASK_ADDRESS_ENV) or None
 
 
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("nuclei_quiet_workers", default=False)
+
+
 @contextlib.contextmanager
-def _workers_leave_signals_to_us() -> Iterator[None]:
-    """Mark the worker processes started in here (`nuclei.inference.signals`): their environment names this
-    process as their parent, so no later process, a nuclei run started by this one included, takes the mark for
-    its own. Unlike ignoring SIGINT here while they start (which they would inherit), this process still hears
-    a Ctrl-C during start-up."""
-    previous = os.environ.get(WORKER_MARK)
-    os.environ[WORKER_MARK] = str(os.getpid())
+def quiet_workers(quiet: bool = True) -> Iterator[None]:
+    """Within: the LocalClusters `dask_client` starts without being told ``quiet`` are quiet or not as said here
+    (the CLI without -v: its own summary says what failed, and a worker's log line would land over it)."""
+    token = _QUIET.set(quiet)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(WORKER_MARK, None)
-        else:
-            os.environ[WORKER_MARK] = previous
+        _QUIET.reset(token)
 
 
 CONNECT_TIMEOUT_S = 10  # a dead address fails in this long, with one line
@@ -150,8 +147,11 @@ def _connect(address: str) -> Iterator[Client]:
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
-    """A client for ``address`` (or $NUCLEI_DASK_ADDRESS), else for a new LocalCluster of worker processes."""
+def dask_client(address: str | None = None, n_workers: int | None = None, quiet: bool | None = None
+                ) -> Iterator[Client]:
+    """A client for ``address`` (or $NUCLEI_DASK_ADDRESS), else for a new LocalCluster of worker processes whose
+    signals are the parent's (`nuclei.inference.signals`). ``quiet`` (default: as `quiet_workers` says, else
+    False): the workers log CRITICAL only, and OpenCV in them logs nothing; otherwise WARNING and up."""
     address = cluster_address(address)
     if address:
         with _connect(address) as client:
@@ -160,17 +160,19 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
         return
     from distributed import Client, LocalCluster
 
+    from nuclei.inference.signals import WorkerSetup, held_for_new_workers
+
+    quiet = _QUIET.get() if quiet is None else quiet
     workers, threads = local_cluster_size(n_workers)
     env = {"NUCLEI_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    # Where the caller keeps the cluster quiet (the CLI without -v), its workers are quiet too: on Ctrl-C a
-    # worker's heartbeat can race the scheduler's close and print an ERROR traceback over the run's last line.
-    # Failed images are in the run's summary either way.
-    quiet = logging.getLogger("distributed").getEffectiveLevel() > logging.INFO
-    with _workers_leave_signals_to_us():
+    # Quiet: on Ctrl-C a worker's heartbeat can race the scheduler's close and print an ERROR traceback over the
+    # run's last line. Failed images are in the run's summary either way.
+    with held_for_new_workers():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", env=env,
                                silence_logs=logging.CRITICAL if quiet else logging.WARNING)
     with cluster, Client(cluster) as client:
+        client.register_plugin(WorkerSetup(quiet_opencv=quiet))
         log.info("LocalCluster: %d workers x 1 task, %d ONNX thread(s) each; dashboard %s",
                  workers, threads, client.dashboard_link)
         yield client

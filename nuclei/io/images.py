@@ -25,18 +25,22 @@ from nuclei.io.planes import LabImage, PlaneChoice, read_tiff, select
 
 log = logging.getLogger(__name__)
 
-# OpenCV's own log lines ("[ WARN:0@14.9] ... PNG input buffer is incomplete") go straight to stderr, into the
-# progress bar and the Prefect logs; the file's failure is already reported once, by nuclei, with its name.
-# OpenCV's errors still raise (cv2.error): only its logging is off. libpng prints its "libpng error: ..." line
-# itself, whatever OpenCV's level: `_decode` tells a truncated PNG before handing it over.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # TIFF and its slide-scanner dialects: Aperio SVS, BigTIFF's .btf (a folder of them was found empty before)
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
 IMAGE_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg", ".bmp")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def quiet_opencv() -> None:
+    """Turn OpenCV's own log lines off for this process (the CLI without -v, and its LocalCluster's workers).
+
+    They ("[ WARN:0@14.9] ... PNG input buffer is incomplete") go straight to stderr, into the progress bar and
+    the Prefect logs, while the file's failure is already reported once, by nuclei, with its name. OpenCV's
+    errors still raise (cv2.error): only its logging is off. libpng prints its "libpng error: ..." line itself,
+    whatever OpenCV's level: `_decode` tells a truncated PNG before handing it over."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def _plain_reason(exc: Exception) -> str:
