@@ -333,8 +333,6 @@ class Store:
         self._put_json(self._record_path(record.id), record.as_dict())
         self.clear_failure(record.id)
 
-    _commit = commit  # the name block-wise writers (`nuclei.store.slide`) used first
-
     def _put_json(self, path: str, data: dict[str, Any]) -> None:
         """Write a small JSON file atomically and durably (`durable.write_atomically` on local disks)."""
         blob = json.dumps(data, sort_keys=True, default=str).encode()

@@ -4,12 +4,14 @@ are written, and when an entry becomes visible, is `nuclei.store.backend`'s busi
 
     images/KEY/zarr.json               OME-Zarr image group: multiscales, omero, and attrs "nuclei" (the record)
     images/KEY/s0 [, s1, ...]          (c, y, x), halved until the largest side is at most PYRAMID_MIN_SIZE
+                                       (`n_levels`)
     images/KEY/labels/nuclei/s0 ...    instance labels 1..N (image-label)
     images/KEY/labels/mask/s0 ...      binary mask 0/1 (image-label)
     images/KEY/measurements            float64 (N, k), column names in attrs (`nuclei.core.measure.COLUMNS`)
 
 `entry_arrays` gives every array of an entry by its path, so the writer can hash each one (`nuclei check` reads
-them all back) before `files_of` composes them.
+them all back) before `files_of` composes them. `entry_metadata` composes the groups' OME metadata for image and
+slide entries alike.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nuclei.store.record import EntryRecord
 from nuclei.store.zarr_files import array_files, group_files
 
 OME_VERSION = "0.5"
-PYRAMID_MIN_SIZE = 1024  # add half-resolution levels until the smallest is at most this (for viewers)
+PYRAMID_MIN_SIZE = 1024  # halve until the largest side is at most this (`n_levels`): a small level for viewers
 CHUNK = 1024
 LABEL_NAMES = ("nuclei", "mask")
 LABELS_PATH = "labels/nuclei/s{level}"
@@ -37,7 +39,7 @@ def entry_arrays(image: np.ndarray, labels: np.ndarray, measurements: np.ndarray
                  n_columns: int) -> dict[str, np.ndarray]:
     """Every array of an entry by its path in the entry: the image's levels (c, y, x), both label images'
     levels and the measurements table."""
-    arrays = {IMAGE_PATH.format(level=i): level for i, level in enumerate(_levels(_to_cyx(image), nearest=False))}
+    arrays = {IMAGE_PATH.format(level=i): level for i, level in enumerate(_levels(to_cyx(image), nearest=False))}
     for path, label_image in ((LABELS_PATH, labels), (MASK_PATH, (labels > 0).astype(np.uint8))):
         arrays |= {path.format(level=i): level for i, level in enumerate(_levels(label_image, nearest=True))}
     arrays[MEASUREMENTS_PATH] = np.asarray(measurements, dtype=np.float64).reshape(-1, n_columns)
@@ -59,20 +61,10 @@ def entry_files(record: EntryRecord, image: np.ndarray, labels: np.ndarray, meas
 
 def files_of(record: EntryRecord, arrays: dict[str, np.ndarray], columns: Sequence[str]) -> dict[str, bytes]:
     """The files of an entry whose arrays (`entry_arrays`) are composed already."""
-    pixel_um = record.pixel_size_um
-    n_levels = sum(1 for path in arrays if not path.startswith(("labels/", MEASUREMENTS_PATH)))
-    files = group_files("", {
-        "nuclei": record.as_dict(),
-        "ome": {"version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), n_levels, "image", pixel_um),
-                "omero": omero(arrays[IMAGE_PATH.format(level=0)])},
-    })
-    files |= group_files("labels", {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}})
-    for name in LABEL_NAMES:
-        files |= group_files(f"labels/{name}", {"ome": {
-            "version": OME_VERSION,
-            "multiscales": _multiscales(_yx(pixel_um), n_levels, name, pixel_um),
-            "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
-        }})
+    level0 = arrays[IMAGE_PATH.format(level=0)]
+    files: dict[str, bytes] = {}
+    for path, attributes in entry_metadata(record, omero(level0), n_levels(*level0.shape[-2:])).items():
+        files |= group_files(path, attributes)
     for path, array in arrays.items():
         if path == MEASUREMENTS_PATH:
             files |= array_files(path, array, chunks_of(path, array), attributes={"columns": list(columns)})
@@ -81,14 +73,46 @@ def files_of(record: EntryRecord, arrays: dict[str, np.ndarray], columns: Sequen
     return files
 
 
-def _to_cyx(image: np.ndarray) -> np.ndarray:
+def entry_metadata(record: EntryRecord, omero: dict[str, Any], levels: int) -> dict[str, dict[str, Any]]:
+    """The attributes of an entry's groups by their path in the entry ("" the image, "labels", "labels/NAME"):
+    OME-NGFF 0.5 multiscales of ``levels`` levels (`n_levels`) in the record's pixel size, the rendering
+    settings ``omero`` (`omero`), the label images, and the record itself under "nuclei". One composition for
+    every entry: an image's are written as files (`files_of`), a slide's through zarr-python
+    (`nuclei.store.slide`)."""
+    pixel_um = record.pixel_size_um
+    groups = {
+        "": {"nuclei": record.as_dict(), "ome": {
+            "version": OME_VERSION, "multiscales": _multiscales(_cyx(pixel_um), levels, "image", pixel_um),
+            "omero": omero}},
+        "labels": {"ome": {"version": OME_VERSION, "labels": list(LABEL_NAMES)}},
+    }
+    for name in LABEL_NAMES:
+        groups[f"labels/{name}"] = {"ome": {
+            "version": OME_VERSION,
+            "multiscales": _multiscales(_yx(pixel_um), levels, name, pixel_um),
+            "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
+        }}
+    return groups
+
+
+def n_levels(height: int, width: int) -> int:
+    """How many pyramid levels an entry of this size has: full resolution, then halved (sides rounded up) until
+    the largest side is at most PYRAMID_MIN_SIZE."""
+    levels, side = 1, max(height, width)
+    while side > PYRAMID_MIN_SIZE:
+        side, levels = (side + 1) // 2, levels + 1
+    return levels
+
+
+def to_cyx(image: np.ndarray) -> np.ndarray:
+    """An image as the store keeps it, (c, y, x), from (y, x) or (y, x, c)."""
     return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
 
 
 def _levels(array: np.ndarray, nearest: bool) -> Iterator[np.ndarray]:
-    """Full resolution, then half sizes until the largest side is at most PYRAMID_MIN_SIZE."""
+    """Full resolution, then half sizes (`n_levels` of them in all)."""
     yield array
-    while max(array.shape[-2:]) > PYRAMID_MIN_SIZE:
+    for _ in range(1, n_levels(*array.shape[-2:])):
         if nearest:
             array = array[..., ::2, ::2]
         else:

@@ -62,14 +62,6 @@ def chunk_for(block_size: int) -> int:
     return layout.CHUNK if block_size % layout.CHUNK == 0 else block_size
 
 
-def n_levels(height: int, width: int) -> int:
-    """Pyramid levels as `layout` makes them: halved until the largest side is at most PYRAMID_MIN_SIZE."""
-    levels, side = 1, max(height, width)
-    while side > layout.PYRAMID_MIN_SIZE:
-        side, levels = (side + 1) // 2, levels + 1
-    return levels
-
-
 class SlideEntry:
     """One slide's entry in a store, while its blocks are being written and when it is committed."""
 
@@ -118,7 +110,7 @@ class SlideEntry:
     def _create_arrays(self, shape: tuple[int, int], channels: int, dtype: np.dtype, chunk: int) -> None:
         group = self.group()
         height, width = shape
-        for level in range(n_levels(height, width)):
+        for level in range(layout.n_levels(height, width)):
             h, w = -(-height // 2**level), -(-width // 2**level)
             group.create_array(layout.IMAGE_PATH.format(level=level), shape=(channels, h, w), dtype=dtype,
                                chunks=(channels, min(h, chunk), min(w, chunk)), fill_value=0,
@@ -174,8 +166,7 @@ class SlideEntry:
         """Write a block's core (whole chunks) of level 0: the image (h, w[, c]), or labels and their mask."""
         group, rows, cols = self.group(), slice(box.y0, box.y1), slice(box.x0, box.x1)
         if image is not None:
-            cyx = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-            _array(group, layout.IMAGE_PATH.format(level=0))[:, rows, cols] = cyx
+            _array(group, layout.IMAGE_PATH.format(level=0))[:, rows, cols] = layout.to_cyx(image)
         if labels is not None:
             _array(group, layout.LABELS_PATH.format(level=0))[rows, cols] = labels
             _array(group, layout.MASK_PATH.format(level=0))[rows, cols] = (labels > 0).astype(np.uint8)
@@ -196,7 +187,7 @@ class SlideEntry:
         Returns each level's `content_sha256` (by its path) from the chunks as written, so `nuclei check` can
         read them back without this run reading them again. ``stop`` is called between levels (Ctrl-C)."""
         group, sums = self.group(), {}
-        levels = len([k for k in group.array_keys() if k.startswith("s")])
+        levels = layout.n_levels(*_array(group, layout.IMAGE_PATH.format(level=0)).shape[-2:])
         for path, nearest in ((layout.IMAGE_PATH, False), (layout.LABELS_PATH, True), (layout.MASK_PATH, True)):
             for level in range(1, levels):
                 if stop is not None:
@@ -213,7 +204,8 @@ class SlideEntry:
 
     def commit(self, record: EntryRecord | Mapping[str, Any], measurements: np.ndarray, columns: Sequence[str],
                omero: dict[str, Any], levels_sha256: dict[str, str] | None = None) -> EntryRecord:
-        """Write the measurements and the OME metadata, then the record (the commit), then drop the blocks.
+        """Write the measurements and the OME metadata (`layout.entry_metadata`, as for any entry), then the
+        record (`Store.commit`), then drop the blocks.
         The record's ``arrays_sha256`` holds the pyramid levels' hashes (`build_pyramids`) and the table's:
         level 0 is covered block by block (``slide.blocks_sha256``)."""
         table = np.asarray(measurements, np.float64).reshape(-1, len(columns))
@@ -225,26 +217,13 @@ class SlideEntry:
         array = group.create_array(layout.MEASUREMENTS_PATH, shape=table.shape, dtype=np.float64, chunks=chunks,
                                    fill_value=0.0, overwrite=True, attributes={"columns": list(columns)})
         array[...] = table
-        self._write_metadata(group, typed, omero)
+        for path, attributes in layout.entry_metadata(typed, omero, layout.n_levels(*typed.shape)).items():
+            (group.require_group(path) if path else group).attrs.update(attributes)
         if self.store.local:  # zarr wrote the chunks unsynced: on disk before the record that points at them
             fsync_tree(f"{self.store.root_path}/images/{self.key}")
-        self.store._commit(typed)  # the store's own commit: the record, written last (no public one yet)
+        self.store.commit(typed)  # the record, written last
         self.store.fs.rm(self.scratch, recursive=True)
         return typed
-
-    def _write_metadata(self, group: zarr.Group, record: EntryRecord, omero: dict[str, Any]) -> None:
-        pixel_um = record.pixel_size_um
-        levels = len([k for k in group.array_keys() if k.startswith("s")])
-        group.attrs.update({"nuclei": record.as_dict(), "ome": {
-            "version": layout.OME_VERSION, "omero": omero,
-            "multiscales": layout._multiscales(layout._cyx(pixel_um), levels, "image", pixel_um)}})
-        labels = group.require_group("labels")
-        labels.attrs.update({"ome": {"version": layout.OME_VERSION, "labels": list(layout.LABEL_NAMES)}})
-        for name in layout.LABEL_NAMES:
-            labels.require_group(name).attrs.update({"ome": {
-                "version": layout.OME_VERSION,
-                "multiscales": layout._multiscales(layout._yx(pixel_um), levels, name, pixel_um),
-                "image-label": {"version": layout.OME_VERSION, "source": {"image": "../../"}}}})
 
 
 def _array(group: zarr.Group, path: str) -> zarr.Array:
