@@ -295,7 +295,10 @@ class Store:
 
     def scan(self) -> IndexScan:
         """Every complete entry's record by id, and the index files that do not parse (reads only the small
-        index files, never arrays). A damaged record hides its own entry only."""
+        index files, never arrays). A damaged record hides its own entry only. On local disks the records
+        already read come from `catalog` while their files are unchanged (never over a record)."""
+        if self.local and (cataloged := _catalog_scan(self.root_path)) is not None:
+            return cataloged
         index = f"{self.root_path}/index"
         try:
             listed = self.fs.ls(index, detail=True)
@@ -521,7 +524,14 @@ class Store:
         return self.open_entry(image_id).measurements()
 
 
-_OURS = frozenset({"zarr.json", "images", "index", "locks", "failed", "blocks", "aside"})  # what a store's root holds
+_OURS = frozenset({"zarr.json", "images", "index", "locks", "failed", "blocks", "aside",
+                   "catalog"})  # what a store's root holds
+
+
+def _catalog_scan(root_path: str) -> IndexScan | None:
+    from nuclei.store import catalog  # it reads records as this module does: imported once a scan runs
+
+    return catalog.scan(root_path)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
