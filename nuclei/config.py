@@ -26,7 +26,7 @@ DEFAULT_MAX_SLIDE_PIXELS = 2**34  # 17 Gpx, 131k x 131k: above the largest whole
 # content (1/1000 of its area in content at 2x stays under 2000x) and refuses a header over empty tiles
 # (100000 x 100000 px of uint8 in 0.46 MB is 21700x) or an OME-Zarr whose chunks are missing.
 DEFAULT_MAX_COMPRESSION = 5000.0
-DEFAULT_BLOCK_SIZE = 4096  # about 1 GB per block task, and a margin of 2 x 128 px costs 13% more pixels
+DEFAULT_BLOCK_SIZE = 4096  # about 1 GB per block task; the shipped model's context, 128 px a side, adds 13%
 
 
 class TrainConfig(BaseModel):

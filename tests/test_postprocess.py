@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from skimage.draw import disk, ellipse
 
 from nuclei.core import postprocess
-from nuclei.core.measure import MEASUREMENT_COLUMNS, measure, median_diameter
+from nuclei.core.measure import COLUMN_NAMES, measure, median_diameter
 from nuclei.core.postprocess import Thresholds, binary_mask, drop_unsure, instances, remove_small
 from nuclei.core.targets import contact_zone, core_targets
 
@@ -227,8 +227,8 @@ def test_measure_square_is_exact() -> None:
     image = np.zeros((20, 30, 3), np.float32)
     image[labels == 3] = (0.2, 0.4, 0.6)
     table = measure(labels, image)
-    assert table.shape == (2, len(MEASUREMENT_COLUMNS)) and table.dtype == np.float64
-    row = dict(zip(MEASUREMENT_COLUMNS, table[0], strict=True))
+    assert table.shape == (2, len(COLUMN_NAMES)) and table.dtype == np.float64
+    row = dict(zip(COLUMN_NAMES, table[0], strict=True))
     assert row["label"] == 3
     assert row["area_px"] == 60
     assert row["centroid_y_px"] == pytest.approx(6.5)
@@ -238,7 +238,7 @@ def test_measure_square_is_exact() -> None:
     assert row["integrated_intensity_raw"] == pytest.approx(24.0)
     assert row["extent"] == 1.0 and row["solidity"] == 1.0 and row["euler_number"] == 1
     assert np.isnan(row["area_um2"])  # no pixel size: no micrometres made up
-    second = dict(zip(MEASUREMENT_COLUMNS, table[1], strict=True))
+    second = dict(zip(COLUMN_NAMES, table[1], strict=True))
     assert second["label"] == 5 and second["area_px"] == 2 and second["mean_intensity_raw"] == 0
 
 
@@ -246,11 +246,11 @@ def test_measure_grayscale_and_empty() -> None:
     labels = np.zeros((8, 8), np.uint32)
     labels[2:4, 2:4] = 1
     image = np.full((8, 8), 0.25)
-    row = dict(zip(MEASUREMENT_COLUMNS, measure(labels, image, pixel_size_um=0.5)[0], strict=True))
+    row = dict(zip(COLUMN_NAMES, measure(labels, image, pixel_size_um=0.5)[0], strict=True))
     assert row["mean_intensity_raw"] == pytest.approx(0.25) and row["std_intensity_raw"] == 0
     assert row["area_um2"] == pytest.approx(4 * 0.25) and row["centroid_x_um"] == pytest.approx(2.5 * 0.5)
     empty = measure(np.zeros((8, 8), np.uint32), image)
-    assert empty.shape == (0, len(MEASUREMENT_COLUMNS))
+    assert empty.shape == (0, len(COLUMN_NAMES))
 
 
 @pytest.mark.parametrize("dtype, low, high", [(np.float32, 0.0, 4080.0), (np.float32, -300.0, 300.0),
@@ -262,7 +262,7 @@ def test_intensities_are_in_the_files_own_units(dtype: type, low: float, high: f
     labels = np.zeros((40, 50), np.uint16)
     labels[5:15, 5:20], labels[20:35, 25:45] = 1, 2
     image = rng.uniform(low, high, (40, 50)).astype(dtype)
-    table = {name: column for name, column in zip(MEASUREMENT_COLUMNS, measure(labels, image).T, strict=True)}
+    table = {name: column for name, column in zip(COLUMN_NAMES, measure(labels, image).T, strict=True)}
     for i, label in enumerate((1, 2)):
         values = image[labels == label].astype(np.float64)
         assert table["mean_intensity_raw"][i] == pytest.approx(values.mean(), rel=1e-9)
@@ -321,7 +321,7 @@ def test_measure_matches_regionprops_across_row_blocks(shift: int) -> None:
     props = regionprops(np.where(labels > 0, labels - shift, 0), intensity_image=image.mean(axis=-1))
     assert table[:, 0].tolist() == [p.label + shift for p in props]
     for values, p in zip(table, props, strict=True):
-        row = dict(zip(MEASUREMENT_COLUMNS, values, strict=True))
+        row = dict(zip(COLUMN_NAMES, values, strict=True))
         assert row["area_px"] == p.area
         assert (row["centroid_y_px"], row["centroid_x_px"]) == pytest.approx(p.centroid)
         assert [row[f"bbox_{e}_{a}_px"] for e in ("min", "max") for a in "yx"] == list(p.bbox)
@@ -349,7 +349,7 @@ def test_outline_features_of_touching_holed_and_broken_labels_are_regionprops_ow
         labels[rng.random(labels.shape) < 0.3] = 0
         table = measure(labels, labels.astype(np.float64))
         props = regionprops(labels)
-        at = {name: i for i, name in enumerate(MEASUREMENT_COLUMNS)}
+        at = {name: i for i, name in enumerate(COLUMN_NAMES)}
         assert table[:, at["perimeter_px"]] == pytest.approx([p.perimeter for p in props], abs=1e-9)
         assert table[:, at["euler_number"]].tolist() == [p.euler_number for p in props]
         assert table[:, at["solidity"]] == pytest.approx([p.solidity for p in props])

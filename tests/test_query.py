@@ -15,7 +15,7 @@ import zarr
 
 import nuclei.cli.main
 from nuclei.cli.query import add_query
-from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
+from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.errors import StoreError
 from nuclei.io.synthetic import make_sample
 from nuclei.store.backend import Store, id_to_key
@@ -177,9 +177,9 @@ def test_arrays_equal_what_was_written(store: NucleiStore, entries: dict[str, En
 
 def test_measurements_columns(store: NucleiStore, entries: dict[str, Entry]) -> None:
     columns = store.measurements("plate1/a b")
-    assert list(columns) == list(MEASUREMENT_COLUMNS)
+    assert list(columns) == list(COLUMN_NAMES)
     table = entries["plate1/a b"].table
-    for i, name in enumerate(MEASUREMENT_COLUMNS):
+    for i, name in enumerate(COLUMN_NAMES):
         assert columns[name].ndim == 1
         np.testing.assert_array_equal(columns[name], table[:, i])
 
@@ -400,7 +400,7 @@ def test_the_export_reads_an_older_entrys_columns_under_their_new_names(tmp_path
     entry = _write(store, "a", (32, 32), 2, seed=5, version="v1")
     old = ["label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
            "mean_intensity"]
-    table = np.column_stack([entry.table[:, list(MEASUREMENT_COLUMNS).index(n if n == "label" else f"{n}_px")]
+    table = np.column_stack([entry.table[:, list(COLUMN_NAMES).index(n if n == "label" else f"{n}_px")]
                              if n != "mean_intensity" else np.full(len(entry.table), 0.5) for n in old])
     array = zarr.open_array(path / "images" / "a" / "measurements", mode="w", shape=table.shape, dtype="f8")
     array[...] = table

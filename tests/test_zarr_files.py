@@ -63,7 +63,7 @@ def test_entries_carry_rendering_settings_viewers_use(tmp_path: Path) -> None:
     """RGB shows in its colours; a dim 12-bit-in-uint16 image gets a window on its used range, not 0..65535."""
     from ome_zarr_models.v05.image import Image as OmeImage
 
-    from nuclei.core.measure import MEASUREMENT_COLUMNS
+    from nuclei.core.measure import COLUMN_NAMES
     from nuclei.store.backend import Store
 
     rng = np.random.default_rng(1)
@@ -75,7 +75,7 @@ def test_entries_carry_rendering_settings_viewers_use(tmp_path: Path) -> None:
     record = {"source": "x", "source_sha256": "0" * 64, "shape": (40, 50), "n_nuclei": 1, "covered_fraction": 0.05,
               "mean_area": 100.0, "model": {"version": "m@1"}, "thresholds": {}}
     for image_id, image in (("rgb", rgb), ("dim", dim)):
-        store.write_entry(image_id, image, labels, np.zeros((1, len(MEASUREMENT_COLUMNS))), record)
+        store.write_entry(image_id, image, labels, np.zeros((1, len(COLUMN_NAMES))), record)
     groups = {i: zarr.open_group(tmp_path / "s.zarr" / "images" / i, mode="r") for i in ("rgb", "dim")}
     for group in groups.values():
         OmeImage.from_zarr(group)
@@ -87,6 +87,6 @@ def test_entries_carry_rendering_settings_viewers_use(tmp_path: Path) -> None:
     window = groups["dim"].attrs["ome"]["omero"]["channels"][0]["window"]
     assert 100 <= window["start"] < window["end"] <= 3000 and window["max"] == 65535
     dark = (rgb // 8).astype(np.uint8)  # a dark RGB image (values 0..31) opens bright enough to see
-    store.write_entry("dark", dark, labels, np.zeros((1, len(MEASUREMENT_COLUMNS))), record)
+    store.write_entry("dark", dark, labels, np.zeros((1, len(COLUMN_NAMES))), record)
     end = zarr.open_group(tmp_path / "s.zarr" / "images" / "dark", mode="r").attrs["ome"]["omero"]["channels"][0]
     assert 28 <= end["window"]["end"] <= 31

@@ -96,9 +96,6 @@ def number_or(*words: str) -> Callable[[str], float | str]:
     return parse
 
 
-diameter_value = number_or("auto")
-
-
 def given(args: argparse.Namespace, config: type[BaseModel]) -> dict[str, Any]:
     """The options of ``config`` that were given on the command line."""
     return {k: v for k, v in vars(args).items() if k in config.model_fields and v is not None}

@@ -63,7 +63,6 @@ COLUMNS: tuple[Column, ...] = (
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 INTEGER_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMNS if c.integer)
-MEASUREMENT_COLUMNS = COLUMN_NAMES  # the name older code and tests use
 _AT = {name: i for i, name in enumerate(COLUMN_NAMES)}
 _BLOCK_ROWS = 512  # sums run over this many rows at a time
 

@@ -3,7 +3,7 @@ training scale when its nuclei are far outside the sizes the model learnt.
 
 The model saw nuclei zoomed 0.4x-2x around its training diameter (`scale_range`), so images within about 2.5x
 of it are left as they are (rescaling them measured no better: DSB2018 validation 0.7689 vs 0.7684 AP@0.5);
-63x cytospins, nuclei about 100 px across against 24 px, gain 0.57 -> 0.65 AP@0.5 (`benchmarks/diameter.py`).
+63x cytospins, nuclei about 100 px across against 24 px, gain 0.57 -> 0.65 AP@0.5 (`python -m benchmarks diameter`).
 The estimate is the median equivalent diameter of the first pass's nuclei, as Cellpose's size model aims to
 give; images with no nucleus found keep the first pass.
 """

@@ -44,7 +44,7 @@ from nuclei.core.blocks import (
     to_slide_coordinates,
     touches_inner_edge,
 )
-from nuclei.core.measure import MEASUREMENT_COLUMNS, measure
+from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.core.normalize import (
     PERCENTILE_SAMPLE,
     Normalization,
@@ -252,16 +252,16 @@ def measure_block(job: SlideJob, block: Block) -> tuple[int, np.ndarray, dict[st
         raw = plane.read(block.reach)
     pixel = _pixel_size(job.settings, plane)
     table = measure(labels, raw, pixel)
-    table = to_slide_coordinates(table, MEASUREMENT_COLUMNS, block.reach, pixel)
-    mine = owned(table[:, MEASUREMENT_COLUMNS.index(_BBOX_Y)], table[:, MEASUREMENT_COLUMNS.index(_BBOX_X)], block)
+    table = to_slide_coordinates(table, COLUMN_NAMES, block.reach, pixel)
+    mine = owned(table[:, COLUMN_NAMES.index(_BBOX_Y)], table[:, COLUMN_NAMES.index(_BBOX_X)], block)
     cut = touches_inner_edge(labels, block.reach, job.height, job.width)
     if np.isin(table[mine, 0], cut).any():
         log.warning("%s: nuclei larger than the block margin were measured cut at a block border", job.item.id)
     return block.index, table[mine], entry.core_sha256(block.core)
 
 
-_BBOX_Y = next(c for c in MEASUREMENT_COLUMNS if c.startswith("bbox_min_y"))
-_BBOX_X = next(c for c in MEASUREMENT_COLUMNS if c.startswith("bbox_min_x"))
+_BBOX_Y = next(c for c in COLUMN_NAMES if c.startswith("bbox_min_y"))
+_BBOX_X = next(c for c in COLUMN_NAMES if c.startswith("bbox_min_x"))
 
 
 def _pixel_size(settings: SegmentConfig, plane: LazyPlane) -> float | None:
@@ -362,7 +362,7 @@ def _segment_into(store: Store, item: ImageItem, settings: SegmentConfig, engine
         levels_sha256 = entry.build_pyramids(stop=stop)
     used = job.engine()
     recorded = _record(item, job, engine, used, plane_info, identity, table, sums)
-    entry.commit(recorded, table, MEASUREMENT_COLUMNS, omero, levels_sha256)
+    entry.commit(recorded, table, COLUMN_NAMES, omero, levels_sha256)
     return n_nuclei, used
 
 

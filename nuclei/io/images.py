@@ -49,11 +49,6 @@ def _plain_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def is_image_file(path: Path) -> bool:
-    """True for a regular file with an image suffix (a directory named x.png is not one)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
 def image_size(data: bytes, name: str | Path) -> tuple[int, int]:
     """(height, width) from the file header alone, without decoding pixels."""
     try:

@@ -3,7 +3,7 @@
 A rename or a new file is durable only once its folder is fsynced too (POSIX: the directory entry lives in
 the folder). The commit protocol (`nuclei.store.backend`) relies on this order: an entry's arrays are on
 disk before its record is, so after a crash a record never points at arrays that are not there.
-`benchmarks/fsync_cost.py` measures what it costs per entry.
+`python -m benchmarks fsync_cost` measures what it costs per entry.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def write_files(prefix: str, files: dict[str, bytes], fsync: bool = True) -> Non
     All files are written first and fsynced after: on a journalling file system (ext4, XFS) the first fsync
     commits the others' pending writes in the same journal transaction, so the rest find nothing left to do.
     Fsyncing each file as it was written cost one commit per file (about 30 an entry: a quarter of a small
-    image's whole run here, `benchmarks/fsync_cost.py`)."""
+    image's whole run here, `python -m benchmarks fsync_cost`)."""
     folders: set[str] = set()
     written: list[str] = []
     for name, blob in files.items():

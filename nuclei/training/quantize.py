@@ -1,7 +1,7 @@
 """int8 quantisation of an exported model, kept only when it is as good as float32 on the validation split.
 
 Static QDQ quantisation (per-channel int8 weights, uint8 activations calibrated on training images) runs
-about 1.6x faster than float32 with ONNX Runtime on CPUs with AVX-512 VNNI (benchmarks/ort_options.py).
+about 1.6x faster than float32 with ONNX Runtime on CPUs with AVX-512 VNNI (`python -m benchmarks ort_options`).
 Inference picks model.int8.onnx on CPU when the model directory has one (`Engine.precision`).
 """
 
