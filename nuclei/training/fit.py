@@ -238,17 +238,20 @@ def fit(
         keras.callbacks.ModelCheckpoint(model_dir / "checkpoint.keras", "val_loss", save_best_only=True),
         keras.callbacks.CSVLogger(str(model_dir / "history.csv")),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(2, config.patience // 2)),
-        FittingProgress(config, bar, on_epoch),
+        progress := FittingProgress(config, bar, on_epoch),
         *([TimeBudget(config.minutes)] if config.minutes else []),
         *callbacks,
     ]
-    history = model.fit(
-        CropBatches(train, config, train=True, steps=config.steps_per_epoch),
-        validation_data=CropBatches(val, config, train=False),
-        epochs=config.epochs,
-        callbacks=every,
-        verbose=0,
-    )
+    try:
+        history = model.fit(
+            CropBatches(train, config, train=True, steps=config.steps_per_epoch),
+            validation_data=CropBatches(val, config, train=False),
+            epochs=config.epochs,
+            callbacks=every,
+            verbose=0,
+        )
+    finally:  # a stop raised from a callback skips on_train_end: the bar ends before the shell's last line
+        progress.on_train_end()
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
