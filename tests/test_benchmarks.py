@@ -13,7 +13,7 @@ from benchmarks import harness, registry, report
 from benchmarks.__main__ import main as suite
 
 SPEED = {"bf16_training", "flops", "fsync_cost", "large_image", "model_speed", "ort_options", "postprocess",
-         "query", "scaling", "slide", "startup", "throughput", "training_cost"}
+         "query", "scaling", "slide", "startup", "store_scale", "throughput", "training_cost"}
 QUALITY = {"compare_models", "diameter", "diameter_default", "finetune", "microscope", "mosaic", "stained",
            "suggest"}
 
