@@ -59,8 +59,21 @@ def render(result: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def lookup(result: dict[str, Any], key: str) -> Any:
+    """A named figure: ``key`` itself, or a dotted path into a nested one (``results.scores.random.ap50``);
+    KeyError when there is none."""
+    value: Any = result.get("figures", {})
+    if key in value:
+        return value[key]
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(key)
+        value = value[part]
+    return value
+
+
 def figure(result: dict[str, Any], key: str, spec: str | None) -> str:
-    value = result.get("figures", {})[key]
+    value = lookup(result, key)
     return format(value, spec) if spec and isinstance(value, int | float) else str(value)
 
 
@@ -80,7 +93,9 @@ def rewrite(text: str, results: dict[str, dict[str, Any]]) -> tuple[str, set[str
 
     def one_figure(match: re.Match[str]) -> str:
         name = match["name"]
-        if name not in results or match["key"] not in results[name].get("figures", {}):
+        try:
+            lookup(results[name], match["key"]) if name in results else lookup({}, match["key"])
+        except KeyError:
             kept.add(f"{name}.{match['key']}")
             return match[0]
         generated.add(name)

@@ -129,6 +129,16 @@ def test_a_marker_quoted_in_prose_does_not_swallow_the_text_up_to_a_real_one(tmp
     assert new == text.replace("-->?<!--", "-->1.5<!--") and generated == {"fake"}
 
 
+def test_a_figure_can_be_a_dotted_path_into_a_nested_one() -> None:
+    results = {"fake": {"figures": {"results": {"scores": {"random": {"ap50": 0.8404}}}, "a.b": 2}}}
+    text = ("random <!-- figure:fake.results.scores.random.ap50:.3f -->?<!-- /figure -->, flat "
+            "<!-- figure:fake.a.b -->?<!-- /figure -->, none <!-- figure:fake.results.scores.spread.ap50 -->?"
+            "<!-- /figure -->")
+    new, generated, kept = report.rewrite(text, results)
+    assert "-->0.840<!--" in new and "-->2<!--" in new and generated == {"fake"}
+    assert kept == {"fake.results.scores.spread.ap50"} and new.endswith("-->?<!-- /figure -->")
+
+
 def test_save_as_names_the_result_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(harness.CONTEXT, "save_as", "fake-other")
     assert harness.Record("fake").write(tmp_path).name == "fake-other.json"

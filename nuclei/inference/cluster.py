@@ -1,5 +1,5 @@
 """The Dask cluster a segmentation run uses when it has one: an existing one by address, or a LocalCluster of
-``--workers N`` processes (a run given neither stays in its process, `nuclei.inference.run.uses_dask`).
+``--workers N`` processes (a run given neither stays in its process, `nuclei.inference.execution.uses_dask`).
 
 On a small machine, ONNX Runtime runs best as several single-threaded workers (2 x 1 beats 1 x 2 on 2 cores);
 each worker's session gets cores // workers threads. The dashboard listens on 127.0.0.1 only.

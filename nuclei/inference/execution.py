@@ -177,8 +177,8 @@ def executor(settings: SegmentConfig, stop: threading.Event | None = None) -> It
 
 @contextlib.contextmanager
 def _stopping_is_not_failing(stop: threading.Event | None) -> Iterator[None]:
-    """Once a stop was asked for, a cluster that fails to start or close (a worker process hit by the Ctrl-C
-    before it could set its signals aside) is part of stopping, not an error of its own."""
+    """Once a stop was asked for, a cluster that fails to start or close (a worker process lost to the same
+    Ctrl-C or SIGTERM) is part of stopping, not an error of its own."""
     try:
         yield
     except Exception as exc:

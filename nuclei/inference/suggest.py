@@ -117,9 +117,10 @@ def pick(ranked: list[Candidate], n: int, seed: int = 0) -> list[Candidate]:
         members = np.flatnonzero(cluster == k)
         if members.size:
             chosen.append(int(members[0]))
-    chosen += [i for i in range(len(ranked)) if i not in chosen][: n - len(chosen)]
-    first = sorted(chosen)
-    return [ranked[i] for i in first] + [c for i, c in enumerate(ranked) if i not in set(first)]
+    taken = set(chosen)
+    chosen += [i for i in range(len(ranked)) if i not in taken][: n - len(chosen)]
+    first = set(chosen)
+    return [ranked[i] for i in sorted(first)] + [c for i, c in enumerate(ranked) if i not in first]
 
 
 def images_of(source: str | Path) -> list[Source]:

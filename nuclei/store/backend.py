@@ -112,7 +112,7 @@ def record_fields(record: EntryRecord | Mapping[str, Any]) -> dict[str, Any]:
     return record.model_dump() if isinstance(record, EntryRecord) else dict(record)
 
 
-def _parse_record(blob: bytes, path: str) -> EntryRecord | None:
+def parse_record(blob: bytes, path: str) -> EntryRecord | None:
     """The record in ``blob``, or None (logged) when it is empty, truncated or not a valid record."""
     try:
         return EntryRecord.model_validate_json(blob)
@@ -150,7 +150,7 @@ class IndexScan:
     strays: dict[str, str] = field(default_factory=dict)
 
 
-def _in_flight(name: str) -> bool:
+def in_flight(name: str) -> bool:
     """A record a writer is replacing right now: `durable.write_atomically`'s KEY.json.<uuid hex>.tmp."""
     stem, _, tmp = name.rpartition(".")
     return tmp == "tmp" and stem.rpartition(".")[0].endswith(".json")
@@ -288,7 +288,7 @@ class Store:
         """The record of a complete entry, or None (also when the record is damaged: see `scan`)."""
         path = self._record_path(image_id)
         try:
-            record = _parse_record(self.fs.cat_file(path), path)
+            record = parse_record(self.fs.cat_file(path), path)
         except FileNotFoundError:
             return None
         return None if record is None or record.id != image_id else record  # a hand-edited id hides its entry
@@ -310,11 +310,11 @@ class Store:
             path, name = info["name"], Path(info["name"]).name
             if info.get("type") == "file" and name.endswith(".json"):
                 paths.append(path)
-            elif not _in_flight(name):
+            elif not in_flight(name):
                 strays[path] = "not a record (records are index/ID.json)"
         found, damaged = {}, []
         for path, blob in (self.fs.cat(paths, on_error="omit") if paths else {}).items():
-            record = _parse_record(blob, path)
+            record = parse_record(blob, path)
             if record is None:
                 damaged.append(path)
             elif reason := stray_reason(record, Path(path).name):

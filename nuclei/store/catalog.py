@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from nuclei.store.backend import IndexScan, _in_flight, _parse_record, stray_reason
+from nuclei.store.backend import IndexScan, in_flight, parse_record, stray_reason
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _scan(store_root: str) -> IndexScan:
                     stamp = Stamp.of(os.fstat(handle.fileno()))  # what was read, not what was listed
             except FileNotFoundError:  # removed since the listing: gone
                 continue
-            record = _parse_record(blob, path)
+            record = parse_record(blob, path)
             if record is None:
                 damaged.append(path)
                 continue
@@ -143,7 +143,7 @@ def _listing(index: str) -> tuple[dict[str, Stamp], dict[str, str]] | None:
             continue
         if is_file and entry.name.endswith(".json"):
             files[entry.name] = Stamp.of(stat)
-        elif not _in_flight(entry.name):
+        elif not in_flight(entry.name):
             strays[f"{index}/{entry.name}"] = "not a record (records are index/ID.json)"
     return files, strays
 
@@ -165,7 +165,7 @@ def _cached(db: sqlite3.Connection | None, index: str, files: dict[str, Stamp]
             held.add(name)
             if files.get(name) != (size, mtime_ns, ctime_ns, ino):
                 continue
-            record = _parse_record(blob, f"index catalog row {name}")
+            record = parse_record(blob, f"index catalog row {name}")
             if record is None:  # a damaged row: the file is read instead (and the row replaced)
                 continue
             if reason:
