@@ -7,31 +7,28 @@ with the model it started from on held-back images (`nuclei.training.finetune` d
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from flows.parameters import config_parameters
+from nuclei.config import FinetuneConfig
 from nuclei.training.finetune import Progress
 from nuclei.training.finetune import finetune as finetune_model
 from nuclei.training.progress import Epochs
 
 
 @flow(name="finetune", log_prints=True)
-def finetune(
-    data_dir: str | list[str],
-    name: str,
-    out_dir: str = "models",
-    minutes: float = 15.0,
-    base: str | None = None,
-    held_back: float = 0.3,
-    seed: int = 12345,
-) -> str:
-    """Fine-tune on labelled folders and publish a model directory; returns its path."""
+@config_parameters(FinetuneConfig)
+def finetune(**settings: Any) -> str:
+    """Fine-tune on labelled folders and publish a model directory; returns its path. The parameters are the
+    fields of `FinetuneConfig`."""
+    config = FinetuneConfig(**settings)
+    name = config.name
     epochs = Epochs()
-    result = finetune_model(data_dir, name, out=out_dir, minutes=minutes, base=base, held_back=held_back,
-                            seed=seed, progress=_progress_artifact(name, epochs))
+    result = finetune_model(config, progress=_progress_artifact(name, epochs))
     text = f"# Model `{result.model_dir}`\n\nFine-tuned from `{result.base}` in {result.seconds / 60:.1f} min.\n"
     if result.comparison is not None:
         table = result.comparison.table(result.base.name, name)

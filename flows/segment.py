@@ -9,7 +9,7 @@ embedded run starts exactly one temporary Prefect server (the flow's).
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import State, flow, get_run_logger, task
@@ -17,64 +17,35 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from nuclei.config import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_MAX_COMPRESSION,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_SLIDE_PIXELS,
-    DEFAULT_PROVIDERS,
-    DEFAULT_SLIDE_PIXELS,
-    DEFAULT_TILE_SIZE,
-    SegmentConfig,
-)
+from flows.parameters import config_parameters
+from nuclei.config import SegmentConfig
 from nuclei.core.text import markdown_code, markdown_text
 from nuclei.inference import run as batch
 from nuclei.store.record import Failure, RunSummary
 
 
 @flow(name="segment", log_prints=True)
-def segment(
-    inputs: list[str],
-    store: str,
-    model: str | None = None,
-    stained_model: str = "default",
-    dask_address: str | None = None,
-    n_workers: int | None = None,
-    images_per_task: int = 32,
-    overwrite: bool = False,
-    tile_size: int = DEFAULT_TILE_SIZE,
-    providers: list[str] = list(DEFAULT_PROVIDERS),  # noqa: B006 - Prefect parameters are copied
-    int8: bool = True,
-    diameter: float | Literal["auto"] | None = None,
-    min_diameter: float | None = None,
-    tta: bool = False,
-    channel: str | None = None,
-    z: str | None = None,
-    pixel_size: float | None = None,
-    threads: int = 0,
-    batch_size: int = 8,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    slide_pixels: int = DEFAULT_SLIDE_PIXELS,
-    max_slide_pixels: int = DEFAULT_MAX_SLIDE_PIXELS,
-    max_compression: float = DEFAULT_MAX_COMPRESSION,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    progress: bool = False,
-) -> dict:
+@config_parameters(SegmentConfig)
+def segment(progress: bool = False, **settings: Any) -> dict:
     """Segment every image of ``inputs`` into ``store``; returns the run summary. The parameters are the fields
-    of `SegmentConfig` (a test keeps the two identical), plus ``progress``."""
+    of `SegmentConfig`, and:
+
+    Args:
+        progress: a progress bar on stderr (the CLI's; a deployment's run has the progress artifact)
+    """
     logger = get_run_logger()
-    config = SegmentConfig(**{k: v for k, v in locals().items() if k in SegmentConfig.model_fields})
+    config = SegmentConfig(**settings)
     plan = task(name="plan", cache_policy=NO_CACHE)(batch.plan)(config)
     logger.info("%d images: %d to segment in %d batches, %d unchanged, %d unusable",
                 plan.n_found, len(plan.items), len(plan.batches), len(plan.unchanged), len(plan.problems))
     # The fan-out shows as a progress bar in the UI, updated as each batch finishes (no task per image).
     bar = cast(UUID, create_progress_artifact(0.0, key="segment-progress",
-                                               description=f"images segmented into {store}"))
+                                               description=f"images segmented into {config.store}"))
     results = task(name=f"segment {len(plan.items)} images in {len(plan.batches)} batches",
                    cache_policy=NO_CACHE)(batch.run)(plan, progress, _progress(bar))
     summary = batch.summarize(plan, results)
     create_markdown_artifact(key="segment-summary", markdown=summary_markdown(summary),
-                             description=f"segmentation into {store}")
+                             description=f"segmentation into {config.store}")
     # Prefect hands callers the state's data (the summary); the state's message counts it in the run's log.
     return final_state(summary)  # type: ignore[return-value]
 

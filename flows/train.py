@@ -12,7 +12,7 @@ last one as NAME.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
@@ -20,8 +20,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from flows.parameters import config_parameters
 from nuclei.config import TrainConfig
-from nuclei.core.normalize import Normalization
 from nuclei.evaluation import format_table
 from nuclei.training import steps
 from nuclei.training.fit import OnEpoch
@@ -39,52 +39,16 @@ quantize = task(name="quantize int8", cache_policy=NO_CACHE)(steps.quantize)
 publish = task(name="publish", cache_policy=NO_CACHE)(steps.publish)
 
 
-# The config's own types and defaults (Prefect builds the run form from them); a frozen model is a safe default.
-FOREGROUND = TrainConfig.model_fields["normalization"].default
-
-
 @flow(name="train", log_prints=True)
-def train(
-    data_dir: str | list[str],
-    out_dir: str = "models",
-    name: str = "unet",
-    architecture: Literal["unet", "mobilenet_unet"] = "unet",
-    depth: int = 4,
-    base_filters: int = 16,
-    instance_channel: bool = True,
-    encoder_weights: str | None = None,
-    init_from: str | None = None,
-    contact_weight: float = 0.0,
-    epochs: int = 100,
-    batch_size: int = 16,
-    steps_per_epoch: int | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 12345,
-    patience: int = 10,
-    precision: Literal["float32", "mixed_bfloat16"] = "float32",
-    minutes: float | None = None,
-    learning_rate: float = 1e-3,
-    crop_size: int = 256,
-    augment: bool = True,
-    scale_range: tuple[float, float] = (1.0, 1.0),
-    normalization: Normalization = FOREGROUND,
-    nucleus_brightness: float = 0.5,
-    stain_jitter: float = 0.0,
-    microscope: float = 0.0,
-    validation_zooms: list[float] | None = None,
-    include: list[str] | None = None,
-    held_out: list[str] | None = None,
-    held_out_in_validation: bool = True,
-    balance_categories: bool = False,
-    dataset_weights: dict[str, float] | None = None,
-    max_images: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    quantize_int8: bool = False,
-    min_ap50: float = 0.05,
-    then: list[dict[str, Any]] | None = None,
-) -> str:
-    """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path."""
-    params = {k: v for k, v in locals().items() if k != "then"}
+@config_parameters(TrainConfig)
+def train(then: list[dict[str, Any]] | None = None, **settings: Any) -> str:
+    """Train a U-Net on a labelled dataset and write a self-describing model directory; returns its path. The
+    parameters are the fields of `TrainConfig`, and:
+
+    Args:
+        then: fine-tuning stages in the same run, each a dict of parameters changed from the stage before
+    """
+    params = dict(settings)
     if then:
         return _staged(params, then)
     config = make_config(params)  # validates every parameter up front

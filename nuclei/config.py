@@ -183,3 +183,23 @@ class SegmentConfig(BaseModel):
     block_size: int = Field(DEFAULT_BLOCK_SIZE, ge=64, le=32768, description="whole slides: a block's side in "
                             "pixels, rounded up to the model's pad multiple (each block is read with the "
                             "receptive-field context around it)")
+
+
+class FinetuneConfig(BaseModel):
+    """How to fine-tune a model on a lab's labelled images: what `nuclei finetune`, the `finetune` flow and
+    `nuclei.training.finetune.finetune` take (the training recipe is the starting model's, changed as
+    `nuclei.training.finetune.FINETUNE_CHANGES` says)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: str | list[str] = Field(description="labelled folder(s): images/+labels/, stage1_train/ or "
+                                      "train|test/inputs|masks (e.g. labels exported by nuclei and corrected in "
+                                      "napari or QuPath)")
+    name: str = Field(description="name of the new model directory, created as OUT_DIR/NAME")
+    out_dir: str = Field(default="models", description="parent folder of the model directory")
+    minutes: float = Field(default=15.0, description="time budget for the whole fine-tune")
+    base: str | None = Field(default=None, description="model directory to start from (default: the shipped model for "
+                             "these images)")
+    held_back: float = Field(default=0.3, description="share of the images kept out of training to compare the two "
+                             "models on (0: train on all, no comparison)")
+    seed: int = Field(default=12345, description="seed of the hold-back and validation choice")

@@ -7,22 +7,28 @@ from typing import Any
 
 import pytest
 
-from nuclei.config import SegmentConfig, TrainConfig
+from nuclei.config import FinetuneConfig, SegmentConfig, TrainConfig
 from nuclei.core.normalize import Normalization
 
-EXTRA_FLOW_PARAMETERS = {"segment": {"progress"}, "train": {"then"}}
+EXTRA_FLOW_PARAMETERS = {"segment": {"progress"}, "train": {"then"}, "finetune": set()}
+
+
+def _flows() -> dict[str, Any]:
+    import flows.finetune
+    import flows.segment
+    import flows.train
+
+    return {"segment": flows.segment.segment, "train": flows.train.train, "finetune": flows.finetune.finetune}
 
 
 def _flow_parameters(flow: Any) -> dict[str, Any]:
     return {name: p.default for name, p in inspect.signature(flow.fn).parameters.items()}
 
 
-@pytest.mark.parametrize("flow_name,config", [("segment", SegmentConfig), ("train", TrainConfig)])
+@pytest.mark.parametrize("flow_name,config", [("segment", SegmentConfig), ("train", TrainConfig),
+                                              ("finetune", FinetuneConfig)])
 def test_flow_parameters_are_the_config_fields_with_the_same_defaults(flow_name: str, config: Any) -> None:
-    import flows.segment
-    import flows.train
-
-    flow = {"segment": flows.segment.segment, "train": flows.train.train}[flow_name]
+    flow = _flows()[flow_name]
     parameters = _flow_parameters(flow)
     assert set(parameters) - EXTRA_FLOW_PARAMETERS[flow_name] == set(config.model_fields)
     for name, field in config.model_fields.items():
@@ -31,9 +37,6 @@ def test_flow_parameters_are_the_config_fields_with_the_same_defaults(flow_name:
             continue
         default = field.get_default(call_default_factory=True)
         flow_default = parameters[name]
-        if name in ("held_out", "include", "dataset_weights", "validation_zooms"):  # None: the config's default
-            assert flow_default is None and default is not None
-            continue
         assert (list(default) if isinstance(default, tuple | list) else default) == (
             list(flow_default) if isinstance(flow_default, tuple | list) else flow_default), name
 
@@ -43,7 +46,7 @@ def _parsed(argv: list[str]) -> dict[str, Any]:
     from nuclei.cli.options import given
 
     args = build_parser().parse_args(argv)
-    config = TrainConfig if argv[0] == "train" else SegmentConfig
+    config = {"train": TrainConfig, "finetune": FinetuneConfig}.get(argv[0], SegmentConfig)
     return given(args, config)
 
 
@@ -85,6 +88,65 @@ def test_every_train_option_reaches_the_config() -> None:
     assert config.nucleus_brightness == 0.3 and config.precision == "mixed_bfloat16" and config.minutes == 5
     assert config.stain_jitter == 0.1 and config.microscope == 0.4 and config.include == ["d1:category=^stain"]
     assert config.validation_zooms == [0.5, 1.0]
+
+
+def test_every_finetune_option_reaches_the_config() -> None:
+    params = _parsed(["finetune", "d1", "--name", "lab", "--out-dir", "o", "--minutes", "5", "--base", "m",
+                      "--held-back", "0.2", "--seed", "1"])
+    assert set(params) == set(FinetuneConfig.model_fields)
+    config = FinetuneConfig(**params)
+    assert config.data_dir == ["d1"] and config.name == "lab"
+    assert (config.out_dir, config.minutes, config.base, config.held_back, config.seed) == ("o", 5.0, "m", 0.2, 1)
+    # the spellings from before the config keep working
+    old = _parsed(["finetune", "d1", "--name", "lab", "--out", "o", "--hold-back", "0"])
+    assert (old["out_dir"], old["held_back"]) == ("o", 0.0)
+
+
+@pytest.mark.parametrize("flow_name,config", [("segment", SegmentConfig), ("train", TrainConfig),
+                                              ("finetune", FinetuneConfig)])
+def test_a_flows_schema_is_its_configs_fields(flow_name: str, config: Any) -> None:
+    """Prefect's parameter schema (the UI's form, `--param NAME=VALUE`) names each field with its default,
+    description and bounds, generated from the config (flows/parameters.py), plus the flow's own parameters."""
+    from pydantic import TypeAdapter
+
+    flow = _flows()[flow_name]
+    schema = flow.parameters.model_dump()
+    assert set(schema["properties"]) - EXTRA_FLOW_PARAMETERS[flow_name] == set(config.model_fields)
+    assert set(schema["required"]) == {n for n, f in config.model_fields.items() if f.is_required()}
+    for name, field in config.model_fields.items():
+        prop = schema["properties"][name]
+        assert prop.get("description") == (" ".join(field.description.split()) if field.description else None), name
+        if not field.is_required():
+            default = TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True),
+                                                                mode="json")
+            assert prop["default"] == default, name
+    for own in EXTRA_FLOW_PARAMETERS[flow_name]:
+        assert schema["properties"][own].get("description"), own  # from the flow's docstring
+
+
+def test_a_finetune_flow_run_validates_its_parameters_into_the_config(
+        monkeypatch: pytest.MonkeyPatch, prefect_harness: None, tmp_path: Any) -> None:
+    """A real Prefect run with flat parameters, as a deployment passes them: Prefect casts them by the schema and
+    they reach `finetune` as one FinetuneConfig; a wrong type is refused before the flow runs."""
+    from types import SimpleNamespace
+
+    from prefect.exceptions import ParameterTypeError
+
+    import flows.finetune
+
+    seen: list[FinetuneConfig] = []
+
+    def fake(settings: FinetuneConfig, **kwargs: Any) -> Any:
+        seen.append(settings)
+        return SimpleNamespace(model_dir=tmp_path / settings.name, base=tmp_path / "base", seconds=1.0,
+                               comparison=None)
+
+    monkeypatch.setattr(flows.finetune, "finetune_model", fake)
+    monkeypatch.setattr(flows.finetune, "_progress_artifact", lambda name, epochs: None)
+    assert flows.finetune.finetune(data_dir="corrected", name="lab", minutes="5", seed="7") == str(tmp_path / "lab")
+    assert seen == [FinetuneConfig(data_dir="corrected", name="lab", minutes=5.0, seed=7)]
+    with pytest.raises(ParameterTypeError, match="seed"):
+        flows.finetune.finetune(data_dir="corrected", name="lab", seed="seven")
 
 
 def test_bad_values_are_refused_by_the_config() -> None:

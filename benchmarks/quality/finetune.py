@@ -58,6 +58,7 @@ def _write(samples: list, folder: Path, changed: bool = False) -> None:  # type:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from nuclei.config import FinetuneConfig
     from nuclei.core.postprocess import instances
     from nuclei.evaluation import score_samples
     from nuclei.inference.engine import Engine
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--as-lab", choices=sorted(LAB_CONDITIONS), help="he-tissue: every tile as another lab "
                         "scans and stains it (trained on and scored alike)")
     args = parser.parse_args(argv)
-    record = harness.Record(f"finetune-{args.group}" + (f"-{args.as_lab}" if args.as_lab else ""), args)
+    record = harness.Record(f"finetune-{args.group}" + (f"-{args.as_lab}" if args.as_lab else "")
+                            + ("-swap" if args.swap else ""), args)
 
     folder, rule = GROUPS[args.group]
     group = [s for s in load_dataset(harness.SHARED / folder, progress=False).samples if matches_group(s, rule)]
@@ -102,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         labelled = Path(tmp) / args.group
         _write(train, labelled, changed=bool(args.as_lab))
         started = time.perf_counter()
-        result = ft.finetune(str(labelled), f"ft-{args.group}", out=str(Path(tmp) / "models"),
-                             minutes=args.minutes, held_back=0.0, seed=args.seed)
+        result = ft.finetune(FinetuneConfig(data_dir=str(labelled), name=f"ft-{args.group}",
+                                            out_dir=str(Path(tmp) / "models"), minutes=args.minutes,
+                                            held_back=0.0, seed=args.seed))
         wall = time.perf_counter() - started
         default = Engine(resolve_model(None), providers=("CPUExecutionProvider",),
                          stained=resolve_stained_model("default", None))

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rank_only:
         _finish(results, args.json, record)
         return
+    from nuclei.config import FinetuneConfig
     from nuclei.training.finetune import finetune
 
     rows = {"default": _score(default, test)}
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
             labelled = Path(tmp) / name
             _write(chosen, labelled)
             began = time.perf_counter()
-            tuned = finetune(str(labelled), f"ft-{name}", out=str(Path(tmp) / "models"), minutes=args.minutes,
-                             held_back=0.0, seed=args.seed)
+            tuned = finetune(FinetuneConfig(data_dir=str(labelled), name=f"ft-{name}",
+                                            out_dir=str(Path(tmp) / "models"), minutes=args.minutes,
+                                            held_back=0.0, seed=args.seed))
             print(f"{name}: fine-tuned in {(time.perf_counter() - began) / 60:.1f} min")
             rows[name] = _score(Engine(load_model_dir(tuned.model_dir), providers=("CPUExecutionProvider",)), test)
     for name in ("top-ranked", "spread"):

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from nuclei.config import FinetuneConfig
 from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.errors import InputError, Interrupted, NucleiError
 from nuclei.inference.engine import Engine
@@ -264,7 +265,8 @@ def _finetune_apart(messages: Any, stop: Any, folder: str, name: str, out: str, 
 
     finetune.FINETUNE_CHANGES.update(recipe)
     try:  # the progress shows in the widget: no bar on the terminal
-        result = finetune.finetune(folder, name, out=out, minutes=minutes, base=base, stop=stop, bar=False,
+        result = finetune.finetune(FinetuneConfig(data_dir=str(folder), name=name, out_dir=str(out),
+                                                  minutes=minutes, base=base), stop=stop, bar=False,
                                    progress=lambda stage, figures: messages.put(("progress", (stage, figures))))
     except Interrupted as exc:
         messages.put(("interrupted", str(exc)))

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from nuclei.config import TrainConfig
+from nuclei.config import FinetuneConfig, TrainConfig
 from nuclei.core.metrics import average_precision
 from nuclei.core.modality import is_stained_brightfield
 from nuclei.core.postprocess import instances
@@ -194,32 +194,27 @@ def split_for_finetune(kept: list[Sample], held: list[Sample], val_fraction: flo
 
 
 def finetune(
-    data: str | list[str],
-    name: str,
-    out: str = "models",
-    minutes: float = 15.0,
-    base: str | None = None,
-    held_back: float = 0.3,
-    seed: int = 12345,
+    settings: FinetuneConfig,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
     bar: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune ``base`` (default: the shipped model for these images) on labelled folders; returns the
-    published model directory and, when images were held back, the comparison on them. With ``stop`` set (by
+    """Fine-tune ``settings.base`` (default: the shipped model for these images) on its labelled folders; returns
+    the published model directory and, when images were held back, the comparison on them. With ``stop`` set (by
     the caller's signal handler, or a viewer's cancel button from another thread; looked at after every batch)
     it raises Interrupted: nothing published, the partial directory removed. ``progress``: see `Progress`; ``bar``:
     the fitting bar on stderr (off where the caller shows the progress itself)."""
     say = progress or (lambda stage, figures: None)
     started = time.perf_counter()
-    check_request(name, out, minutes, held_back)
-    dirs = [data] if isinstance(data, str) else list(data)
+    check_request(settings)
+    name, out, minutes, seed = settings.name, settings.out_dir, settings.minutes, settings.seed
+    dirs = [settings.data_dir] if isinstance(settings.data_dir, str) else list(settings.data_dir)
     dataset = load_datasets(dirs)
     samples = dataset.subset("train") + dataset.subset("test")
     if len(samples) < 2:
         raise InputError(", ".join(dirs), f"{len(samples)} labelled image(s); fine-tuning needs at least 2")
-    start = model_path(base) if base else starting_model(samples)
-    kept, held = hold_back(samples, held_back, seed)
+    start = model_path(settings.base) if settings.base else starting_model(samples)
+    kept, held = hold_back(samples, settings.held_back, seed)
     config = finetune_config(start, dirs, name, out, minutes, seed)
     split = split_for_finetune(kept, held, config.val_fraction, seed)
     log.info("fine-tuning %s on %d images (%d validate), %d held back, %.1f min for fitting", start,
@@ -248,10 +243,11 @@ def finetune(
     return FinetuneResult(model_dir, start, comparison, time.perf_counter() - started)
 
 
-def check_request(name: str, out: str, minutes: float, held_back: float) -> None:
-    """The user's choices, before any image is read: a model name that is one new folder under ``out``, a time
-    budget that is some time, a share of images to hold back. Raises NucleiError naming the value."""
-    model_destination(out, name)
+def check_request(settings: FinetuneConfig) -> None:
+    """The user's choices, before any image is read: a model name that is one new folder under ``out_dir``, a
+    time budget that is some time, a share of images to hold back. Raises NucleiError naming the value."""
+    minutes, held_back = settings.minutes, settings.held_back
+    model_destination(settings.out_dir, settings.name)
     if not math.isfinite(minutes) or minutes <= 0:
         raise InputError("--minutes", f"{minutes:g} is no time budget; give the minutes fine-tuning may take, "
                          "e.g. 15")
