@@ -18,7 +18,8 @@ from nuclei.cli.query import add_query
 from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.errors import StoreError
 from nuclei.io.synthetic import make_sample
-from nuclei.store.backend import Store, id_to_key
+from nuclei.store.backend import Store
+from nuclei.store.index import id_to_key
 from nuclei.store.query import ImageInfo, NucleiStore, open_store
 
 

@@ -22,7 +22,8 @@ from nuclei.cli.main import main
 from nuclei.core.measure import measure
 from nuclei.io.synthetic import make_sample
 from nuclei.store import catalog
-from nuclei.store.backend import IndexScan, Store
+from nuclei.store.backend import Store
+from nuclei.store.index import IndexScan
 from nuclei.store.query import open_store
 
 SETTLED_S = 0.05  # the tests' settling time (3 s as shipped): files older than this are cached

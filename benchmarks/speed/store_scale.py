@@ -49,7 +49,8 @@ def build(root: Path, n: int) -> tuple[Path, Path]:
     from nuclei.inference.run import segment
     from nuclei.io.images import write_png
     from nuclei.io.synthetic import make_sample
-    from nuclei.store.backend import Store, id_to_key
+    from nuclei.store.backend import Store
+    from nuclei.store.index import id_to_key
 
     store_path, inputs, seed_dir = root / "store.zarr", root / "inputs", root / "seed"
     seed_dir.mkdir(parents=True)

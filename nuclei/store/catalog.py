@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from nuclei.store.backend import IndexScan, in_flight, parse_record, stray_reason
+from nuclei.store.index import IndexScan, in_flight, parse_record, stray_reason
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)

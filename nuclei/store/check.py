@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from nuclei.errors import StoreError
-from nuclei.store.backend import Store, array_sha256, changed_arrays, key_to_id
+from nuclei.store.backend import Store, array_sha256, changed_arrays
+from nuclei.store.index import key_to_id
 from nuclei.store.record import EntryRecord
 from nuclei.store.slide import slide_problem, unreadable
 

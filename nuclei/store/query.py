@@ -22,7 +22,8 @@ import numpy as np
 
 from nuclei.errors import StoreError
 from nuclei.io.images import write_png
-from nuclei.store.backend import Store, StoredEntry, validate_id
+from nuclei.store.backend import Store, StoredEntry
+from nuclei.store.index import validate_id
 from nuclei.store.record import EntryRecord
 
 log = logging.getLogger(__name__)

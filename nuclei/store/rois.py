@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from nuclei.core.outlines import polygon, polygons
-from nuclei.store.backend import Store, StoredEntry, validate_id
+from nuclei.store.backend import Store, StoredEntry
+from nuclei.store.index import validate_id
 
 RoiFormat = Literal["qupath", "imagej"]
 ROI_FORMATS: tuple[RoiFormat, ...] = ("qupath", "imagej")
