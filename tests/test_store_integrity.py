@@ -60,13 +60,18 @@ def test_check_finds_each_kind_of_damage_and_repair_then_rerun_equals_a_clean_ru
     assert _content(damaged) == _content(clean)
 
 
+def _chunks(array_dir: Path) -> list[Path]:
+    """The array's chunk files, under either chunk key encoding: c.0.0 (entries) or c/0/0 (slides, older stores)."""
+    return sorted(p for p in array_dir.rglob("c*") if p.is_file() and p.name != "zarr.json") + sorted(
+        p for p in array_dir.glob("c/**/*") if p.is_file())
+
+
 def _delete_a_chunk(array_dir: Path) -> None:
-    chunks = sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())
-    chunks[0].unlink()
+    _chunks(array_dir)[0].unlink()
 
 
 def _flip_a_byte(array_dir: Path) -> None:
-    chunk = sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())[0]
+    chunk = _chunks(array_dir)[0]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from nuclei.store.zarr_files import array_files, group_files
+from nuclei.store.zarr_files import CHUNK_KEY_SEPARATOR, array_files, group_files
 
 CASES = [
     ("uint8 single chunk", np.arange(3 * 64 * 80, dtype=np.uint8).reshape(3, 64, 80), (3, 64, 80)),
@@ -32,13 +32,20 @@ def test_array_reads_back_like_zarr_pythons_own(tmp_path: Path, data: np.ndarray
     names = ("c", "y", "x")[-data.ndim:] if data.ndim >= 2 else None
     _write(tmp_path / "ours", array_files("a", data, chunks, {"columns": ["k"]}, dimension_names=names))
     theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3)
-    theirs.create_array("a", data=data, chunks=chunks, attributes={"columns": ["k"]}, dimension_names=names)
+    theirs.create_array("a", data=data, chunks=chunks, attributes={"columns": ["k"]}, dimension_names=names,
+                        chunk_key_encoding={"name": "default", "separator": CHUNK_KEY_SEPARATOR})
 
     ours = zarr.open_array(tmp_path / "ours" / "a", mode="r")
     reference = zarr.open_array(tmp_path / "theirs" / "a", mode="r")
     assert ours.metadata.to_dict() == reference.metadata.to_dict()
     np.testing.assert_array_equal(ours[...], data)
     assert ours.dtype == data.dtype
+
+    def files(root: Path) -> set[str]:  # the same files, and no chunk folders: an array is one folder
+        return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+    assert files(tmp_path / "ours" / "a") == files(tmp_path / "theirs" / "a")
+    assert [p.name for p in (tmp_path / "ours" / "a").iterdir() if p.is_dir()] == []
 
 
 def test_groups_nest_and_keep_attributes(tmp_path: Path) -> None:

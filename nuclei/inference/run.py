@@ -32,10 +32,9 @@ from nuclei.inference.cluster import cluster_address, probe_scheduler
 from nuclei.inference.engine import Engine
 from nuclei.inference.execution import Executor, executor, expected_workers
 from nuclei.inference.preflight import preflight
-from nuclei.inference.slide import is_slide, segment_slides
 from nuclei.inference.worker import ImageResult, build_engine, entry_key, segment_batch
 from nuclei.io.discovery import ImageItem, discover, open_source
-from nuclei.io.lazy import source_identity
+from nuclei.io.lazy import is_slide, source_identity
 from nuclei.modeldir import resolve_model
 from nuclei.store.backend import Store
 from nuclei.store.record import EntryRecord, Failure, RunSummary, commit_token, is_current
@@ -197,7 +196,7 @@ def plan(config: SegmentConfig) -> Plan:
         else:
             todo.append(item)
     settings = config.model_copy(update={"model": str(model_dir.path)})
-    slides = [item for item in todo if is_slide(item, config)]
+    slides = [item for item in todo if is_slide(item.url, config.slide_pixels)]
     todo = [item for item in todo if item not in slides]
     batches = balanced(todo, config.images_per_task, expected_workers(config))
     version = model_dir.version + (f" (stained tissue: {engine.stained.version})" if engine.stained else "")
@@ -239,12 +238,22 @@ def run(plan: Plan, progress: bool = False, on_batch: OnBatch | None = None,
             if on_batch:
                 on_batch(len(results) + done / max(1, blocks), total)
 
-        for found_slide in segment_slides(plan.slides, plan.settings, tasks, progress, on_block):  # blocks as tasks
+        for found_slide in _slides(plan, tasks, progress, on_block):  # blocks as tasks
             results.append(found_slide)
             bar.update(1)
             if on_batch:
                 on_batch(len(results), total)
     return results
+
+
+def _slides(plan: Plan, tasks: Executor, progress: bool, on_block: Callable[[int, int], None]) -> Iterator[Any]:
+    """The planned slides' entries, block by block (`inference.slide`, imported only when a run has a slide: its
+    modules, zarr-python's writer among them, are 70 ms of a small run's start-up)."""
+    if not plan.slides:
+        return iter(())
+    from nuclei.inference.slide import segment_slides
+
+    return segment_slides(plan.slides, plan.settings, tasks, progress, on_block)
 
 
 def _batches(plan: Plan, tasks: Executor) -> Iterator[tuple[list[ImageItem], list[ImageResult]]]:

@@ -62,13 +62,10 @@ from nuclei.inference.execution import Executor
 from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key, made_by
 from nuclei.io.discovery import ImageItem
 from nuclei.io.lazy import (
-    ZARR_SUFFIX,
     LazyPlane,
     SlideSource,
     declared,
-    is_lazy_name,
     percentile_step,
-    plane_pixels,
     source_identity,
     stored_bytes,
 )
@@ -119,13 +116,6 @@ def _slide_tiles(settings: SegmentConfig) -> SegmentConfig:
     if settings.tile_size != DEFAULT_TILE_SIZE:
         return settings
     return settings.model_copy(update={"tile_size": SLIDE_TILE_SIZE})
-
-
-def is_slide(item: ImageItem, settings: SegmentConfig) -> bool:
-    """An image read a window at a time and segmented as blocks (its header says it is large enough)."""
-    if item.url.rstrip("/").lower().endswith(ZARR_SUFFIX):
-        return True  # an OME-Zarr image is only ever read a window at a time, whatever its size
-    return is_lazy_name(item.url) and (plane_pixels(item.url) or 0) > settings.slide_pixels
 
 
 # --- stopping: a block's model run ends within a second of Ctrl-C, not after the block (20 s and more) -------

@@ -18,7 +18,6 @@ from typing import Any
 import fsspec
 import numpy as np
 import tifffile
-import zarr
 
 from nuclei.core.blocks import Box
 from nuclei.errors import InputError
@@ -38,6 +37,14 @@ class SlideSource:
 
     url: str
     choice: PlaneChoice = PlaneChoice()
+
+
+def is_slide(url: str, slide_pixels: int) -> bool:
+    """An image read a window at a time and segmented as blocks: an OME-Zarr image, or a TIFF whose header says
+    a plane has more than ``slide_pixels``."""
+    if url.rstrip("/").lower().endswith(ZARR_SUFFIX):
+        return True  # an OME-Zarr image is only ever read a window at a time, whatever its size
+    return is_lazy_name(url) and (plane_pixels(url) or 0) > slide_pixels
 
 
 def is_lazy_name(url: str) -> bool:
@@ -75,6 +82,8 @@ class LazyPlane:
         self._tiff = tifffile.TiffFile(self._handle)
         series = self._tiff.series[0]
         names, size = _ome_channels_and_size(self._tiff)
+        import zarr  # slides only: zarr-python is 60 ms of every small run's start-up otherwise
+
         array = zarr.open_array(series.aszarr(level=0), mode="r")
         return array, series.axes, names, size or _resolution_size(self._tiff)
 
@@ -118,6 +127,8 @@ class LazyPlane:
 
 def _open_ome_zarr(url: str) -> tuple[Any, str, list[str] | None, float | None]:
     """Level 0 of an OME-Zarr image (NGFF 0.4 on Zarr v2 or 0.5 on v3), its axes, channel names, pixel size."""
+    import zarr
+
     group = zarr.open_group(url.rstrip("/"), mode="r")
     attrs = group.attrs.asdict()
     ome = attrs.get("ome", attrs)

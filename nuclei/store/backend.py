@@ -18,6 +18,7 @@ On object stores a record is a single PUT, written after the arrays' PUTs have r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -27,11 +28,10 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
-import zarr
 from filelock import FileLock, Timeout
 
 from nuclei.config import STORE_FORMAT_VERSION
@@ -42,6 +42,9 @@ from nuclei.store.durable import remove_durably, write_atomically, write_files
 from nuclei.store.index import IndexScan, id_to_key, in_flight, parse_record, stray_reason
 from nuclei.store.record import EntryRecord
 from nuclei.store.zarr_files import group_files
+
+if TYPE_CHECKING:  # zarr-python reads arrays; a run that only writes entries (as plain files) never imports it
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,8 @@ class StoredEntry:
 
     def _array(self, path: str) -> zarr.Array:
         node = self._group[path]
+        import zarr
+
         if not isinstance(node, zarr.Array):
             raise StoreError(f"{self._url}: {self.record.id!r}/{path} is not an array")
         return node
@@ -168,31 +173,44 @@ class Store:
         self.fs, self.root_path = fsspec.core.url_to_fs(self.url)
         self.local = "file" in _protocols(self.fs)
         self.mode = mode
-        self.root = self._open_root(mode)
+        self._open_root(mode)
 
-    def _open_root(self, mode: Literal["r", "a"]) -> zarr.Group:
-        with _index_is_ours():
-            return self._open_root_quietly(mode)
-
-    def _open_root_quietly(self, mode: Literal["r", "a"]) -> zarr.Group:
-        exists = self.fs.exists(f"{self.root_path}/zarr.json")
+    def _open_root(self, mode: Literal["r", "a"]) -> None:
+        """The store's root, created when ``mode`` is "a" and nothing is there, then checked: a Zarr v3 group
+        written by this format version of nuclei. Read as the JSON it is: zarr-python opens it (`root`) only
+        where arrays are read."""
+        path = f"{self.root_path}/zarr.json"
+        exists = self.fs.exists(path)
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: not a nuclei store (no zarr.json)")
         if not exists:
             self._refuse_foreign_folder()
             self._create_root()
         try:
-            root = zarr.open_group(self.url, mode=mode, zarr_format=3)
-        except Exception as exc:  # noqa: BLE001
+            meta = json.loads(self.fs.cat_file(path))
+        except (OSError, ValueError) as exc:
             raise StoreError(f"{self.url}: not a readable Zarr v3 store ({exc})") from exc
-        ours = root.attrs.asdict().get("nuclei")
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+            raise StoreError(f"{self.url}: not a readable Zarr v3 store (its zarr.json is no v3 group)")
+        attributes = meta.get("attributes")
+        ours = attributes.get("nuclei") if isinstance(attributes, dict) else None
         version = ours.get("store_format_version") if isinstance(ours, dict) else None
         if version != STORE_FORMAT_VERSION:
             raise StoreError(
                 f"{self.url}: store format version {version!r}; this nuclei reads version {STORE_FORMAT_VERSION}"
                 if version is not None else f"{self.url}: a Zarr store, but not one written by nuclei"
             )
-        return root
+
+    @functools.cached_property
+    def root(self) -> zarr.Group:
+        """The root group as zarr-python reads it (opened on first use: reading arrays)."""
+        import zarr
+
+        with _index_is_ours():
+            try:
+                return zarr.open_group(self.url, mode=self.mode, zarr_format=3)
+            except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for a broken store
+                raise StoreError(f"{self.url}: not a readable Zarr v3 store ({exc})") from exc
 
     def _create_root(self) -> None:
         """The root group and images/, as files; the root's zarr.json last and replaced atomically, so runs
@@ -443,6 +461,8 @@ class Store:
         record = record or self.record(image_id)
         if record is None:
             raise StoreError(f"{self.url}: no complete entry with id {image_id!r}")
+        import zarr
+
         with _index_is_ours():
             node = self.root[f"images/{id_to_key(image_id)}"]
         if not isinstance(node, zarr.Group):
