@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import resource
 import shutil
 import subprocess
@@ -42,11 +41,12 @@ for path in sorted(glob.glob(folder + "/*.png")):
 """
 
 
-def process(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall and CPU (user + system) seconds of one child process."""
+def process(argv: list[str], cwd: Path | None = None) -> dict[str, float]:
+    """Wall and CPU (user + system) seconds of one child process, started in ``cwd`` (`python -m` imports the
+    nuclei found there first, before PYTHONPATH and the installed one)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
 
-        def segment(folder: Path, extra: list[str], env: dict[str, str] | None = None
-                    ) -> Callable[[], dict[str, float]]:
-            return lambda: process([*nuclei, str(folder), "--store", f"{tmp}/s{next(stores)}.zarr", *extra], env)
+        def segment(folder: Path, extra: list[str], checkout: Path = harness.REPO) -> Callable[[], dict[str, float]]:
+            return lambda: process([*nuclei, str(folder), "--store", f"{tmp}/s{next(stores)}.zarr", *extra],
+                                   checkout)
 
         def loop(folder: Path) -> Callable[[], dict[str, float]]:
             return lambda: process([sys.executable, "-c", LOOP, str(onnx), str(folder)])
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.copy(harness.DEV / "images" / f"{image_id}.png", folder)
             variants = {"nuclei segment": segment(folder, []), "bare loop": loop(folder)}
             if args.also:
-                variants["--also checkout"] = segment(folder, [], {**os.environ, "PYTHONPATH": str(args.also)})
+                variants["--also checkout"] = segment(folder, [], args.also.resolve())
             if args.workers:
                 variants[f"--workers {args.workers}"] = segment(folder, ["--workers", str(args.workers)])
             found = harness.interleave(variants, args.rounds, baseline="bare loop")
