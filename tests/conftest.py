@@ -24,6 +24,12 @@ def shared_data(name: str) -> Path:
     return path
 
 
+
+def chunk_files(array_dir: Path) -> list[Path]:
+    """A stored array's chunk files under either chunk key encoding: c.0.0 (image entries), c/0/0 (slides)."""
+    return sorted(p for p in array_dir.iterdir() if p.is_file() and p.name.startswith("c.")) + sorted(
+        p for p in array_dir.glob("c/**/*") if p.is_file())
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nuclei.io.synthetic import write_dataset

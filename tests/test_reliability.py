@@ -134,6 +134,34 @@ def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
     assert _contents(store) == reference
 
 
+def test_a_write_that_fails_fails_its_image_only_and_the_rerun_writes_it(
+    inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries are written on each task's writer thread while the task computes the next images: a disk that
+    refuses one entry fails that image (named, with the reason), every other entry is written and whole, and the
+    next run writes the one that failed."""
+    from nuclei.inference.run import segment as segment_here
+
+    victim = sorted(reference)[3]
+    write_entry = Store.write_entry
+
+    def refuse_one(self: Store, image_id: str, *args: object, **kwargs: object) -> object:
+        if image_id == victim:
+            raise OSError(28, "No space left on device")
+        return write_entry(self, image_id, *args, **kwargs)
+
+    store = tmp_path / "s.zarr"
+    with monkeypatch.context() as patched:
+        patched.setattr(Store, "write_entry", refuse_one)
+        summary = segment_here([str(inputs)], str(store), model=str(shipped_model), images_per_task=8)
+    assert (summary["done"], summary["failed"]) == (N_IMAGES - 1, 1)
+    assert victim in summary["failures"][0]["file"] and "No space left" in summary["failures"][0]["reason"]
+    assert _contents(store) == {i: c for i, c in reference.items() if i != victim}
+    again = segment_here([str(inputs)], str(store), model=str(shipped_model))
+    assert (again["done"], again["skipped"], again["failed"]) == (1, N_IMAGES - 1, 0)
+    assert _contents(store) == reference
+
+
 # 3. Two runs on one store at once -----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from nuclei.inference.run import segment
 from nuclei.io.images import write_png
 from nuclei.io.synthetic import make_sample
 from nuclei.store.backend import Store
+from tests.conftest import chunk_files
 
 
 def _inputs(folder: Path, n: int = 4) -> Path:
@@ -60,18 +61,12 @@ def test_check_finds_each_kind_of_damage_and_repair_then_rerun_equals_a_clean_ru
     assert _content(damaged) == _content(clean)
 
 
-def _chunks(array_dir: Path) -> list[Path]:
-    """The array's chunk files, under either chunk key encoding: c.0.0 (entries) or c/0/0 (slides, older stores)."""
-    return sorted(p for p in array_dir.rglob("c*") if p.is_file() and p.name != "zarr.json") + sorted(
-        p for p in array_dir.glob("c/**/*") if p.is_file())
-
-
 def _delete_a_chunk(array_dir: Path) -> None:
-    _chunks(array_dir)[0].unlink()
+    chunk_files(array_dir)[0].unlink()
 
 
 def _flip_a_byte(array_dir: Path) -> None:
-    chunk = _chunks(array_dir)[0]
+    chunk = chunk_files(array_dir)[0]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
