@@ -137,9 +137,8 @@ def test_a_killed_run_leaves_only_complete_entries_and_the_rerun_finishes(
 def test_a_write_that_fails_fails_its_image_only_and_the_rerun_writes_it(
     inputs: Path, shipped_model: Path, reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Entries are written on each task's writer thread while the task computes the next images: a disk that
-    refuses one entry fails that image (named, with the reason), every other entry is written and whole, and the
-    next run writes the one that failed."""
+    """A disk that refuses one entry fails that image (named, with the reason; not remembered as a bad file),
+    every other entry is written and whole, and the next run writes the one that failed."""
     from nuclei.inference.run import segment as segment_here
 
     victim = sorted(reference)[3]

@@ -3,10 +3,6 @@
 A task gets a few dozen image references (never pixels), reads and hashes each file, skips what the store
 already holds for the same content and model, runs ONNX Runtime on the rest (same-shaped images batched),
 splits nuclei, measures them, and writes each entry. One bad image is reported and the batch goes on.
-
-Entries are written by a writer thread of the task's own while the task goes on to the next images: a write
-mostly waits for fsync (about half its time), and the core would idle meanwhile. The task returns once every
-entry it handed over is written (or has failed), so a finished task means written entries, as before.
 """
 
 from __future__ import annotations
@@ -15,9 +11,7 @@ import errno
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -127,33 +121,16 @@ def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Map
         except Exception as exc:  # noqa: BLE001 - e.g. an undecodable file, an id the file system refuses
             results[item.id] = _failed(store, item, _reason(exc), key=key)
     providers = engine.session_providers() if todo else []
-    with ThreadPoolExecutor(1, thread_name_prefix="nuclei-writer") as writer:
-        queued: deque[Future[ImageResult]] = deque()
-        for chunk in _chunks(todo, engine):
-            started = time.perf_counter()
-            probs = engine.predict_many([d.raw for d in chunk])
-            per_image = (time.perf_counter() - started) / len(chunk)
-            for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
-                found = _finish(store, decoded, probs.pop(0), engine, providers, per_image, settings)
-                if isinstance(found, ImageResult):
-                    results[decoded.item.id] = found
-                    continue
-                _wait_for_room(queued)
-                queued.append(writer.submit(_commit, store, found, settings, (seen or {}).get(decoded.item.id)))
-        for future in queued:
-            result = future.result()
-            results[result.id] = result
+    # Writes stay on the task's thread: a writer thread beside it was slower on 2 cores (BENCHMARKS section 0).
+    for chunk in _chunks(todo, engine):
+        started = time.perf_counter()
+        probs = engine.predict_many([d.raw for d in chunk])
+        per_image = (time.perf_counter() - started) / len(chunk)
+        for decoded in chunk:  # pop: each probability map is freed as soon as its labels exist
+            found = _finish(store, decoded, probs.pop(0), engine, providers, per_image, settings)
+            results[decoded.item.id] = found if isinstance(found, ImageResult) else _commit(
+                store, found, settings, (seen or {}).get(decoded.item.id))
     return [results[item.id] for item in items]
-
-
-# Entries computed but not yet written that a task holds at most (their images and labels stay in memory).
-MAX_QUEUED_WRITES = 2
-
-
-def _wait_for_room(queued: deque[Future[ImageResult]]) -> None:
-    """Wait for the oldest handed-over write while MAX_QUEUED_WRITES are not yet written."""
-    while sum(not f.done() for f in queued) >= MAX_QUEUED_WRITES:
-        next(f for f in queued if not f.done()).result()
 
 
 def _chunks(todo: list[_Decoded], engine: Engine) -> Iterator[list[_Decoded]]:
