@@ -36,7 +36,7 @@ test: lint typecheck  ## ruff, import contracts, mypy, then the whole suite (rea
 	$(PY) -m pytest --durations=15 --ignore=tests/test_napari_loop.py $(PYTEST_ARGS)
 	$(PY) -m pytest tests/test_napari_loop.py $(PYTEST_ARGS)
 
-test-fast: install  ## the unit tests only (pure numpy, configs, CLI wiring): under a minute
+test-fast: install  ## the tests not marked slow: no Dask worker processes, Prefect runs or training (ONNX Runtime, stores and CLI subprocesses still real)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 server: install  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) (leave it running)
