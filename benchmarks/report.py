@@ -60,15 +60,19 @@ def render(result: dict[str, Any]) -> str:
 
 
 def lookup(result: dict[str, Any], key: str) -> Any:
-    """A named figure: ``key`` itself, or a dotted path into a nested one (``results.scores.random.ap50``);
-    KeyError when there is none."""
-    value: Any = result.get("figures", {})
+    """A named figure: ``key`` itself, a dotted path into a nested one (``results.scores.random.ap50``), or a
+    cell of the result's own tables (``tables.0.rows.1.2``: table, row, column, counted from 0); KeyError when
+    there is none."""
+    value: Any = result if key.startswith("tables.") else result.get("figures", {})
     if key in value:
         return value[key]
     for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
             raise KeyError(key)
-        value = value[part]
     return value
 
 

@@ -139,6 +139,15 @@ def test_a_figure_can_be_a_dotted_path_into_a_nested_one() -> None:
     assert kept == {"fake.results.scores.spread.ap50"} and new.endswith("-->?<!-- /figure -->")
 
 
+def test_a_figure_can_be_a_cell_of_the_results_own_table() -> None:
+    """Prose quotes a table's cell as generated (`tables.TABLE.rows.ROW.COLUMN`), never pasted from it."""
+    results = {"fake": {"figures": {}, "tables": [{"columns": ["model", "AP"], "rows": [["a", 0.7162], ["b", 0.846]]}]}}
+    text = ("b <!-- figure:fake.tables.0.rows.1.1:.3f -->?<!-- /figure -->, out of range "
+            "<!-- figure:fake.tables.0.rows.2.1 -->?<!-- /figure -->")
+    new, generated, kept = report.rewrite(text, results)
+    assert "-->0.846<!--" in new and generated == {"fake"} and kept == {"fake.tables.0.rows.2.1"}
+
+
 def test_save_as_names_the_result_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(harness.CONTEXT, "save_as", "fake-other")
     assert harness.Record("fake").write(tmp_path).name == "fake-other.json"
