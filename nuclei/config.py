@@ -159,6 +159,9 @@ class SegmentConfig(BaseModel):
     min_diameter: float | None = Field(None, gt=0.0, le=1000.0, description="drop objects smaller than a disc this "
                                        "many pixels across (debris, specks; e.g. a third of the smallest nuclei "
                                        "here) (default: the model's minimum size)")
+    drop_debris: bool = Field(True, description="drop small bright specks alone on the background (under a "
+                              "tenth of the image's typical nucleus area, brighter than its typical nucleus, over "
+                              "a fifth of a nucleus from any other, not cut by the edge; fluorescence only)")
     tta: bool = Field(False, description="test-time flips: average the model over the image and its 3 mirror "
                       "images (about 4x the inference time)")
     channel: str | None = Field(None, description="the nuclear channel of multi-channel images, by index or name "

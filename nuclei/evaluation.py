@@ -279,6 +279,7 @@ def evaluate_against(
     tta: bool = False,
     stained_model: str | None = "default",
     min_diameter: float | None = None,
+    drop_debris: bool = True,
 ) -> tuple[Report, dict[str, Path]]:
     """Score a store's labels, or a model's segmentation, against a labelled folder; write the report.
 
@@ -305,7 +306,8 @@ def evaluate_against(
     else:
         assert model_dir is not None
         engine = Engine(model_dir, providers=("CPUExecutionProvider",), int8=int8, diameter=diameter, tta=tta,
-                        stained=resolve_stained_model(stained_model, model), min_diameter=min_diameter)
+                        stained=resolve_stained_model(stained_model, model), min_diameter=min_diameter,
+                        drop_debris=drop_debris)
 
         def predicted(i: int) -> np.ndarray:
             return label_image(engine, samples[i].raw)[0]

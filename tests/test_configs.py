@@ -56,14 +56,14 @@ def test_every_segment_option_reaches_the_config() -> None:
                       "--workers", "2", "--images-per-task", "4", "--overwrite", "--tile-size", "512",
                       "--providers", "CPUExecutionProvider", "--float32", "--diameter", "60", "--threads", "1",
                       "--batch-size", "2", "--max-pixels", "1000", "--channel", "DAPI", "--z", "max",
-                      "--pixel-size", "0.65", "--tta", "--min-diameter", "8", "--slide-pixels", "1000000",
-                      "--block-size", "2048",
+                      "--pixel-size", "0.65", "--tta", "--min-diameter", "8", "--no-drop-debris",
+                      "--slide-pixels", "1000000", "--block-size", "2048",
                       "--max-slide-pixels", "2000000000", "--max-compression", "1e6"])
     assert set(params) == set(SegmentConfig.model_fields)  # each field is reachable from the command line
     config = SegmentConfig(**params)
     assert config.inputs == ["a/", "b.tif"] and config.n_workers == 2 and config.int8 is False
     assert config.diameter == 60.0 and config.providers == ["CPUExecutionProvider"] and config.tta is True
-    assert config.min_diameter == 8.0
+    assert config.min_diameter == 8.0 and config.drop_debris is False
 
 
 def test_every_train_option_reaches_the_config() -> None:

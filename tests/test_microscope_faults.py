@@ -4,8 +4,9 @@ real BBBC039 fields from wells it never trained on (vendored under tests/data, C
 - a smooth glow (the background rising 3x across the field) and three nuclei pushed to saturation;
 - a 3 x 3 mosaic of fields whose brightness differs 4x, segmented as a slide (blocks, the `local` maps of the
   whole slide): each field scores as it does alone;
-- small bright specks of debris (3-8 px) on the background leave the field's nuclei as they were (and fewer
-  than half of them become nuclei: not yet none); `--min-diameter` drops them.
+- small bright specks of debris (3-8 px) on the background add no nuclei but where the image's edge cuts one
+  (the debris rule, `nuclei.core.debris`) and leave the field's nuclei as they were; `--no-drop-debris` keeps
+  them, `--min-diameter` drops them too.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ def _engine():  # type: ignore[no-untyped-def]
     return Engine(load_model_dir(default_model_path()), providers=("CPUExecutionProvider",))
 
 
-def _segment(image: np.ndarray) -> np.ndarray:
-    from nuclei.core.postprocess import instances
+def _segment(image: np.ndarray, drop_debris: bool = True) -> np.ndarray:
+    """The image's nuclei as `nuclei segment` labels them."""
+    from dataclasses import replace
 
-    engine = _engine()
-    return instances(engine.predict(image), engine.thresholds)
+    from nuclei.inference.sizing import nuclei_of
+
+    engine = replace(_engine(), drop_debris=drop_debris)
+    return nuclei_of(engine, image, engine.predict(image))
 
 
 def _found_again(reference: np.ndarray, other: np.ndarray) -> float:
@@ -91,35 +95,41 @@ def _specked(field: np.ndarray, labels: np.ndarray, own: np.ndarray) -> np.ndarr
     return np.clip(specked, 0, CAMERA_TOP).astype(np.uint16)
 
 
-@pytest.mark.parametrize("path", [OWN, *FIELDS[:1]], ids=lambda p: p.name[8:14])
-def test_debris_specks_on_the_background_leave_the_fields_nuclei(path: Path) -> None:
+@pytest.mark.parametrize("path", [OWN, *FIELDS], ids=lambda p: p.name[8:14])
+def test_debris_specks_on_the_background_add_no_nuclei(path: Path) -> None:
     field, labels = read_raw(str(path)), read_labels(str(path.parent.parent / "labels" / path.name))
     own = _segment(field)
-    added = matching(own, _segment(_specked(field, labels, own)), 0.5)
-    # Not yet none: the shipped model (trained with such specks on the background) turns 17 of 40 into nuclei
-    # over 18 held-out fields, the previous one 23 (BENCHMARKS section 8); the field's own nuclei stay.
-    assert added.fp <= 20, f"{added.fp} specks became nuclei"  # of 40
+    specked = _specked(field, labels, own)
+    kept = matching(own, _segment(specked, drop_debris=False), 0.5)
+    added = matching(own, _segment(specked), 0.5)
+    assert kept.fp >= 5, "the network takes specks for nuclei: what the rule is for"
+    # None but those the image's edge cuts (kept: a nucleus the edge cuts is small and real) or that land a fifth
+    # of a nucleus from one (as micronuclei do): 1-2 of 40 here, 1.2 over 18 held-out fields (BENCHMARKS 8a)
+    assert added.fp <= 2, f"{added.fp} specks became nuclei"  # of 40
     assert added.tp >= 0.97 * own.max()
 
 
-def test_min_diameter_drops_the_specks_and_keeps_the_nuclei(tmp_path: Path) -> None:
-    """`--min-diameter 10` on fields whose nuclei are about 25 px across: the specks go, the nuclei stay, through
-    a real run (the setting reaches the engine, the record and the entry's key)."""
+def test_debris_is_dropped_through_a_real_run_and_kept_on_request(tmp_path: Path) -> None:
+    """A real run drops the specks by default; `drop_debris=False` (`--no-drop-debris`) keeps them and
+    `min_diameter` drops them by size; each setting reaches the engine and the entry's key (a re-run with another
+    one segments again)."""
     field, labels = read_raw(str(OWN)), read_labels(str(OWN.parent.parent / "labels" / OWN.name))
     own = _segment(field)
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "specked.tif", _specked(field, labels, own))
     store = tmp_path / "s.zarr"
-    assert nuclei.segment([str(tmp_path / "in")], store=store)["done"] == 1
-    plain = nuclei.open_store(store).labels("specked")
-    summary = nuclei.segment([str(tmp_path / "in")], store=store, min_diameter=10)
-    assert summary["done"] == 1, "a new minimum size makes the entry stale"
-    filtered = nuclei.open_store(store).labels("specked")
+
+    def run(**settings: object) -> np.ndarray:
+        assert nuclei.segment([str(tmp_path / "in")], store=store, **settings)["done"] == 1, "a stale entry"
+        return nuclei.open_store(store).labels("specked")
+
+    kept, dropped = matching(own, run(drop_debris=False), 0.5), matching(own, run(), 0.5)
+    assert kept.fp >= 5, "the specks should show with debris kept"
+    assert dropped.fp <= 2, f"{dropped.fp} specks left of {kept.fp}"
+    by_size = matching(own, run(drop_debris=False, min_diameter=10), 0.5)
     assert nuclei.open_store(store).metadata("specked")["thresholds"]["min_size"] == 79  # ceil(pi / 4 * 10^2)
-    before, after = matching(own, plain, 0.5), matching(own, filtered, 0.5)
-    assert before.fp >= 5, "the specks should show without the setting"
-    assert after.fp <= 2, f"{after.fp} specks left of {before.fp}"
-    assert after.tp >= 0.97 * own.max()
+    assert by_size.fp <= 2, f"{by_size.fp} specks left of {kept.fp}"
+    assert min(dropped.tp, by_size.tp) >= 0.97 * own.max()
 
 
 def _mosaic_fields() -> list[tuple[np.ndarray, np.ndarray]]:

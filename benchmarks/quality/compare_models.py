@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", action="store_true", help="test-time flips (4 passes an image)")
     parser.add_argument("--stained-model", help="send colour brightfield images to this model directory in every "
                         "column ('default': the shipped stained-tissue model), as `nuclei segment` does")
+    parser.add_argument("--debris", choices=("drop", "keep", "both"), default="drop",
+                        help="drop debris specks as `nuclei segment` does, keep them (`--no-drop-debris`), or "
+                        "both: each model twice")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     record = harness.Record("compare_models", args)
@@ -67,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         label = "default" if name == "default" else model.path.name
         if any(key.startswith(f"{label} (") for key in next(iter(results.values()), {})):
             label = f"{model.path.parent.name}/{label}"  # two versions of one model: tell them apart
-        for group, images in groups.items():
-            report: Report = score_samples(images, _segmenter(engine, images), progress=False)[0]
-            results.setdefault(group, {})[f"{label} ({engine.precision})"] = report.as_dict()
+        for drop in {"drop": [True], "keep": [False], "both": [False, True]}[args.debris]:
+            column = f"{label} ({engine.precision}{'' if drop else ', debris kept'})"
+            for group, images in groups.items():
+                report: Report = score_samples(images, _segmenter(replace(engine, drop_debris=drop), images),
+                                               progress=False)[0]
+                results.setdefault(group, {})[column] = report.as_dict()
     record.figure("results", results)
     record.table(*table(results))
     if args.out:

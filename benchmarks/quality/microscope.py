@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fields", type=int, default=18, help="held-out fields (a multiple of 9 for mosaics)")
     parser.add_argument("--min-diameter", type=float, action="append", default=[], metavar="PX",
                         help="also each model with `nuclei segment --min-diameter PX` (repeatable)")
+    parser.add_argument("--keep-debris", action="store_true",
+                        help="also each model with debris kept (`nuclei segment --no-drop-debris`)")
     args = parser.parse_args(argv)
     record = harness.Record("microscope", args)
     samples = [s for s in load_dataset(harness.BBBC039, progress=False).samples
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.models:
         engine = Engine(load_model_dir(path), providers=("CPUExecutionProvider",))
         rows.append([Path(path).name, *_figures(engine, samples)])
+        if args.keep_debris:
+            rows.append([f"{Path(path).name}, debris kept", *_figures(replace(engine, drop_debris=False), samples)])
         for px in args.min_diameter:
             rows.append([f"{Path(path).name}, --min-diameter {px:g}",
                          *_figures(replace(engine, min_diameter=px), samples)])
@@ -109,10 +113,10 @@ def _figures(engine: Engine, samples: list[Sample]) -> list[float]:
     """One row: glow kept (mean, worst), specks become nuclei, fields alone, the 4x and the even mosaic, and the
     worst field's drop in the mosaic."""
     from nuclei.core.metrics import average_precision, matching
-    from nuclei.core.postprocess import instances
+    from nuclei.inference.sizing import nuclei_of
 
-    def segment(image: np.ndarray) -> np.ndarray:
-        return instances(engine.predict(image), engine.thresholds)
+    def segment(image: np.ndarray) -> np.ndarray:  # as `nuclei segment` labels an image (debris dropped or not)
+        return nuclei_of(engine, image, engine.predict(image))
 
     rng = np.random.default_rng(0)
     kept, specks, alone = [], [], []

@@ -10,7 +10,7 @@ from nuclei.cli.options import add_config_options, given
 from nuclei.config import SegmentConfig
 
 # How a model segments is `nuclei segment`'s: these options are SegmentConfig's own fields, declared once there.
-SEGMENT_SETTINGS = ("stained_model", "int8", "diameter", "tta", "min_diameter")
+SEGMENT_SETTINGS = ("stained_model", "int8", "diameter", "tta", "min_diameter", "drop_debris")
 
 
 def run(args: argparse.Namespace) -> int:

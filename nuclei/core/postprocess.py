@@ -67,13 +67,13 @@ def _seeds(own: NDArray[np.bool_], distance: NDArray[np.float32], core: NDArray[
         seeds, n = ndi.label((core > threshold) & own, structure=_STRUCTURE)
         area = np.bincount(seeds.ravel(), minlength=n + 1)
         major = area >= MIN_CORE_FRACTION * area[1:].max(initial=0)
-        return _keep_only(seeds, major).astype(np.int32, copy=False), int(major[1:].sum())
+        return keep_only(seeds, major).astype(np.int32, copy=False), int(major[1:].sum())
     peaks = own & h_maxima(np.where(own, distance, 0), h).astype(bool)
     seeds, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
     return np.asarray(seeds, dtype=np.int32), int(n)
 
 
-def _keep_only(labels: NDArray[Any], kept: NDArray[np.bool_]) -> NDArray[np.uint32]:
+def keep_only(labels: NDArray[Any], kept: NDArray[np.bool_]) -> NDArray[np.uint32]:
     """``labels`` with only the ids where ``kept`` is true (indexed by id; 0 stays background), renumbered
     1..N in their order, through a lookup table: no temporaries the size of the image but the result."""
     kept = kept.copy()
@@ -187,7 +187,7 @@ def remove_small(labels: NDArray[Any], min_size: int) -> NDArray[np.uint32]:
     """Drop nuclei under `min_size` pixels and renumber the rest 1..N in their order: what `instances` does with
     that min_size, so thresholds can be tuned without labelling again."""
     arr = np.asarray(labels).astype(np.uint32, copy=False)
-    return _keep_only(arr, np.bincount(arr.ravel()) >= max(1, min_size))
+    return keep_only(arr, np.bincount(arr.ravel()) >= max(1, min_size))
 
 
 def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: float) -> NDArray[np.uint32]:
@@ -204,4 +204,4 @@ def drop_unsure(labels: NDArray[Any], foreground: NDArray[Any], confidence: floa
     kept = (area > 0) & (total >= confidence * area)
     if kept[1:].all():  # none dropped, no gaps: already numbered 1..N
         return arr
-    return _keep_only(arr, kept)
+    return keep_only(arr, kept)

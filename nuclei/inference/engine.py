@@ -120,6 +120,8 @@ class Engine:
     # Objects smaller than a disc this many px across (in the image's pixels) are dropped: debris and specks,
     # which a network trained on nuclei from 8 to 100 px across cannot tell from small nuclei by size alone.
     min_diameter: float | None = None
+    # Small bright isolated specks are dropped after labelling (`nuclei.core.debris`, in `sizing.nuclei_of`).
+    drop_debris: bool = True
 
     @property
     def zoom(self) -> float:
@@ -178,7 +180,8 @@ class Engine:
     @property
     def output_key(self) -> str:
         """A hash of everything that decides the labels this engine's images get: the ONNX file that runs
-        (float32 or int8), the thresholds (min size rescaled with --diameter), the zoom and the normalisation.
+        (float32 or int8), the thresholds (min size rescaled with --diameter), the zoom, the normalisation and whether
+        debris is dropped.
         A store entry is current only while its record carries the same key (tile size is left out: tiled
         equals untiled)."""
         int8 = self.precision == "int8"
@@ -187,6 +190,7 @@ class Engine:
             "thresholds": self.thresholds.as_dict(), "zoom": round(self.zoom, 6),
             "normalization": self.model.normalization.model_dump(), **({"tta": True} if self.tta else {}),
             **({"diameter": AUTO} if self.diameter == AUTO else {}),
+            **({"debris": "dropped"} if self.drop_debris else {}),
             **({"stained": self.stained_engine.output_key} if self.stained is not None else {}),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,7 +15,9 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
+from nuclei.core.debris import drop_debris
 from nuclei.core.measure import median_diameter
+from nuclei.core.modality import is_stained_brightfield
 from nuclei.core.postprocess import instances
 from nuclei.errors import InputError
 from nuclei.inference.engine import AUTO, Engine
@@ -31,7 +33,7 @@ def label_image(
     made them: the stained-tissue model's for such an image (`Engine.for_image`); with ``diameter="auto"`` it
     carries the measured diameter when the image was rescaled (refused past ``max_pixels``, as a file would be)."""
     engine = engine.for_image(image)  # the stained-tissue model's engine for such an image, if one is set
-    labels = instances(engine.predict(image) if prob is None else prob, engine.thresholds)
+    labels = nuclei_of(engine, image, engine.predict(image) if prob is None else prob)
     if engine.diameter != AUTO:
         return labels, engine
     trained, found = engine.model.nucleus_diameter, median_diameter([labels])
@@ -40,7 +42,17 @@ def label_image(
     sized = replace(engine, diameter=round(found, 1))
     if max_pixels is not None:
         check_rescaled_size(sized, image.shape, max_pixels)
-    return instances(sized.predict(image), sized.thresholds), sized
+    return nuclei_of(sized, image, sized.predict(image)), sized
+
+
+def nuclei_of(engine: Engine, image: NDArray[np.generic], prob: NDArray[np.float32]) -> NDArray[np.uint32]:
+    """The nuclei in ``engine``'s probabilities for ``image``: `instances` with its thresholds, then, unless the
+    engine keeps them, debris specks dropped (`nuclei.core.debris`; fluorescence only: in stained brightfield
+    nuclei are dark)."""
+    labels = instances(prob, engine.thresholds)
+    if engine.drop_debris and not is_stained_brightfield(image):
+        labels = drop_debris(labels, image)
+    return labels
 
 
 def check_rescaled_size(engine: Engine, shape: tuple[int, ...], max_pixels: int) -> None:

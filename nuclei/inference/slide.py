@@ -54,11 +54,11 @@ from nuclei.core.normalize import (
     measure_scaling,
     scaling_from_stats,
 )
-from nuclei.core.postprocess import instances
 from nuclei.core.tiling import round_up
 from nuclei.errors import InputError, Interrupted
 from nuclei.inference.engine import AUTO, Engine
 from nuclei.inference.execution import Executor
+from nuclei.inference.sizing import nuclei_of
 from nuclei.inference.worker import ImageResult, _failed, _reason, build_engine, entry_key, made_by
 from nuclei.io.discovery import ImageItem
 from nuclei.io.lazy import (
@@ -198,7 +198,8 @@ def label_block(job: SlideJob, block: Block) -> int:
         raw = plane.read(block.window)
     prob = engine.predict(raw, scaling=job.scaling, origin=(block.window.y0, block.window.x0))
     _RUNS.check()  # stopped meanwhile: the block is not done, and the next run labels it
-    labels = instances(prob[block.reach.within(block.window)], engine.thresholds)
+    reach = block.reach.within(block.window)
+    labels = nuclei_of(engine, raw[reach], prob[reach])  # objects cut by the reach's edge are kept
     del prob
     _RUNS.check()
     entry = job.entry()

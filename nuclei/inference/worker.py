@@ -97,7 +97,7 @@ def build_engine(settings: SegmentConfig) -> Engine:
     stained = resolve_stained_model(settings.stained_model, settings.model)
     return Engine(load_model_dir(settings.model), tuple(settings.providers), settings.threads, settings.tile_size,
                   settings.batch_size, settings.int8, settings.diameter, settings.tta, stained,
-                  settings.min_diameter)
+                  settings.min_diameter, settings.drop_debris)
 
 
 def segment_batch(items: Sequence[ImageItem], settings: SegmentConfig, seen: Mapping[str, str] | None = None
