@@ -70,15 +70,16 @@ def _models_in(folder: str | Path | None) -> list[Path]:
 
 
 def engine_for(model: str | Path, stained: str = "default", diameter: float | str | None = None,
-               threads: int = 0) -> Engine:
-    """The engine `nuclei segment --model MODEL --stained-model STAINED --diameter D` would run: with the
-    shipped default model and ``stained`` "default", colour brightfield images go to the stained-tissue model."""
+               threads: int = 0, drop_debris: bool = True) -> Engine:
+    """The engine `nuclei segment --model MODEL --stained-model STAINED --diameter D` would run (``drop_debris``
+    False: with `--no-drop-debris`): with the shipped default model and ``stained`` "default", colour brightfield
+    images go to the stained-tissue model."""
     model = Path(model)
     shipped_default = model.resolve() == (SHIPPED_MODELS / DEFAULT_MODEL_NAME).resolve()
     chosen = resolve_stained_model(stained, None if shipped_default else str(model))
     size: Any = diameter if diameter in (None, "auto") else float(diameter)  # type: ignore[arg-type]
     return Engine(load_model_dir(model), providers=("CPUExecutionProvider",), threads=threads, diameter=size,
-                  stained=chosen)
+                  stained=chosen, drop_debris=drop_debris)
 
 
 # -- segment -------------------------------------------------------------------------------------------------
@@ -99,10 +100,10 @@ class Segmented:
 
 
 def segment_image(raw: np.ndarray, model: str | Path, stained: str = "default",
-                  diameter: float | str | None = None) -> Segmented:
+                  diameter: float | str | None = None, drop_debris: bool = True) -> Segmented:
     """What `nuclei segment` computes for one image (labels as the worker makes them, then `measure`), for an
     array already in memory (a napari layer)."""
-    engine = engine_for(model, stained, diameter)
+    engine = engine_for(model, stained, diameter, drop_debris=drop_debris)
     labels, used = label_image(engine, raw)
     table = measure(labels, raw)
     measured = used.diameter if engine.diameter == "auto" and used.diameter != "auto" else None

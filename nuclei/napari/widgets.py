@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -197,8 +198,9 @@ class SegmentWidget(_Task):
         self.folder = _folder_edit("models folder")
         self.stained = ComboBox(label="stained model", choices=["default", "none"], value="default")
         self.diameter = LineEdit(label="diameter (px)", value="")
-        super().__init__(napari_viewer, [self.image, self.model, self.folder, self.stained, self.diameter],
-                         "Segment")
+        self.drop_debris = CheckBox(label="drop debris specks", value=True)
+        super().__init__(napari_viewer, [self.image, self.model, self.folder, self.stained, self.diameter,
+                                         self.drop_debris], "Segment")
         self.last: loop.Segmented | None = None
         self.native.layout().addStretch(1)  # the form at the top of the dock, not spread over it
         self.folder.changed.connect(lambda _: self.models.look_in(_path(self.folder)))
@@ -229,10 +231,10 @@ class SegmentWidget(_Task):
         raw = loop.layer_pixels(layer.data, getattr(layer, "rgb", False))
         model = self.models.choices()[self.model.value]
         diameter = self.diameter.value.strip() or None
-        stained = self.stained.value
+        stained, drop_debris = self.stained.value, bool(self.drop_debris.value)
         self.status.value = f"segmenting {layer.name} with {self.model.value}..."
         self.progress.max = 0  # busy: one model run has no steps to count
-        return lambda: (layer, loop.segment_image(raw, model, stained, diameter))
+        return lambda: (layer, loop.segment_image(raw, model, stained, diameter, drop_debris))
 
     def done(self, result: Any) -> None:
         layer, found = result
