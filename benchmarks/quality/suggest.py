@@ -8,7 +8,9 @@ DSB2018 360x360 fields, S-BSST265's bone-marrow cytospins; the H&E tiles are lef
 is split in two halves by a seeded draw: the pool a lab would label from, and the test half it is scored on. From
 the pool, N images are chosen three times: the N the default model is least sure of (flip disagreement,
 `nuclei.inference.suggest.rank`), N spread over the pool's kinds of image (the least sure of each of N clusters,
-`suggest.pick`, what `nuclei suggest` lists first) and N drawn at random. Each set is fine-tuned for the same
+`suggest.pick`, what `nuclei suggest` lists first), N spread in proportion to the kinds' sizes (`pick(...,
+proportional=True)`: the least sure of each kind, a kind getting places as it is a share of the pool) and N drawn
+at random. Each set is fine-tuned for the same
 minutes (as `nuclei finetune` does, nothing held back), and the models and the default segment the test half.
 Records AP@0.5 and DSB score of each, the categories each selection drew, and the differences.
 """
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     picks = {
         "top-ranked": [by_id[c.id] for c in ranked[: args.n]],
         "spread": [by_id[c.id] for c in pick(ranked, args.n, seed=args.seed)[: args.n]],
+        "proportional": [by_id[c.id] for c in pick(ranked, args.n, seed=args.seed, proportional=True)[: args.n]],
         "random": [pool[i] for i in np.random.default_rng(args.seed + 1).permutation(len(pool))[: args.n]],
     }
     for name, chosen in picks.items():
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                                             held_back=0.0, seed=args.seed))
             print(f"{name}: fine-tuned in {(time.perf_counter() - began) / 60:.1f} min")
             rows[name] = _score(Engine(load_model_dir(tuned.model_dir), providers=("CPUExecutionProvider",)), test)
-    for name in ("top-ranked", "spread"):
+    for name in ("top-ranked", "spread", "proportional"):
         record.note(f"{name} - random: {rows[name]['ap50'] - rows['random']['ap50']:+.3f} AP@0.5 on "
                     f"{len(test)} test images")
     results["scores"] = rows

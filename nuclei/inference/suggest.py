@@ -99,11 +99,13 @@ def rank(engine: Engine, images: Iterable[Source], on_image: Callable[[int], Non
     return sorted(found, key=lambda c: (-c.flip_disagreement, c.confidence, c.id))
 
 
-def pick(ranked: list[Candidate], n: int, seed: int = 0) -> list[Candidate]:
+def pick(ranked: list[Candidate], n: int, seed: int = 0, proportional: bool = False) -> list[Candidate]:
     """A batch of ``n`` images to label from ``ranked`` (`rank`'s order), spread over the kinds of image it holds:
     k-means (k = n) on each image's log nucleus diameter, log nucleus count and log size, then the least sure of
     each cluster, those most unsure first; clusters that came out empty leave their places to the next in rank.
-    The rest follow in rank order, so the list is still every image."""
+    ``proportional``: each cluster gets places in proportion to its size instead of one each (its least sure
+    images), so a kind that is most of the folder is most of the batch. The rest follow in rank order, so the
+    list is still every image."""
     if n <= 1 or n >= len(ranked):
         return list(ranked)
     from scipy.cluster.vq import kmeans2
@@ -112,15 +114,27 @@ def pick(ranked: list[Candidate], n: int, seed: int = 0) -> list[Candidate]:
     spread = features.std(axis=0)
     features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     _, cluster = kmeans2(features, n, minit="++", seed=seed)
+    sizes = np.bincount(cluster, minlength=n)
+    places = shares(sizes, n) if proportional else np.minimum(sizes, 1)
     chosen: list[int] = []
-    for k in range(n):  # ranked is least sure first, so a cluster's first member is its least sure
-        members = np.flatnonzero(cluster == k)
-        if members.size:
-            chosen.append(int(members[0]))
+    for k in range(n):  # ranked is least sure first, so a cluster's first members are its least sure
+        chosen += [int(m) for m in np.flatnonzero(cluster == k)[: places[k]]]
     taken = set(chosen)
     chosen += [i for i in range(len(ranked)) if i not in taken][: n - len(chosen)]
     first = set(chosen)
     return [ranked[i] for i in sorted(first)] + [c for i, c in enumerate(ranked) if i not in first]
+
+
+def shares(sizes: np.ndarray, n: int) -> np.ndarray:
+    """``n`` places split in proportion to ``sizes`` (largest remainders; never more than a size)."""
+    exact = n * sizes / max(1, int(sizes.sum()))
+    places = np.minimum(np.floor(exact).astype(int), sizes)
+    for k in np.argsort(-(exact - places), kind="stable"):
+        if places.sum() >= min(n, int(sizes.sum())):
+            break
+        if places[k] < sizes[k]:
+            places[k] += 1
+    return places
 
 
 def images_of(source: str | Path) -> list[Source]:
