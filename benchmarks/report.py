@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         new, generated, kept = rewrite(text, results)
         used |= generated
         for name in sorted(kept):
-            print(f"{document.name}: {name}: no results/{name.split('.')[0]}.json, kept as it is (an earlier run)")
+            result = name.split(".")[0]
+            if result in results:  # a figure its result does not hold: a wrong key, never an earlier run
+                print(f"{document.name}: {name}: results/{result}.json has no such figure", file=sys.stderr)
+            else:
+                print(f"{document.name}: {name}: no results/{result}.json, kept as it is (an earlier run)")
         if new != text:
             stale.append(document)
             if not args.check:
@@ -130,4 +134,6 @@ def main(argv: list[str] | None = None) -> int:
               + (" (stale)" if args.check and new != text else " (rewritten)" if new != text else " (current)"))
     for name in sorted(set(results) - used):
         print(f"results/{name}.json: no marker in {', '.join(d.name for d in args.documents)}", file=sys.stderr)
-    return 1 if args.check and stale else 0
+    wrong = any(name.split(".")[0] in results for document in args.documents
+                for name in rewrite(document.read_text(), results)[2])
+    return 1 if wrong or (args.check and stale) else 0

@@ -158,4 +158,7 @@ def test_the_repository_documents_are_current_with_their_results() -> None:
     results = report.load_results(harness.RESULTS)
     for document in report.DOCUMENTS:
         text = document.read_text()
-        assert report.rewrite(text, results)[0] == text, f"run `python -m benchmarks report`: {document.name}"
+        new, _, kept = report.rewrite(text, results)
+        assert new == text, f"run `python -m benchmarks report`: {document.name}"
+        wrong = sorted(name for name in kept if name.split(".")[0] in results)
+        assert not wrong, f"{document.name} quotes figures its results do not hold: {wrong}"
