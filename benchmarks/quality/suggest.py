@@ -6,12 +6,12 @@
 A lab's folder, made of the images the shipped model never trained on (../shared/data: BBBC039 wells A-C, the
 DSB2018 360x360 fields, S-BSST265's bone-marrow cytospins; the H&E tiles are left out, they go to another model),
 is split in two halves by a seeded draw: the pool a lab would label from, and the test half it is scored on. From
-the pool, N images are chosen three times: the N the default model is least sure of (flip disagreement,
+the pool, N images are chosen four ways: the N the default model is least sure of (flip disagreement,
 `nuclei.inference.suggest.rank`), N spread over the pool's kinds of image (the least sure of each of N clusters,
 `suggest.pick`, what `nuclei suggest` lists first), N spread in proportion to the kinds' sizes (`pick(...,
 proportional=True)`: the least sure of each kind, a kind getting places as it is a share of the pool) and N drawn
-at random. Each set is fine-tuned for the same
-minutes (as `nuclei finetune` does, nothing held back), and the models and the default segment the test half.
+at random. Each set is fine-tuned for the same minutes (as `nuclei finetune` does, nothing held back), and the
+models and the default segment the test half.
 Records AP@0.5 and DSB score of each, the categories each selection drew, and the differences.
 """
 

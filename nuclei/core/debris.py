@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from nuclei.core.postprocess import keep_only
 
 DEBRIS_AREA = 0.1  # of the typical nucleus's area
-DEBRIS_GAP = 0.2  # typical nucleus diameters to the nearest other nucleus
+DEBRIS_GAP = 0.2  # typical nucleus diameters to the nearest other object
 
 
 def typical_area(areas: NDArray[Any]) -> float:
