@@ -76,6 +76,9 @@ class TrainConfig(BaseModel):
                               "microscope's faults on their raw pixels before normalising: uneven illumination "
                               "(gradients, vignetting, glow), saturated nuclei, debris specks (never labelled), "
                               "mosaic seams, defocus; validation then also scores each image with such faults")
+    field_joins: float = Field(0.0, ge=0.0, le=1.0, description="share of the `microscope` crops joined along a "
+                               "straight line to a window of another field of the same data set, as a stitched "
+                               "mosaic abuts fields: nuclei cut by the seam, other content beyond it")
     validation_zooms: list[float] = Field([1.0], min_length=1, description="validation crops at each of these "
                                           "zooms (fixed, seeded): early stopping then weighs the nucleus sizes the "
                                           "scale_range trains for, e.g. [0.5, 1.0]; default: the data's own scale")

@@ -76,7 +76,7 @@ def test_every_train_option_reaches_the_config() -> None:
                       "--no-held-out-in-validation", "--balance-categories", "--dataset-weights", '{"d1": 2}',
                       "--max-images", "5", "--on-error", "skip", "--quantize-int8",
                       "--min-ap50", "0.1", "--nucleus-brightness", "0.3", "--precision", "mixed_bfloat16",
-                      "--minutes", "5", "--stain-jitter", "0.1", "--microscope", "0.4",
+                      "--minutes", "5", "--stain-jitter", "0.1", "--microscope", "0.4", "--field-joins", "0.3",
                       "--include", "d1:category=^stain",
                       "--validation-zooms", "0.5", "--validation-zooms", "1"])
     assert set(params) == set(TrainConfig.model_fields)
@@ -86,7 +86,8 @@ def test_every_train_option_reaches_the_config() -> None:
     assert config.normalization.low == 2 and config.augment is False and config.instance_channel is False
     assert config.dataset_weights == {"d1": 2.0} and config.held_out_in_validation is False
     assert config.nucleus_brightness == 0.3 and config.precision == "mixed_bfloat16" and config.minutes == 5
-    assert config.stain_jitter == 0.1 and config.microscope == 0.4 and config.include == ["d1:category=^stain"]
+    assert config.stain_jitter == 0.1 and config.microscope == 0.4 and config.field_joins == 0.3
+    assert config.include == ["d1:category=^stain"]
     assert config.validation_zooms == [0.5, 1.0]
 
 

@@ -335,3 +335,52 @@ def test_retune_chooses_again_what_the_train_flow_chose(trained_model: Path, tmp
     assert thresholds.as_dict() == flow_metrics["thresholds"]
     assert json.loads((model_dir / "thresholds.json").read_text()) == flow_metrics["thresholds"]
     assert report.overall() == pytest.approx(flow_metrics["overall"])
+
+
+def test_joined_fields_abut_along_a_line_with_every_nucleus_labelled() -> None:
+    """A stitched mosaic's seam for training: this field's nuclei on one side, the other's beyond, each cut by the
+    line and still labelled, the other's ids after this one's."""
+    from nuclei.training.microscope import joined
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    labels = np.zeros((64, 64), np.int32)
+    labels[(yy - 32) ** 2 + (xx - 32) ** 2 < 400] = 1  # cut by any line through the middle half
+    other_labels = np.zeros((64, 64), np.uint16)
+    other_labels[(yy - 20) ** 2 + (xx - 40) ** 2 < 64] = 1
+    other_labels[(yy - 50) ** 2 + (xx - 20) ** 2 < 64] = 2
+    raw, other_raw = np.where(labels > 0, 200, 10).astype(np.uint8), np.where(other_labels > 0, 90, 5).astype(np.uint8)
+    for seed in range(8):
+        out, out_labels = joined(raw, labels, other_raw, other_labels, np.random.default_rng(seed))
+        mine = out_labels == 1
+        assert out.dtype == np.uint8 and out_labels.dtype == np.int32
+        assert set(np.unique(out[mine])) == {200} and set(np.unique(out[out_labels > 1])) <= {90}
+        assert np.isin(np.unique(out_labels), [0, 1, 2, 3]).all() and 0 < mine.sum() < (labels == 1).sum()
+        here = np.isin(out, [10, 200])  # this field's pixels (its background 10), the rest the other's (5, 90)
+        assert np.isin(out[~here], [5, 90]).all() and 0.2 < here.mean() < 0.8
+        assert (here == here[:1]).all() or (here == here[:, :1]).all()  # split by a straight line
+        np.testing.assert_array_equal(out_labels[here], labels[here])
+
+
+def test_field_joins_give_the_cut_nuclei_of_both_fields_their_own_cores(synthetic_dir: Path) -> None:
+    """A joined window holds nuclei of two fields, and its targets are made again from the joined labels: each
+    nucleus the seam cuts keeps a core of its own, as at an image's edge."""
+    from nuclei.io.datasets import load_dataset
+    from nuclei.training.fit import CropBatches, make_targets
+
+    samples = load_dataset(synthetic_dir, progress=False).samples[:5]
+    config = TrainConfig(data_dir="x", crop_size=64, batch_size=4, microscope=1.0, field_joins=1.0, contact_weight=5)
+    batches = CropBatches(samples, config, train=True, steps=2)
+    assert all(len(p) == 4 for p in batches.partners)  # every other field of the data set
+    mixed = 0
+    for index in range(5):
+        raw, target, labels = batches._raw_window(index, 96)
+        assert raw.shape[:2] == labels.shape == target.shape[:2] == (96, 96)
+        np.testing.assert_array_equal(target, make_targets(labels, config.channels, config.contact_weight))
+        ids = np.unique(labels)[1:]
+        assert np.isin(ids, np.unique(labels[target[..., 1] > 0.5])).all()  # every nucleus has its core
+        mixed += int(ids.max(initial=0) > samples[index].labels.max())  # the other field's ids follow this one's
+    assert mixed >= 3
+    plain = CropBatches(samples, config.model_copy(update={"field_joins": 0.0}), train=True, steps=1)
+    raw, target, labels = plain._raw_window(0, 96)
+    assert labels.max() <= samples[0].labels.max()
+    assert batches[0][0].shape == (4, 64, 64, 3)

@@ -20,7 +20,7 @@ from nuclei.core.targets import contact_zone, core_targets
 from nuclei.core.tiling import pad_to_multiple
 from nuclei.io.datasets import Sample
 from nuclei.training.augment import augmented_crop, random_zoom
-from nuclei.training.microscope import MARGIN, microscope, nucleus_diameter, raw_window
+from nuclei.training.microscope import MARGIN, joined, microscope, nucleus_diameter, raw_window
 from nuclei.training.progress import Epochs
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ class CropBatches(keras.utils.PyDataset):
         self.labels = [s.labels for s in samples]
         self.raws = [s.raw for s in samples]  # the microscope's changes act on raw pixels, before normalising
         self.diameters = [nucleus_diameter(s.labels) for s in samples]
+        # Fields a window may be joined to (`field_joins`): others of its data set, recorded in the same units.
+        self.partners = [[j for j, t in enumerate(samples) if j != i and t.dataset == s.dataset
+                          and t.raw.dtype == s.raw.dtype and t.raw.ndim == s.raw.ndim]
+                         for i, s in enumerate(samples)]
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))
         self.rng = np.random.default_rng(config.seed + (0 if train else 1))
@@ -100,7 +104,7 @@ class CropBatches(keras.utils.PyDataset):
             # normalised as inference would normalise it.
             zoom = zoom or random_zoom(config.scale_range, self.rng)
             side = math.ceil(config.crop_size / zoom) + 2 * MARGIN
-            raw, target, labels = raw_window(self.raws[index], target, labels, side, self.rng)
+            raw, target, labels = self._raw_window(index, side)
             image = normalized(microscope(raw, labels, self.rng, self.diameters[index]), config.normalization)
         return augmented_crop(
             image, target, self.config.crop_size, self.rng,
@@ -108,6 +112,19 @@ class CropBatches(keras.utils.PyDataset):
             labels=labels, nucleus_brightness=self.config.nucleus_brightness,
             stain_jitter=self.config.stain_jitter, zoom=zoom,
         )
+
+    def _raw_window(self, index: int, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A random raw window of an image with its targets and labels; `field_joins` of them joined along a line
+        to a window of another field (a stitched mosaic's seam), their targets made again from the joined
+        labels so the nuclei the seam cuts are learnt as those an image's edge cuts."""
+        raw, target, labels = raw_window(self.raws[index], self.targets[index], self.labels[index], side, self.rng)
+        if self.partners[index] and self.rng.random() < self.config.field_joins:
+            other = int(self.rng.choice(self.partners[index]))
+            other_raw, _, other_labels = raw_window(self.raws[other], self.targets[other], self.labels[other],
+                                                    side, self.rng)
+            raw, labels = joined(raw, labels, other_raw, other_labels, self.rng)
+            target = make_targets(labels, self.config.channels, self.config.contact_weight)
+        return raw, target, labels
 
     def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         size = self.config.batch_size

@@ -1,7 +1,7 @@
 """What a microscope does to a field, added to raw pixels before the normalisation (so the network learns what
 the normalisation leaves of it): uneven illumination (a gradient, vignetting, out-of-focus glow), nuclei
 pushed to saturation, small bright specks of debris on the background (never labelled), the seam between two
-fields recorded at other brightness (a mosaic), and defocus.
+fields recorded at other brightness (a mosaic), defocus, and (`joined`) two fields abutting along a line.
 
 Applied to a window of the raw image, in its stored units; the window is then normalised as inference would
 normalise it (`nuclei.core.normalize`). Fluorescence only: images whose nuclei are darker than their
@@ -38,6 +38,23 @@ def raw_window(raw: np.ndarray, target: np.ndarray, labels: np.ndarray, side: in
     y = int(rng.integers(0, raw.shape[0] - side + 1))
     x = int(rng.integers(0, raw.shape[1] - side + 1))
     return raw[y : y + side, x : x + side], target[y : y + side, x : x + side], labels[y : y + side, x : x + side]
+
+
+def joined(raw: np.ndarray, labels: np.ndarray, other_raw: np.ndarray, other_labels: np.ndarray,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two windows of the same size joined along a random horizontal or vertical line, as a stitched mosaic abuts
+    two fields: the nuclei on both sides cut by the seam (and still labelled), the other field's content beyond
+    it. The other field's labels are renumbered after this one's."""
+    axis = int(rng.integers(0, 2))
+    cut = int(rng.integers(raw.shape[axis] // 4, 3 * raw.shape[axis] // 4 + 1))
+    side = [slice(None), slice(None)]
+    side[axis] = slice(cut, None) if rng.random() < 0.5 else slice(0, cut)
+    there = tuple(side)
+    raw, labels = raw.copy(), labels.astype(np.int32, copy=True)
+    raw[there] = other_raw[there]
+    moved = other_labels[there].astype(np.int32)
+    labels[there] = np.where(moved > 0, moved + int(labels.max()), 0)
+    return raw, labels
 
 
 def _smooth_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
