@@ -223,3 +223,19 @@ def test_a_store_that_cannot_hold_a_catalog_is_read_from_its_records(store: Path
             assert Store(store, "r").scan() == truth
         finally:
             store.chmod(0o755)
+
+
+def test_records_read_share_their_repeated_parts_and_stay_what_the_files_say(store: Path) -> None:
+    """A store's records repeat the model, thresholds, normalisation and field names: a scan keeps one object of
+    each (a record took 5.5 KB held apart, 1.8 KB shared), and each record is still exactly its file's."""
+    from nuclei.store.record import EntryRecord
+
+    records = Store(store, "r").scan().records
+    a, b = records["a"], records["b"]
+    assert a.model is b.model and a.thresholds is b.thresholds and a.model_fields_set is b.model_fields_set
+    for image_id, record in records.items():
+        key = image_id.replace("/", "%2F")
+        plain = EntryRecord.model_validate_json((store / "index" / f"{key}.json").read_bytes())
+        assert record == plain and record.model_fields_set == plain.model_fields_set
+    # a copy (what a writer updates) gets a field set of its own, so updating one never touches the shared one
+    assert a.model_copy(update={"n_nuclei": 9}).model_fields_set is not a.model_fields_set
