@@ -238,6 +238,21 @@ def test_hostile_inputs_are_segmented_or_reported_and_the_run_goes_on(shipped_mo
     assert summary["done"] == len(ids) and summary["done"] + summary["failed"] == summary["found"]
 
 
+def test_a_glob_that_matches_a_broken_link_reports_it_and_finds_the_rest(tmp_path: Path) -> None:
+    """A glob's matches are stat-ed one by one: a dangling link among them is that file's problem (it stopped the
+    whole discovery with FileNotFoundError), and the images beside it keep their ids."""
+    from nuclei.io.discovery import discover
+
+    folder = tmp_path / "in"
+    (folder / "plate 1").mkdir(parents=True)
+    write_png(folder / "plate 1" / "a.b.png", make_sample((32, 32), n_nuclei=2, seed=1)[0])
+    (folder / "plate 1" / "gone.png").symlink_to(folder / "nowhere.png")
+    found = discover([str(folder / "**" / "*.png")])
+    assert [item.id for item in found.items] == ["plate 1/a.b"]
+    assert found.items[0].url == str(folder / "plate 1" / "a.b.png")
+    assert [(Path(p.path).name, "cannot open" in p.reason) for p in found.problems] == [("gone.png", True)]
+
+
 # 6. Bad parameters and bad models -----------------------------------------------------------------------------
 
 

@@ -59,50 +59,63 @@ def _image_id(relative: str) -> str:
     return str(path.with_suffix(""))
 
 
-def _local_files(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """(path, problem) for every image-named entry under root; symlinked folders are not followed, and a
-    folder that cannot be listed (no permission, a path longer than PATH_MAX) is a problem, not a silence."""
+def _local_files(root: Path) -> Iterator[tuple[str, str | None, os.stat_result | None]]:
+    """(path, problem, stat) for every image-named entry under root; symlinked folders are not followed, and a
+    folder that cannot be listed (no permission, a path longer than PATH_MAX) is a problem, not a silence. Plain
+    strings, not Paths: a folder of 10^5 images spent most of its listing building Path objects."""
     unlisted: list[OSError] = []
     for folder, dirs, files in os.walk(root, followlinks=False, onerror=unlisted.append):
         yield from _unlisted(unlisted, root)
         dirs.sort()
         for name in sorted(dirs):
             if _is_image_name(name):
-                yield Path(folder) / name, "is a directory, not an image file"
+                yield os.path.join(folder, name), "is a directory, not an image file", None
             elif os.path.islink(os.path.join(folder, name)):
-                yield Path(folder) / name, "is a symlinked folder: not followed (give it as an input to include it)"
+                yield (os.path.join(folder, name),
+                       "is a symlinked folder: not followed (give it as an input to include it)", None)
         for name in sorted(files):
             if _is_unsupported(name):
-                yield Path(folder) / name, UNSUPPORTED
+                yield os.path.join(folder, name), UNSUPPORTED, None
             elif _is_image_name(name):
-                path = Path(folder) / name
+                path = os.path.join(folder, name)
                 try:
-                    os.stat(path)
+                    stat = os.stat(path)
                 except OSError as exc:  # broken link, symlink loop
-                    yield path, f"cannot open ({exc.strerror or exc})"
+                    yield path, f"cannot open ({exc.strerror or exc})", None
                     continue
-                yield path, None
+                yield path, None, stat
     yield from _unlisted(unlisted, root)
 
 
-def _unlisted(errors: list[OSError], root: Path) -> Iterator[tuple[Path, str]]:
+def _unlisted(errors: list[OSError], root: Path) -> Iterator[tuple[str, str, None]]:
     """os.walk's listing errors so far, as problems (it drops them unless asked)."""
     while errors:
         error = errors.pop(0)
-        yield Path(error.filename or root), f"cannot list this folder ({error.strerror or error})"
+        yield str(error.filename or root), f"cannot list this folder ({error.strerror or error})", None
 
 
 def _local(root: Path, files: Sequence[Path] | None = None) -> Discovery:
     found = Discovery([], [])
-    entries = ((f, None) for f in files) if files is not None else _local_files(root)
-    for path, problem in entries:
+    entries = ((str(f), None, None) for f in files) if files is not None else _local_files(root)
+    base = os.path.abspath(root)
+    under = os.path.join(base, "")  # base and a separator: what every path found under it starts with
+    for path, problem, stat in entries:
         if problem:
-            found.problems.append(InputError(path, problem))
+            found.problems.append(InputError(Path(path), problem))
             continue
-        stat = path.stat()
-        rel = os.path.relpath(path, root)
+        if stat is None:  # a file named by the caller or a glob: stat it here
+            try:
+                stat = os.stat(path)
+            except OSError as exc:  # a broken link, a symlink loop: a problem of that file, not of the run
+                found.problems.append(InputError(Path(path), f"cannot open ({exc.strerror or exc})"))
+                continue
         # Absolute: a task may run on a worker whose working directory is not ours.
-        found.items.append(ImageItem(_image_id(rel), os.path.abspath(path), stat.st_size, stat.st_mtime))
+        full = os.path.abspath(path)
+        if full.startswith(under):  # normalised (abspath): the id is the rest without its suffix
+            image_id = os.path.splitext(full[len(under):])[0].replace(os.sep, "/")
+        else:
+            image_id = _image_id(os.path.relpath(full, base))
+        found.items.append(ImageItem(image_id, full, stat.st_size, stat.st_mtime))
     return found
 
 
