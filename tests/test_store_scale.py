@@ -239,3 +239,17 @@ def test_records_read_share_their_repeated_parts_and_stay_what_the_files_say(sto
         assert record == plain and record.model_fields_set == plain.model_fields_set
     # a copy (what a writer updates) gets a field set of its own, so updating one never touches the shared one
     assert a.model_copy(update={"n_nuclei": 9}).model_fields_set is not a.model_fields_set
+
+
+def test_shared_record_parts_keep_their_json_types() -> None:
+    """1, 1.0 and True are equal in Python: sharing must never give one record another record's spelling of a
+    value, so each record dumps to exactly its own JSON."""
+    from nuclei.store.index import parse_record
+
+    base = {"source": "/d/a.png", "source_sha256": "0" * 64, "shape": [4, 4], "n_nuclei": 0,
+            "covered_fraction": 0.0, "mean_area": 0.0, "model": {"version": "m@1"}, "thresholds": {}}
+    spellings = [{"cell": 32, "flag": True}, {"cell": 32.0, "flag": 1}, {"cell": 32, "flag": 1.0}]
+    for n, norm in enumerate(spellings):
+        record = parse_record(json.dumps({**base, "id": f"i{n}", "normalization": norm}).encode(), f"i{n}")
+        assert record is not None
+        assert json.dumps(record.normalization) == json.dumps(norm)

@@ -27,13 +27,14 @@ SHARED_LIMIT = 100_000  # distinct parts kept (a store written by a few runs has
 
 
 def _key(value: Any) -> Any:
-    """A cheap hashable key of a record's part (parsed dicts keep their writer's order; equal writers, equal keys)."""
+    """A cheap hashable key of a record's part (parsed dicts keep their writer's order; equal writers, equal keys).
+    Values carry their type: 1, 1.0 and True are equal in Python but not in a record's JSON."""
     if isinstance(value, dict):
-        return tuple(value.items())
+        return tuple((k, type(v), v) for k, v in value.items())
     if isinstance(value, list):
-        return tuple(value)
+        return tuple((type(v), v) for v in value)
     if isinstance(value, BaseModel):
-        return (type(value), tuple(value.__dict__.items()), _key(value.__pydantic_extra__ or {}))
+        return (type(value), _key(value.__dict__), _key(value.__pydantic_extra__ or {}))
     return value
 
 
