@@ -81,7 +81,7 @@ class CropBatches(keras.utils.PyDataset):
         self.diameters = [nucleus_diameter(s.labels) for s in samples]
         # Fields a window may be joined to (`field_joins`): others of its data set, recorded in the same units.
         self.partners = [[j for j, t in enumerate(samples) if j != i and t.dataset == s.dataset
-                          and t.raw.dtype == s.raw.dtype and t.raw.ndim == s.raw.ndim]
+                          and t.raw.dtype == s.raw.dtype and t.raw.ndim == s.raw.ndim] if config.field_joins else []
                          for i, s in enumerate(samples)]
         self.config, self.train = config, train
         self.steps = steps or max(1, math.ceil(len(samples) / config.batch_size))

@@ -40,16 +40,21 @@ def raw_window(raw: np.ndarray, target: np.ndarray, labels: np.ndarray, side: in
     return raw[y : y + side, x : x + side], target[y : y + side, x : x + side], labels[y : y + side, x : x + side]
 
 
+def _side_of_a_line(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[slice, slice]:
+    """One side of a random horizontal or vertical line through the middle half of a window."""
+    axis = int(rng.integers(0, 2))
+    cut = int(rng.integers(shape[axis] // 4, 3 * shape[axis] // 4 + 1))
+    side = [slice(None), slice(None)]
+    side[axis] = slice(cut, None) if rng.random() < 0.5 else slice(0, cut)
+    return side[0], side[1]
+
+
 def joined(raw: np.ndarray, labels: np.ndarray, other_raw: np.ndarray, other_labels: np.ndarray,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two windows of the same size joined along a random horizontal or vertical line, as a stitched mosaic abuts
     two fields: the nuclei on both sides cut by the seam (and still labelled), the other field's content beyond
     it. The other field's labels are renumbered after this one's."""
-    axis = int(rng.integers(0, 2))
-    cut = int(rng.integers(raw.shape[axis] // 4, 3 * raw.shape[axis] // 4 + 1))
-    side = [slice(None), slice(None)]
-    side[axis] = slice(cut, None) if rng.random() < 0.5 else slice(0, cut)
-    there = tuple(side)
+    there = _side_of_a_line(raw.shape, rng)
     raw, labels = raw.copy(), labels.astype(np.int32, copy=True)
     raw[there] = other_raw[there]
     moved = other_labels[there].astype(np.int32)
@@ -101,12 +106,8 @@ def _specks(image: np.ndarray, labels: np.ndarray, diameter: float, contrast: fl
 def _seam(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One side of a random horizontal or vertical line scaled by 1/4..4 (log-uniform): fields of other
     brightness side by side, as a stitched mosaic or a plate scan has them."""
-    axis = int(rng.integers(0, 2))
-    cut = int(rng.integers(image.shape[axis] // 4, 3 * image.shape[axis] // 4 + 1))
-    side = [slice(None), slice(None)]
-    side[axis] = slice(cut, None) if rng.random() < 0.5 else slice(0, cut)
     scaled = image.copy()
-    scaled[tuple(side)] *= float(np.exp(rng.uniform(np.log(0.25), np.log(4.0))))
+    scaled[_side_of_a_line(image.shape, rng)] *= float(np.exp(rng.uniform(np.log(0.25), np.log(4.0))))
     return scaled
 
 
