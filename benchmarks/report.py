@@ -23,7 +23,7 @@ from benchmarks.harness import REPO, RESULTS, Table
 DOCUMENTS = (REPO / "BENCHMARKS.md", REPO / "README.md")
 SECTION = re.compile(r"(?P<open><!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                      r"(?P<close><!-- /results:(?P=name) -->)", re.S)
-FIGURE = re.compile(r"(?P<open><!-- figure:(?P<name>[\w-]+)\.(?P<key>[\w.-]+?)(?::(?P<spec>[^ ]*))? -->)"
+FIGURE = re.compile(r"(?P<open><!-- figure:(?P<name>[\w-]+)\.(?P<key>[\w. -]+?)(?::(?P<spec>[^ ]*))? -->)"
                     r"(?P<body>(?:(?!<!--).)*?)"
                     r"(?P<close><!-- /figure -->)", re.S)
 
@@ -108,6 +108,12 @@ def rewrite(text: str, results: dict[str, dict[str, Any]]) -> tuple[str, set[str
     return FIGURE.sub(one_figure, SECTION.sub(section, text)), generated, kept
 
 
+def unparsed(text: str) -> int:
+    """How many figure markers of ``text`` the pattern does not read (each opening must be a whole marker; one
+    quoted in backticks, as the documents explain the syntax, is no marker)."""
+    return len(re.findall(r"(?<!`)<!-- figure:", text)) - len(FIGURE.findall(text))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.split("\n")[0])
     parser.add_argument("documents", nargs="*", type=Path, default=list(DOCUMENTS))
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     stale, used, wrong = [], set(), False
     for document in args.documents:
         text = document.read_text()
+        if unread := unparsed(text):  # a marker the pattern cannot read would stay pasted, in silence
+            wrong = True
+            print(f"{document.name}: {unread} figure markers cannot be read", file=sys.stderr)
         new, generated, kept = rewrite(text, results)
         used |= generated
         for name in sorted(kept):

@@ -158,6 +158,7 @@ def test_the_repository_documents_are_current_with_their_results() -> None:
     results = report.load_results(harness.RESULTS)
     for document in report.DOCUMENTS:
         text = document.read_text()
+        assert report.unparsed(text) == 0, f"{document.name}: a figure marker the report cannot read"
         new, _, kept = report.rewrite(text, results)
         assert new == text, f"run `python -m benchmarks report`: {document.name}"
         wrong = sorted(name for name in kept if name.split(".")[0] in results)
