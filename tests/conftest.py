@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,64 @@ def chunk_files(array_dir: Path) -> list[Path]:
     """A stored array's chunk files under either chunk key encoding: c.0.0 (image entries), c/0/0 (slides)."""
     return sorted(p for p in array_dir.iterdir() if p.is_file() and p.name.startswith("c.")) + sorted(
         p for p in array_dir.glob("c/**/*") if p.is_file())
+
+class Flushes:
+    """What reached the disk, in order, while a test wrote a store: each fsync (its path), each syncfs (every
+    path that existed under ``root`` then: one syncfs flushes them all) and each rename (its target)."""
+
+    def __init__(self, root: Path, mode: str) -> None:
+        self.root, self.mode = root, mode
+        self.events: list[tuple[str, Any]] = []
+
+    def durable(self, start: int = 0, stop: int | None = None) -> set[str]:
+        """The paths flushed by the events [start, stop)."""
+        found: set[str] = set()
+        for kind, what in self.events[start:stop]:
+            if kind == "fsync":
+                found.add(what)
+            elif kind == "syncfs":
+                found |= what
+        return found
+
+    def renamed(self, target: Callable[[str], bool]) -> list[tuple[int, str]]:
+        """(event index, source) of each rename onto a path ``target`` accepts."""
+        return [(i, what[0]) for i, (kind, what) in enumerate(self.events) if kind == "replace" and target(what[1])]
+
+    def kinds(self) -> set[str]:
+        return {kind for kind, _ in self.events if kind != "replace"}
+
+
+@pytest.fixture(params=["syncfs", "fsync"])
+def flushes(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flushes:
+    """Spies on everything that makes a store's writes durable under ``tmp_path``, once with one syncfs per
+    flush (where this file system allows it) and once with NUCLEI_SYNC=fsync (an fsync of each path)."""
+    import nuclei.store.durable as durable
+
+    monkeypatch.setattr(durable, "_slow", 0)
+    if request.param == "fsync":
+        monkeypatch.setenv(durable.SYNC_ENV, "fsync")
+    elif not durable.syncfs_serves(str(tmp_path), str(tmp_path)):
+        pytest.skip(f"syncfs does not serve {tmp_path}'s file system here")
+    seen = Flushes(tmp_path, request.param)
+    real_fsync, real_syncfs, real_replace = os.fsync, durable.sync_filesystem, os.replace
+
+    def fsync(fd: int) -> None:
+        seen.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def syncfs(path: str) -> None:
+        seen.events.append(("syncfs", {str(p) for p in tmp_path.rglob("*")} | {str(tmp_path)}))
+        real_syncfs(path)
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        real_replace(src, dst, **kw)
+        seen.events.append(("replace", (os.fspath(src), os.fspath(dst))))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(durable, "sync_filesystem", syncfs)
+    monkeypatch.setattr(os, "replace", replace)
+    return seen
+
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -29,7 +29,7 @@ from nuclei.io.lazy import LazyPlane, SlideSource, plane_pixels, source_identity
 from nuclei.io.planes import PlaneChoice
 from nuclei.store.backend import Store
 
-from .conftest import SAMPLES
+from .conftest import SAMPLES, Flushes
 
 FIELD = SAMPLES / "images" / "IXMtest_A02_s1_w1051DAA7C-7042-435F-99F0-1E847D9B42CB.png"  # BBBC039, 16-bit
 
@@ -317,27 +317,20 @@ def test_a_folder_of_jpeg_tiled_svs_slides_is_found_and_segmented(tmp_path: Path
     assert record is not None and record.model_extra and "slide" in record.model_extra and record.n_nuclei > 100
 
 
-def test_a_slide_entry_is_on_disk_before_its_record(slide: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slide_entry_is_on_disk_before_its_record(slide: Path, tmp_path: Path, flushes: Flushes) -> None:
     """After a power cut a slide's record must never point at chunks still in the page cache: every file and
-    folder of the entry is fsynced before the record is, and so is each finished block a re-run skips."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    folder of the entry is flushed (fsynced each, or by one syncfs) before the record is renamed into place,
+    and so is each finished block a re-run skips, before its own rename."""
     store = tmp_path / "s.zarr"
     assert nuclei.segment([str(slide)], store=store, slide_pixels=1, block_size=512)["done"] == 1
     entry = store / "images" / "mosaic.ome"
-    record_at = max(i for i, p in enumerate(synced) if p.startswith(str(store / "index")) and p.endswith(".tmp"))
-    before = set(synced[:record_at])
-    assert {str(p) for p in entry.rglob("*")} <= before and str(entry) in before
-    assert sum(p.endswith(".npy.zst.tmp") or ".npy.zst." in p for p in synced) >= 6  # the blocks, as written
+    [(renamed_at, source)] = flushes.renamed(lambda target: target == str(store / "index" / "mosaic.ome.json"))
+    before = flushes.durable(stop=renamed_at)
+    assert {str(p) for p in entry.rglob("*")} <= before and str(entry) in before and source in before
+    blocks = flushes.renamed(lambda target: target.endswith(".npy.zst"))
+    assert len(blocks) >= 6  # the blocks, as written
+    assert all(block in flushes.durable(stop=at) for at, block in blocks)
+    assert flushes.kinds() == {flushes.mode}
 
 
 def test_a_big_slide_is_identified_by_its_size_head_and_tail(slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:

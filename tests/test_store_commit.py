@@ -3,7 +3,6 @@ never racing a writer, the writer's commit-token check, and stores that are refu
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import zipfile
@@ -20,6 +19,7 @@ from nuclei.errors import StoreError
 from nuclei.io.synthetic import make_sample
 from nuclei.store.backend import Store
 from nuclei.store.check import check
+from tests.conftest import Flushes
 
 
 def _record(image: np.ndarray, labels: np.ndarray, table: np.ndarray) -> dict[str, Any]:
@@ -36,25 +36,20 @@ def _write(store: Store, image_id: str, seed: int = 1, **kw: Any) -> Any:
     return store.write_entry(image_id, image, labels, table, _record(image, labels, table), **kw)
 
 
-def test_arrays_and_folders_are_fsynced_before_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a power cut a record must never point at arrays that were still in the page cache."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
+def test_arrays_and_folders_are_durable_before_the_record(tmp_path: Path, flushes: Flushes) -> None:
+    """After a power cut a record must never point at arrays that were still in the page cache: every file and
+    folder of the entry is flushed (fsynced each, or by one syncfs) before the record's rename, the record's
+    own bytes before it too, and the rename after."""
     store = Store(tmp_path / "s.zarr", "a")
-    monkeypatch.setattr(os, "fsync", spy)
     _write(store, "a")
-    entry = tmp_path / "s.zarr" / "images" / "a"
-    files = {str(p) for p in entry.rglob("*")}
-    record_at = next(i for i, p in enumerate(synced) if p.endswith(".tmp"))  # the record's temp file
-    before = set(synced[:record_at])
-    assert files <= before  # every array file and folder of the entry ...
+    entry, index = tmp_path / "s.zarr" / "images" / "a", tmp_path / "s.zarr" / "index"
+    [(renamed_at, source)] = flushes.renamed(lambda target: target == str(index / "a.json"))
+    before = flushes.durable(stop=renamed_at)
+    assert {str(p) for p in entry.rglob("*")} <= before  # every array file and folder of the entry ...
     assert str(entry) in before and str(entry.parent) in before  # ... its folder, and the name in images/
-    assert synced[-1] == str(tmp_path / "s.zarr" / "index")  # the rename of the record, last
+    assert source in before  # the record's temp file, whole before it is renamed into place
+    assert str(index) in flushes.durable(start=renamed_at)  # the rename of the record, made durable last
+    assert flushes.kinds() == {flushes.mode}
 
 
 def test_check_tells_being_written_from_damaged_and_repair_never_races_a_writer(tmp_path: Path) -> None:
@@ -266,3 +261,53 @@ def test_reading_entries_reads_each_record_once(tmp_path: Path, monkeypatch: pyt
     entry = Store(path).open_entry("img0")
     entry.labels(), entry.mask(), entry.image(), entry.measurements()
     assert calls == ["img0"]  # opened once, four arrays read
+
+
+def test_durability_falls_back_to_an_fsync_of_each_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One syncfs where the file system is known to honour it; an fsync of each path when asked
+    (NUCLEI_SYNC=fsync), on a file system not known to (FUSE, NFS), and for the rest of a process whose syncfs
+    calls turned slow; a failed syncfs raises."""
+    import ctypes
+
+    import nuclei.store.durable as durable
+
+    paths = [str(tmp_path / name) for name in ("a", "b")]
+    for path in paths:
+        Path(path).write_bytes(b"x")
+    calls: list[str] = []
+    monkeypatch.setattr(durable, "fsync_path", lambda path: calls.append(f"fsync {Path(path).name}"))
+    real_syncfs = durable.sync_filesystem
+    monkeypatch.setattr(durable, "sync_filesystem", lambda path: calls.append("syncfs"))
+    monkeypatch.setattr(durable, "_slow", 0)
+    if not durable.syncfs_serves(paths[0], paths[-1]):
+        pytest.skip("syncfs does not serve this file system here")
+
+    def flushed() -> list[str]:
+        calls.clear()
+        durable.make_durable(paths)
+        return list(calls)
+
+    assert flushed() == ["syncfs"]
+    monkeypatch.setenv(durable.SYNC_ENV, "fsync")
+    assert flushed() == ["fsync a", "fsync b"]
+    monkeypatch.delenv(durable.SYNC_ENV)
+    monkeypatch.setattr(durable, "_usable", {})
+    monkeypatch.setattr(durable, "_filesystem_type", lambda path: 0x65735546)  # FUSE
+    assert flushed() == ["fsync a", "fsync b"]
+    monkeypatch.setattr(durable, "_usable", {})
+    monkeypatch.undo()  # the real syncfs, timed as too slow three times
+    monkeypatch.setattr(durable, "_slow", 0)
+    monkeypatch.setattr(durable, "SLOW_SYNCFS_S", -1.0)
+    for _ in range(durable.SLOW_SYNCFS_LIMIT):
+        real_syncfs(paths[0])
+    assert not durable.syncfs_serves(paths[0], paths[-1])
+
+    class Failing:
+        @staticmethod
+        def syncfs(fd: int) -> int:
+            ctypes.set_errno(5)
+            return -1
+
+    monkeypatch.setattr(durable, "_libc", lambda: Failing)
+    with pytest.raises(OSError, match="syncfs: Input/output error"):
+        real_syncfs(paths[0])

@@ -1,32 +1,36 @@
-"""What making entries durable costs: an entry's files written with fsync (files and folders, then the record)
-against the same writes without fsync, measured in the same run.
+"""What making entries durable costs: an entry's files flushed to disk (files and folders, then the record) by
+an fsync of each path and by one syncfs per flush (`nuclei.store.durable`, the default where the file system
+allows it), against the same writes with only the record flushed, measured in the same run.
 
     python -m benchmarks fsync_cost --entries 60 --rounds 5 [--dir /path/on/the/disk/of/interest]
     python -m benchmarks fsync_cost --run 30 --rounds 3     # also whole runs: nuclei.segment()
 
 Each entry is a real 256x256 RGB sample's files (`nuclei.store.layout.entry_files`: image, two label images,
-measurements, about 20 files) plus its record (`durable.write_atomically`, fsynced in both variants, as before).
-Rounds interleave the two variants so both see the same disk and machine load; the ratio is the median over
-rounds of the seconds per entry with fsync over those without. With ``--run N``, whole in-process runs of the
-shipped model on N 256x256 samples are timed the same way (fsync as shipped, and os.fsync made a no-op), so the
-cost is also seen against everything else a run does. The cost depends on the disk (a laptop SSD, a network file
-system and tmpfs differ by orders of magnitude): run it on the disk the store will live on.
+measurements, 12 files in 8 folders) plus its record (`durable.write_atomically`, flushed in every variant).
+Rounds interleave the variants so all see the same disk and machine load; a ratio is the median over rounds of
+a variant's seconds per entry over the first one's. With ``--run N``, whole in-process runs of the shipped
+model on N 256x256 samples are timed the same way (as shipped, with NUCLEI_SYNC=fsync, and with nothing
+flushed), so the cost is also seen against everything else a run does. The cost depends on the disk (a laptop
+SSD, a network file system and tmpfs differ by orders of magnitude): run it on the disk the store will live on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import harness
 from nuclei.core.measure import COLUMN_NAMES, measure
 from nuclei.io.synthetic import make_sample
-from nuclei.store.durable import write_atomically, write_files
+from nuclei.store import durable
+from nuclei.store.durable import SYNC_ENV, write_atomically, write_files
 from nuclei.store.layout import entry_files
 from nuclei.store.record import EntryRecord
 
@@ -40,32 +44,51 @@ def _entry() -> tuple[dict[str, bytes], bytes]:
     return entry_files(record, image, labels, table, COLUMN_NAMES), json.dumps(record.as_dict()).encode()
 
 
-def _seconds_per_entry(root: Path, n: int, files: dict[str, bytes], blob: bytes, fsync: bool) -> float:
+def _seconds_per_entry(root: Path, n: int, files: dict[str, bytes], blob: bytes, sync: str) -> float:
+    """Seconds per entry written with ``sync``: "record" (arrays not flushed), "fsync" (each path) or "auto"."""
     folder = Path(tempfile.mkdtemp(dir=root))
     (folder / "images").mkdir()
-    started = time.perf_counter()
-    for i in range(n):
-        write_files(str(folder / "images" / f"e{i}"), files, fsync=fsync)
-        write_atomically(str(folder / "index" / f"e{i}.json"), blob)
-    seconds = (time.perf_counter() - started) / n
+    with _sync(sync):
+        started = time.perf_counter()
+        for i in range(n):
+            write_files(str(folder / "images" / f"e{i}"), files, fsync=sync != "record")
+            write_atomically(str(folder / "index" / f"e{i}.json"), blob)
+        seconds = (time.perf_counter() - started) / n
     shutil.rmtree(folder)
     return seconds
 
 
-def _run_seconds(root: Path, inputs: Path, fsync: bool) -> float:
-    """Seconds of one in-process `nuclei.segment()` over ``inputs`` into a new store."""
+@contextlib.contextmanager
+def _sync(how: str) -> Iterator[None]:
+    """NUCLEI_SYNC=fsync for "fsync", as shipped otherwise."""
+    before = os.environ.pop(SYNC_ENV, None)
+    if how == "fsync":
+        os.environ[SYNC_ENV] = "fsync"
+    try:
+        yield
+    finally:
+        os.environ.pop(SYNC_ENV, None)
+        if before is not None:
+            os.environ[SYNC_ENV] = before
+
+
+def _run_seconds(root: Path, inputs: Path, sync: str) -> float:
+    """Seconds of one in-process `nuclei.segment()` over ``inputs`` into a new store, flushed as ``sync`` says
+    ("none": nothing, records neither; "fsync"; "auto": as shipped)."""
     from nuclei.inference.run import segment
+    from nuclei.store import durable
 
     store = Path(tempfile.mkdtemp(dir=root)) / "s.zarr"
-    real = os.fsync
-    if not fsync:
-        os.fsync = lambda fd: None  # type: ignore[assignment]  # every fsync of the store: records too
+    real = durable.make_durable
+    if sync == "none":
+        durable.make_durable = lambda paths: None  # type: ignore[assignment]  # every flush: records too
     try:
-        started = time.perf_counter()
-        summary = segment([inputs], store)
-        seconds = time.perf_counter() - started
+        with _sync(sync):
+            started = time.perf_counter()
+            summary = segment([inputs], store)
+            seconds = time.perf_counter() - started
     finally:
-        os.fsync = real
+        durable.make_durable = real
     assert summary["failed"] == 0, summary
     shutil.rmtree(store.parent)
     return seconds
@@ -77,9 +100,10 @@ def _whole_runs(root: Path, n: int, rounds: int) -> harness.Comparison:
     inputs = Path(tempfile.mkdtemp(dir=root))
     for i in range(n):
         write_png(inputs / f"img{i:03d}.png", make_sample((256, 256), n_nuclei=20, seed=i)[0])
-    _run_seconds(root, inputs, True)  # warm: model files and imports in the page cache
-    found = harness.interleave({"no fsync": lambda: _run_seconds(root, inputs, False),
-                                "fsync as shipped": lambda: _run_seconds(root, inputs, True)}, rounds)
+    _run_seconds(root, inputs, "auto")  # warm: model files and imports in the page cache
+    found = harness.interleave({"nothing flushed": lambda: _run_seconds(root, inputs, "none"),
+                                "fsync of each path": lambda: _run_seconds(root, inputs, "fsync"),
+                                "as shipped": lambda: _run_seconds(root, inputs, "auto")}, rounds)
     shutil.rmtree(inputs)
     return found
 
@@ -95,17 +119,23 @@ def main(argv: list[str] | None = None) -> None:
     record = harness.Record("fsync_cost", args)
     files, blob = _entry()
     found = harness.interleave({
-        "record fsynced, arrays not": lambda: _seconds_per_entry(args.dir, args.entries, files, blob, False),
-        "files and folders fsynced, then the record": lambda: _seconds_per_entry(args.dir, args.entries, files,
-                                                                                 blob, True),
+        "record flushed, arrays not": lambda: _seconds_per_entry(args.dir, args.entries, files, blob, "record"),
+        "fsync of each file and folder, then the record": lambda: _seconds_per_entry(args.dir, args.entries,
+                                                                                     files, blob, "fsync"),
+        "as shipped (one syncfs per flush where served)": lambda: _seconds_per_entry(args.dir, args.entries,
+                                                                                     files, blob, "auto"),
     }, args.rounds)
     rows = [[name, "per entry", found.median(name) * 1000, found.ratio(name)] for name in found.names]
     if args.run:
         runs = _whole_runs(args.dir, args.run, args.rounds)
         rows += [[name, f"whole run of {args.run} images", runs.median(name) * 1000, runs.ratio(name)]
                  for name in runs.names]
-        extra = (runs.median("fsync as shipped") - runs.median("no fsync")) / args.run
-        record.note(f"whole runs: {1000 * extra:.1f} ms more per image with fsync")
+        for name in ("fsync of each path", "as shipped"):
+            extra = (runs.median(name) - runs.median("nothing flushed")) / args.run
+            record.note(f"whole runs, {name}: {1000 * extra:.1f} ms more per image than nothing flushed")
+    served = durable.syncfs_serves(str(args.dir), str(args.dir))
+    record.note(f"syncfs {'serves' if served else 'does not serve'} the disk under {args.dir} here"
+                + ("" if served else ": 'as shipped' fsyncs each path"))
     record.table(["writes", "unit", "ms", "ratio"], rows, ["", "", ".2f", ".2f"],
                  title=f"one entry: {len(files)} files, {sum(map(len, files.values())) / 1024:.0f} KiB, "
                        f"{args.entries} entries x {args.rounds} interleaved rounds, disk under {args.dir}")

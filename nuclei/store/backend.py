@@ -10,8 +10,9 @@ Layout (``KEY`` is the image id, percent-encoded into one path segment)::
     STORE/failed/KEY.json                  why the file failed last time
 
 An entry is visible only once its record exists, so readers never see half-written arrays. On local disks
-the arrays and their folders are fsynced before the record is written, and the record is replaced
-atomically (temp file, fsync, rename, fsync of the folder): after a power cut an entry is whole or absent.
+the arrays and their folders are flushed to disk before the record is written, and the record is replaced
+atomically (temp file, flushed, rename, flushed again): after a power cut an entry is whole or absent. A flush
+is one syncfs of the file system where that is safe, else an fsync of each path (`nuclei.store.durable`).
 On object stores a record is a single PUT, written after the arrays' PUTs have returned.
 """
 
@@ -445,7 +446,7 @@ class Store:
 
     def _put_files(self, prefix: str, files: dict[str, bytes]) -> None:
         """Replace the folder ``prefix`` by ``files`` (relative paths -> bytes); on local disks every file and
-        folder is fsynced before this returns, so the record that follows never outlives its arrays."""
+        folder is flushed to disk before this returns, so the record that follows never outlives its arrays."""
         if self.fs.exists(prefix):
             self.fs.rm(prefix, recursive=True)
         if self.local:
