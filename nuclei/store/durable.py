@@ -18,6 +18,7 @@ fsyncs each path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -92,8 +93,10 @@ def sync_filesystem(path: str) -> None:
         os.close(handle)
 
 
+@functools.cache
 def _kernel_reports_errors() -> bool:
-    if not sys.platform.startswith("linux"):
+    """Linux 5.8 or later (syncfs reports writeback errors) with a C library that has syncfs and statfs."""
+    if not sys.platform.startswith("linux") or not all(hasattr(_libc(), name) for name in ("syncfs", "statfs")):
         return False
     numbers = [int(n) for n in re.findall(r"\d+", os.uname().release)[:2]]
     return len(numbers) == 2 and (numbers[0], numbers[1]) >= (5, 8)
