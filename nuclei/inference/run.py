@@ -68,7 +68,7 @@ class Plan:
 def check_model(config: SegmentConfig) -> Engine:
     """Load the model and build a session once here, so a bad model fails before any work is sent. A stained-tissue
     model the user named is checked the same way; the shipped one (checked by the project's tests) gets its
-    session with the first colour brightfield image, not in every run (45 ms of a one-image run's start-up)."""
+    session with the first colour brightfield image: a run of grey images never builds it."""
     engine = build_engine(config.model_copy(update={"model": str(resolve_model(config.model).path)}))
     log.info("model %s (%s) on providers %s", engine.model.version, engine.precision, engine.session_providers())
     check_outputs(engine)
