@@ -435,6 +435,19 @@ def test_broken_model_directories_are_one_line_before_the_store(tmp_path: Path,
         assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_broken_stained_model_the_user_names_is_one_line_before_the_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped stained-tissue model starts its session with the first colour image; one the user names is
+    still run once before any work, as the main model is."""
+    _image(tmp_path / "in" / "a.png")
+    wrong_output = _model_copy(tmp_path, "wrong_output")
+    _identity_onnx(wrong_output / "model.onnx")
+    err = _one_line(["segment", str(tmp_path / "in"), "--store", str(tmp_path / "s.zarr"), "--stained-model",
+                     str(wrong_output)], capsys)
+    assert "gives output of shape (16, 16, 3)" in err and str(wrong_output) in err, err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_exports_to_a_path_that_is_a_file_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _image(tmp_path / "in" / "a.png")
     nuclei.segment([tmp_path / "in"], tmp_path / "s.zarr")

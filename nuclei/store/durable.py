@@ -8,8 +8,8 @@ How a set of paths is flushed (`make_durable`): where one ``syncfs(2)`` is known
 the file system, else an ``fsync`` of each. syncfs flushes every dirty page and inode of the file system and
 commits its journal, so it covers the files and folders just written. It is used only where it is safe and
 reports errors: Linux 5.8 or later (earlier kernels dropped writeback errors from syncfs) on the local file
-systems of `SYNCFS_SAFE` (FUSE and network file systems may implement it as a no-op; they get fsyncs). It
-costs about 0.4 ms where an image entry's 21 fsyncs cost 2.5 ms (`python -m benchmarks fsync_cost`). Because
+systems of `SYNCFS_SAFE` (FUSE and network file systems may implement it as a no-op; they get fsyncs).
+`python -m benchmarks fsync_cost` measures both per entry and per run. Because
 it also flushes other programs' dirty pages on that file system, a process whose syncfs calls turn slow (a
 big copy onto the same disk) falls back to fsyncs for the rest of its run. ``NUCLEI_SYNC=fsync`` always
 fsyncs each path.
@@ -114,14 +114,9 @@ def _filesystem_type(path: str) -> int | None:
     return int(found.f_type) & 0xFFFFFFFF
 
 
-_LIBC: ctypes.CDLL | None = None
-
-
+@functools.cache
 def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def write_files(prefix: str, files: dict[str, bytes], fsync: bool = True) -> None:
