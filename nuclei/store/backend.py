@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
 
 import fsspec
 import numpy as np
@@ -48,6 +49,8 @@ if TYPE_CHECKING:  # zarr-python reads arrays; a run that only writes entries (a
     import zarr
 
 log = logging.getLogger(__name__)
+
+INDEX_PAGE = 2_000  # record files an object store's listing reads (one batch of GETs) and holds at a time
 
 
 @contextlib.contextmanager
@@ -260,11 +263,34 @@ class Store:
         already read come from `catalog` while their files are unchanged (never over a record)."""
         if self.local and (cataloged := _catalog_scan(self.root_path)) is not None:
             return cataloged
+        found: dict[str, EntryRecord] = {}
+        damaged: list[str] = []
+        strays: dict[str, str] = {}
+        for page in self._pages():
+            found.update(page.records)
+            damaged += page.damaged
+            strays.update(page.strays)
+        return IndexScan(dict(sorted(found.items())), sorted(damaged), dict(sorted(strays.items())))
+
+    def records(self) -> dict[str, EntryRecord]:
+        """Every complete entry's record, by id (`scan` also lists the damaged ones)."""
+        return self.scan().records
+
+    def iter_records(self) -> Iterator[EntryRecord]:
+        """`records` one at a time, in id order, read a page of index files at a time: what a listing, a table
+        or the totals of a store of 10^6 entries use, holding a page of records instead of all of them."""
+        if self.local and (cataloged := _catalog_records(self.root_path)) is not None:
+            return cataloged
+        return (record for page in self._pages() for record in page.records.values())
+
+    def _pages(self) -> Iterator[IndexScan]:
+        """The index's files read `INDEX_PAGE` at a time, in id order (an object store's, or with the catalog
+        off): each page's records, damaged files and strays."""
         index = f"{self.root_path}/index"
         try:
             listed = self.fs.ls(index, detail=True)
         except FileNotFoundError:
-            return IndexScan()
+            return
         strays: dict[str, str] = {}
         paths = []
         for info in listed:
@@ -273,21 +299,21 @@ class Store:
                 paths.append(path)
             elif not in_flight(name):
                 strays[path] = "not a record (records are index/ID.json)"
-        found, damaged = {}, []
-        for path, blob in (self.fs.cat(paths, on_error="omit") if paths else {}).items():
-            record = parse_record(blob, path)
-            if record is None:
-                damaged.append(path)
-            elif reason := stray_reason(record, Path(path).name):
-                log.warning("stray index file %s: %s", path, reason)
-                strays[path] = reason
-            else:
-                found[record.id] = record
-        return IndexScan(dict(sorted(found.items())), sorted(damaged), dict(sorted(strays.items())))
-
-    def records(self) -> dict[str, EntryRecord]:
-        """Every complete entry's record, by id (`scan` also lists the damaged ones)."""
-        return self.scan().records
+        yield IndexScan(strays=strays)
+        paths.sort(key=lambda path: unquote(Path(path).name[: -len(".json")]))  # the ids' order
+        for start in range(0, len(paths), INDEX_PAGE):
+            part = paths[start : start + INDEX_PAGE]
+            found, damaged, strays = {}, [], {}
+            for path, blob in self.fs.cat(part, on_error="omit").items():
+                record = parse_record(blob, path)
+                if record is None:
+                    damaged.append(path)
+                elif reason := stray_reason(record, Path(path).name):
+                    log.warning("stray index file %s: %s", path, reason)
+                    strays[path] = reason
+                else:
+                    found[record.id] = record
+            yield IndexScan(dict(sorted(found.items())), damaged, strays)
 
     def ids(self) -> list[str]:
         return list(self.records())
@@ -495,6 +521,12 @@ def _catalog_scan(root_path: str) -> IndexScan | None:
     from nuclei.store import catalog  # it reads records as this module does: imported once a scan runs
 
     return catalog.scan(root_path)
+
+
+def _catalog_records(root_path: str) -> Iterator[EntryRecord] | None:
+    from nuclei.store import catalog
+
+    return catalog.records(root_path)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import unquote
 
 from nuclei.store.index import IndexScan, in_flight, parse_record, stray_reason
 from nuclei.store.record import EntryRecord
@@ -36,6 +37,7 @@ FOLDER, FILE = "catalog", "index.sqlite"  # STORE/catalog/index.sqlite (and SQLi
 FORMAT = "1"  # the catalog's schema: another one is dropped and rebuilt
 SETTLED_S = 3.0  # a record file changed this recently when read is not cached (coarse file system clocks)
 BUSY_S = 1.0  # another process updating the catalog: wait this long, then scan without updating it
+PAGE = 2_000  # record files read (and catalog rows fetched, kept, committed) at a time
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,8 +68,23 @@ def scan(store_root: str) -> IndexScan | None:
     it was read. None when the catalog is switched off (`ENABLED`)."""
     if not ENABLED:
         return None
+    found: dict[str, EntryRecord] = {}
+    damaged: list[str] = []
+    strays: dict[str, str] = {}
     with _collector_paused():  # 10^5 records kept alive: each collection would walk them all (half the time)
-        return _scan(store_root)
+        for page in _pages(store_root):
+            found.update(page.records)
+            damaged += page.damaged
+            strays.update(page.strays)
+    return IndexScan(dict(sorted(found.items())), sorted(damaged), dict(sorted(strays.items())))
+
+
+def records(store_root: str) -> Iterator[EntryRecord] | None:
+    """`scan`'s records, in id order, read a page at a time: a listing of 10^6 entries holds `PAGE` records at
+    once, not all of them. None when the catalog is switched off."""
+    if not ENABLED:
+        return None
+    return (record for page in _pages(store_root) for record in page.records.values())
 
 
 @contextlib.contextmanager
@@ -83,49 +100,35 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _scan(store_root: str) -> IndexScan:
+def _pages(store_root: str) -> Iterator[IndexScan]:
+    """The index read `PAGE` record files at a time, in id order: each page's records (from the catalog where
+    the file is unchanged), damaged files and strays; the catalog updated page by page, and rid of the rows of
+    files that are gone at the end."""
     index = f"{store_root}/index"
     started_ns = time.time_ns()
     listed = _listing(index)
     if listed is None:
-        return IndexScan()
+        return
     files, strays = listed
-    damaged: list[str] = []
-    fresh: dict[str, tuple[Stamp, str | None, bytes]] = {}  # rows to keep: read now, settled
+    yield IndexScan(strays=strays)
+    names = sorted(files, key=_id_order)
     db = _open(path_of(store_root))
     try:
-        found, cached_strays, served, held = _cached(db, index, files)
-        if db is not None and cached_strays is None:  # damaged: made again
-            db = _rebuild(db, path_of(store_root))
-        for path, why in (cached_strays or {}).items():
-            log.warning("stray index file %s: %s", path, why)
-        strays.update(cached_strays or {})
-        for name in files.keys() - served:
-            path = f"{index}/{name}"
-            try:
-                with open(path, "rb") as handle:
-                    blob = handle.read()
-                    stamp = Stamp.of(os.fstat(handle.fileno()))  # what was read, not what was listed
-            except FileNotFoundError:  # removed since the listing: gone
-                continue
-            record = parse_record(blob, path)
-            if record is None:
-                damaged.append(path)
-                continue
-            reason = stray_reason(record, name)
-            if reason:
-                log.warning("stray index file %s: %s", path, reason)
-                strays[path] = reason
-            else:
-                found[record.id] = record
-            if max(stamp.mtime_ns, stamp.ctime_ns) < started_ns - SETTLED_S * 1e9:
-                fresh[name] = (stamp, reason, blob)
+        known = 0  # catalog rows of files listed now, kept or written: fewer than its rows means some are gone
+        for start in range(0, len(names), PAGE):
+            db, page, kept = _page(db, store_root, names[start : start + PAGE], files, started_ns)
+            known += kept
+            yield page
         if db is not None:
-            _update(db, held - served - fresh.keys(), fresh)
+            _forget_gone(db, files, known)
     finally:
         if db is not None:
             db.close()
-    return IndexScan(dict(sorted(found.items())), sorted(damaged), dict(sorted(strays.items())))
+
+
+def _id_order(name: str) -> str:
+    """The id a record file's name stands for (index/KEY.json): pages go in the order of `scan`'s records."""
+    return unquote(name[: -len(".json")])
 
 
 def _listing(index: str) -> tuple[dict[str, Stamp], dict[str, str]] | None:
@@ -133,53 +136,102 @@ def _listing(index: str) -> tuple[dict[str, Stamp], dict[str, str]] | None:
     files: dict[str, Stamp] = {}
     strays: dict[str, str] = {}
     try:
-        entries = list(os.scandir(index))
+        entries = os.scandir(index)
     except FileNotFoundError:
         return None
-    for entry in entries:
-        try:
-            is_file, stat = entry.is_file(), entry.stat()
-        except FileNotFoundError:  # removed while listed
-            continue
-        if is_file and entry.name.endswith(".json"):
-            files[entry.name] = Stamp.of(stat)
-        elif not in_flight(entry.name):
-            strays[f"{index}/{entry.name}"] = "not a record (records are index/ID.json)"
+    with entries:
+        for entry in entries:
+            try:
+                is_file, stat = entry.is_file(), entry.stat()
+            except FileNotFoundError:  # removed while listed
+                continue
+            if is_file and entry.name.endswith(".json"):
+                files[entry.name] = Stamp.of(stat)
+            elif not in_flight(entry.name):
+                strays[f"{index}/{entry.name}"] = "not a record (records are index/ID.json)"
     return files, strays
 
 
-def _cached(db: sqlite3.Connection | None, index: str, files: dict[str, Stamp]
-            ) -> tuple[dict[str, EntryRecord], dict[str, str] | None, set[str], set[str]]:
-    """The records and strays of the rows whose file is as it was when read, the names served, and every name
-    the catalog holds. Strays are None when the catalog is damaged (nothing served then); a catalog another
-    process is committing to serves nothing this time."""
+def _page(db: sqlite3.Connection | None, store_root: str, names: list[str], files: dict[str, Stamp],
+          started_ns: int) -> tuple[sqlite3.Connection | None, IndexScan, int]:
+    """One page of record files: served from their catalog rows where a file is as it was when read, else read
+    (and its row kept once settled, `SETTLED_S`). Returns the catalog (made again if it was damaged), the page
+    and how many of the catalog's rows are now of files listed."""
+    index = f"{store_root}/index"
+    rows, db = _rows(db, path_of(store_root), names)
     found: dict[str, EntryRecord] = {}
+    damaged: list[str] = []
     strays: dict[str, str] = {}
+    fresh: dict[str, tuple[Stamp, str | None, bytes]] = {}  # rows to keep: read now, settled
     served: set[str] = set()
-    held: set[str] = set()
-    if db is None:
-        return found, strays, served, held
-    try:
-        rows = db.execute("SELECT name, size, mtime_ns, ctime_ns, ino, stray, record FROM records")
-        for name, size, mtime_ns, ctime_ns, ino, reason, blob in rows:
-            held.add(name)
-            if files.get(name) != (size, mtime_ns, ctime_ns, ino):
-                continue
-            record = parse_record(blob, f"index catalog row {name}")
-            if record is None:  # a damaged row: the file is read instead (and the row replaced)
-                continue
-            if reason:
-                strays[f"{index}/{name}"] = reason
-            else:
-                found[record.id] = record
+    for name in names:
+        path = f"{index}/{name}"
+        row = rows.get(name)
+        cached = parse_record(row[2], f"index catalog row {name}") if row and row[0] == files[name] else None
+        if row is not None and cached is not None:  # a damaged row (None): its file is read, the row replaced
+            record, reason = cached, row[1]
             served.add(name)
+        else:
+            if (read := _read(path)) is None:  # removed since the listing: gone
+                continue
+            blob, stamp = read
+            if (parsed := parse_record(blob, path)) is None:
+                damaged.append(path)
+                continue
+            record, reason = parsed, stray_reason(parsed, name)
+            if max(stamp.mtime_ns, stamp.ctime_ns) < started_ns - SETTLED_S * 1e9:
+                fresh[name] = (stamp, reason, blob)
+        if reason:
+            log.warning("stray index file %s: %s", path, reason)
+            strays[path] = reason
+        else:
+            found[record.id] = record
+    if db is not None:
+        _update(db, rows.keys() - served - fresh.keys(), fresh)
+    return db, IndexScan(found, damaged, strays), len(served) + len(fresh)
+
+
+def _read(path: str) -> tuple[bytes, Stamp] | None:
+    """A record file's bytes and what the file was when read (not when listed); None when it is gone."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), Stamp.of(os.fstat(handle.fileno()))
+    except FileNotFoundError:
+        return None
+
+
+def _rows(db: sqlite3.Connection | None, path: Path, names: list[str]
+          ) -> tuple[dict[str, tuple[Stamp, str | None, bytes]], sqlite3.Connection | None]:
+    """The catalog's rows of ``names`` (stamp, stray reason, record JSON), and the catalog: made again when it
+    is damaged (no row served then); a catalog another process is committing to serves nothing this time."""
+    if db is None:
+        return {}, None
+    marks = ",".join("?" * len(names))
+    try:
+        found = db.execute(f"SELECT name, size, mtime_ns, ctime_ns, ino, stray, record FROM records "  # noqa: S608
+                           f"WHERE name IN ({marks})", names).fetchall()
     except sqlite3.OperationalError as exc:  # locked by a writer for longer than BUSY_S: read the files
         log.debug("index catalog busy (%s): reading the records", exc)
-        return {}, {}, set(), set()
+        return {}, db
     except sqlite3.DatabaseError as exc:  # not a database, malformed: read the files, make it again
         log.warning("index catalog unreadable (%s): rebuilding it from the records", exc)
-        return {}, None, set(), set()
-    return found, strays, served, held
+        return {}, _rebuild(db, path)
+    return {name: (Stamp(size, mtime, ctime, ino), reason, blob)
+            for name, size, mtime, ctime, ino, reason, blob in found}, db
+
+
+def _forget_gone(db: sqlite3.Connection, files: dict[str, Stamp], known: int) -> None:
+    """Drop the rows of record files that are no longer listed (only looked for when the catalog holds more rows
+    than the scan kept or wrote)."""
+    try:
+        (held,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+        if held <= known:
+            return
+        gone = [(name,) for (name,) in db.execute("SELECT name FROM records") if name not in files]
+        with db:
+            db.executemany("DELETE FROM records WHERE name = ?", gone)
+    except sqlite3.Error as exc:
+        log.debug("index catalog not updated: %s", exc)
 
 
 def _update(db: sqlite3.Connection, stale: set[str], fresh: dict[str, tuple[Stamp, str | None, bytes]]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -92,10 +92,10 @@ class NucleiStore:
 
     # --- listing (records only) ----------------------------------------------------------------------
 
-    def _records(self, filters: _Filters | None = None) -> list[EntryRecord]:
-        """The records of complete entries, sorted by id, that pass the filters."""
-        records = self._store.records().values()
-        return [r for r in records if filters is None or filters.matches(r)]
+    def _records(self, filters: _Filters | None = None) -> Iterator[EntryRecord]:
+        """The records of complete entries, in id order, that pass the filters: streamed (a store of 10^6 entries
+        is listed holding a page of records at a time, `Store.iter_records`)."""
+        return (r for r in self._store.iter_records() if filters is None or filters.matches(r))
 
     def images(
         self, pattern: str | None = None, source: str | None = None, min_nuclei: int | None = None,
@@ -122,7 +122,7 @@ class NucleiStore:
         return self._store.ids()
 
     def __len__(self) -> int:
-        return len(self._store.records())
+        return sum(1 for _ in self._store.iter_records())
 
     def __contains__(self, image_id: object) -> bool:
         if not isinstance(image_id, str):
@@ -178,12 +178,11 @@ class NucleiStore:
         if what not in EXPORT_KINDS:
             raise ValueError(f"what must be one of {EXPORT_KINDS}, got {what!r}")
         out = Path(out_dir)
-        records = self._records()
-        if what == "labels":
-            _check_label_range(records)
+        if what == "labels":  # a first pass over the records: nothing is written when one cannot be
+            _check_label_range(self._records())
         render = self._renderer(what)
         written = []
-        for record in records:
+        for record in self._records():
             path = self._export_one(record.id, out, render)
             if path is not None:
                 written.append(path)
@@ -241,22 +240,26 @@ def _summary_row(record: EntryRecord) -> dict[str, Any]:
     }
 
 
-def _stats(records: list[EntryRecord]) -> dict[str, Any]:
-    counts = [r.n_nuclei for r in records]
+def _stats(records: Iterable[EntryRecord]) -> dict[str, Any]:
+    """The totals of `NucleiStore.stats`, in one pass (only the counts are kept: the median needs them)."""
+    counts: list[int] = []
+    covered = 0.0
     models: dict[str, int] = {}
     for record in records:
+        counts.append(record.n_nuclei)
+        covered += record.covered_fraction
         models[record.model.version] = models.get(record.model.version, 0) + 1
     return {
-        "n_images": len(records),
+        "n_images": len(counts),
         "n_nuclei": sum(counts),
         "mean_nuclei_per_image": statistics.fmean(counts) if counts else None,
         "median_nuclei_per_image": float(statistics.median(counts)) if counts else None,
-        "mean_covered_fraction": statistics.fmean(r.covered_fraction for r in records) if records else None,
+        "mean_covered_fraction": covered / len(counts) if counts else None,
         "models": dict(sorted(models.items())),
     }
 
 
-def _check_label_range(records: list[EntryRecord]) -> None:
+def _check_label_range(records: Iterable[EntryRecord]) -> None:
     """Fail before writing anything when a record already says its labels cannot fit 16 bits."""
     for record in records:
         if record.n_nuclei > _UINT16_MAX:

@@ -33,7 +33,8 @@ _RENAMED = {"area": "area_px", "centroid_y": "centroid_y_px", "centroid_x": "cen
 def nucleus_rows(store: Store) -> Iterator[dict[str, Any]]:
     """One row per nucleus of every complete entry, image by image in id order (only the measurements are read,
     never images or labels)."""
-    for image_id, record in store.records().items():
+    for record in store.iter_records():
+        image_id = record.id
         columns, table = store.open_entry(image_id, record).measurements()
         columns = [_RENAMED.get(name, name) for name in columns]
         for values in table:
@@ -53,7 +54,7 @@ def cell(name: str, value: float) -> int | float | None:
 
 def image_rows(store: Store) -> Iterator[dict[str, Any]]:
     """One row per complete entry, from the records alone (no arrays read)."""
-    for record in store.records().values():
+    for record in store.iter_records():
         yield {"image_id": record.id, "source": record.source, "n_nuclei": record.n_nuclei,
                "covered_fraction": record.covered_fraction, "mean_area": record.mean_area,
                "height": record.shape[0], "width": record.shape[1], "channel": record.channel,
